@@ -1,0 +1,15 @@
+export * from './engine.ts';
+export * from './generate.ts';
+export * from './model/config.ts';
+export { convertLlama2c, type ConvertLlama2cOptions } from './model/convert.ts';
+export { DUMMY_PRESETS, writeDummyModel } from './model/dummy.ts';
+export * from './kv/layout.ts';
+export * from './kv/codec.ts';
+export type { KvSequence } from './kv/slot-cache.ts';
+export type { ForwardItem, KvCapacity, ModelRunner, StepTimings } from './runner/types.ts';
+export { DEVICES, type Device } from './runtime/session.ts';
+export * from './sampling/sampler.ts';
+export { StopMatcher } from './sampling/stop.ts';
+export * from './tokenizer/types.ts';
+export { loadTokenizer } from './tokenizer/load.ts';
+export { renderChat } from './chat-template.ts';

@@ -1,0 +1,247 @@
+// Physical KV storage for pdserve's Llama graph. Per layer, keys and values each live in one
+// Float32Array viewed as [slots, kv_heads, stride, head_dim]: a sequence owns one slot, and a batch
+// of n sequences in slots 0..n-1 is handed to ONNX Runtime as one tensor with no copy. `stride`
+// (positions per slot) follows the longest sequence, growing and shrinking by re-laying the arena
+// out in place, so attention never scans much more than the batch's real length while memory stays
+// fixed at maxSlots * maxTokensPerSlot positions, set by configuration.
+//
+// Blocks (kv/layout.ts) are the unit of accounting and of transfer: a sequence's block b is the
+// strided range of positions [b*B, (b+1)*B) of its slot, gathered into the canonical layout.
+import { blockBytes, blocksFor, type KvShape } from './layout.ts';
+
+export interface SlotCacheOptions extends KvShape {
+  maxSlots: number;
+  /** Longest sequence one slot holds (rounded up to whole blocks). */
+  maxTokensPerSlot: number;
+}
+
+/** A sequence's hold on the cache; `slot` changes when the cache compacts a batch. */
+export interface KvSequence {
+  readonly id: string;
+  slot: number;
+  /** Positions whose keys and values are in the cache. */
+  length: number;
+}
+
+const GROWTH = 1.5;
+
+export class SlotKvCache {
+  readonly shape: KvShape;
+  readonly maxSlots: number;
+  readonly maxTokensPerSlot: number;
+  readonly blockBytes: number;
+  readonly keys: Float32Array[] = [];
+  readonly values: Float32Array[] = [];
+  private strideTokens: number;
+  private readonly owners: Array<KvSequence | null>;
+
+  constructor(opts: SlotCacheOptions) {
+    this.shape = { layers: opts.layers, kvHeads: opts.kvHeads, headDim: opts.headDim, blockTokens: opts.blockTokens };
+    this.maxSlots = opts.maxSlots;
+    this.maxTokensPerSlot = blocksFor(opts.maxTokensPerSlot, opts.blockTokens) * opts.blockTokens;
+    this.blockBytes = blockBytes(this.shape);
+    this.strideTokens = opts.blockTokens;
+    const floats = opts.maxSlots * opts.kvHeads * this.maxTokensPerSlot * opts.headDim;
+    for (let l = 0; l < opts.layers; l++) {
+      this.keys.push(new Float32Array(floats));
+      this.values.push(new Float32Array(floats));
+    }
+    this.owners = new Array(opts.maxSlots).fill(null);
+  }
+
+  get stride(): number {
+    return this.strideTokens;
+  }
+
+  get totalBytes(): number {
+    return this.shape.layers * 2 * this.keys[0].byteLength;
+  }
+
+  get totalBlocks(): number {
+    return this.maxSlots * (this.maxTokensPerSlot / this.shape.blockTokens);
+  }
+
+  get usedBlocks(): number {
+    let used = 0;
+    for (const o of this.owners) if (o) used += blocksFor(o.length, this.shape.blockTokens);
+    return used;
+  }
+
+  get freeSlots(): number {
+    return this.owners.filter((o) => o === null).length;
+  }
+
+  get sequences(): KvSequence[] {
+    return this.owners.filter((o): o is KvSequence => o !== null);
+  }
+
+  /** Claims the lowest free slot for a new, empty sequence; null when every slot is taken. */
+  allocate(id: string): KvSequence | null {
+    const slot = this.owners.indexOf(null);
+    if (slot < 0) return null;
+    const seq: KvSequence = { id, slot, length: 0 };
+    this.owners[slot] = seq;
+    return seq;
+  }
+
+  free(seq: KvSequence): void {
+    if (this.owners[seq.slot] !== seq) throw new Error(`sequence ${seq.id} does not own slot ${seq.slot}`);
+    this.owners[seq.slot] = null;
+    seq.length = 0;
+    this.maybeShrink();
+  }
+
+  /** [count, kvHeads, stride, headDim] window of layer `layer` starting at `firstSlot` (no copy). */
+  window(kind: 0 | 1, layer: number, firstSlot: number, count: number): Float32Array {
+    const slotFloats = this.shape.kvHeads * this.strideTokens * this.shape.headDim;
+    return (kind === 0 ? this.keys : this.values)[layer].subarray(firstSlot * slotFloats, (firstSlot + count) * slotFloats);
+  }
+
+  /** Makes room for `tokens` positions per slot. */
+  reserve(tokens: number): void {
+    if (tokens > this.maxTokensPerSlot) throw new Error(`${tokens} positions exceed the ${this.maxTokensPerSlot} a KV slot holds`);
+    if (tokens <= this.strideTokens) return;
+    const grown = Math.max(tokens, Math.ceil(this.strideTokens * GROWTH));
+    this.relayout(Math.min(this.maxTokensPerSlot, blocksFor(grown, this.shape.blockTokens) * this.shape.blockTokens));
+  }
+
+  /** Writes `count` new positions (head-major [kvHeads, count, headDim]) of one layer at seq.length. */
+  writeNew(seq: KvSequence, layer: number, keys: Float32Array, values: Float32Array, srcCount: number, count: number, srcRow: number): void {
+    const { kvHeads, headDim } = this.shape;
+    const stride = this.strideTokens;
+    for (let h = 0; h < kvHeads; h++) {
+      const src = ((srcRow * kvHeads + h) * srcCount) * headDim;
+      const dst = ((seq.slot * kvHeads + h) * stride + seq.length) * headDim;
+      this.keys[layer].set(keys.subarray(src, src + count * headDim), dst);
+      this.values[layer].set(values.subarray(src, src + count * headDim), dst);
+    }
+  }
+
+  /** Gathers blocks [first, first+count) of a sequence into the canonical layout (zeros past its length). */
+  readBlocks(seq: KvSequence, first: number, count: number): Uint8Array {
+    const { layers, kvHeads, headDim, blockTokens: B } = this.shape;
+    const stride = this.strideTokens;
+    const out = new Float32Array((this.blockBytes / 4) * count);
+    let o = 0;
+    for (let b = first; b < first + count; b++) {
+      const valid = Math.max(0, Math.min(B, seq.length - b * B));
+      for (let l = 0; l < layers; l++) {
+        for (const t of [this.keys[l], this.values[l]]) {
+          for (let h = 0; h < kvHeads; h++) {
+            const src = ((seq.slot * kvHeads + h) * stride + b * B) * headDim;
+            out.set(t.subarray(src, src + valid * headDim), o);
+            o += B * headDim;
+          }
+        }
+      }
+    }
+    return new Uint8Array(out.buffer);
+  }
+
+  /** Scatters canonical-layout blocks into a sequence from block `first`; its length becomes `validTokens`. */
+  writeBlocks(seq: KvSequence, first: number, data: Uint8Array, validTokens: number): void {
+    const { layers, kvHeads, headDim, blockTokens: B } = this.shape;
+    const count = data.byteLength / this.blockBytes;
+    if (!Number.isInteger(count)) throw new Error(`KV payload of ${data.byteLength} bytes is not a whole number of ${this.blockBytes}-byte blocks`);
+    if (validTokens > (first + count) * B || validTokens <= first * B) throw new Error(`KV blocks ${first}..${first + count - 1} cannot hold a length of ${validTokens}`);
+    this.reserve((first + count) * B);
+    const stride = this.strideTokens;
+    const bytes = data.byteOffset % 4 === 0 ? data : data.slice(); // Float32Array views need 4-byte alignment
+    const src = new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
+    let i = 0;
+    for (let b = first; b < first + count; b++) {
+      for (let l = 0; l < layers; l++) {
+        for (const t of [this.keys[l], this.values[l]]) {
+          for (let h = 0; h < kvHeads; h++) {
+            const dst = ((seq.slot * kvHeads + h) * stride + b * B) * headDim;
+            t.set(src.subarray(i, i + B * headDim), dst);
+            i += B * headDim;
+          }
+        }
+      }
+    }
+    seq.length = validTokens;
+  }
+
+  /**
+   * Moves the given sequences into slots 0..n-1 in order (the layout a batched step needs), moving
+   * other holders out of the way. Returns how many sequences moved.
+   */
+  compact(batch: KvSequence[]): number {
+    let moved = 0;
+    for (let i = 0; i < batch.length; i++) {
+      const seq = batch[i];
+      if (seq.slot === i) continue;
+      const other = this.owners[i];
+      if (other) this.swap(seq, other);
+      else this.move(seq, i);
+      moved++;
+    }
+    return moved;
+  }
+
+  private move(seq: KvSequence, to: number): void {
+    this.copyRows(seq.slot, to, seq.length);
+    this.owners[seq.slot] = null;
+    this.owners[to] = seq;
+    seq.slot = to;
+  }
+
+  private swap(a: KvSequence, b: KvSequence): void {
+    const saved = b.length > 0 ? this.readBlocks(b, 0, blocksFor(b.length, this.shape.blockTokens)) : null;
+    const bLength = b.length;
+    const aSlot = a.slot;
+    this.copyRows(aSlot, b.slot, a.length);
+    this.owners[b.slot] = a;
+    a.slot = b.slot;
+    this.owners[aSlot] = b;
+    b.slot = aSlot;
+    if (saved) this.writeBlocks(b, 0, saved, bLength);
+  }
+
+  private copyRows(from: number, to: number, tokens: number): void {
+    const { layers, kvHeads, headDim } = this.shape;
+    const stride = this.strideTokens;
+    for (let l = 0; l < layers; l++) {
+      for (const t of [this.keys[l], this.values[l]]) {
+        for (let h = 0; h < kvHeads; h++) {
+          const src = ((from * kvHeads + h) * stride) * headDim;
+          const dst = ((to * kvHeads + h) * stride) * headDim;
+          t.copyWithin(dst, src, src + tokens * headDim);
+        }
+      }
+    }
+  }
+
+  /** Changes the positions-per-slot stride, moving every held sequence's rows to their new offsets. */
+  private relayout(newStride: number): void {
+    const { layers, kvHeads, headDim } = this.shape;
+    const old = this.strideTokens;
+    if (newStride === old) return;
+    const rows: Array<{ row: number; len: number }> = [];
+    for (let s = 0; s < this.maxSlots; s++) {
+      const o = this.owners[s];
+      if (!o || o.length === 0) continue;
+      if (o.length > newStride) throw new Error(`cannot shrink KV stride below sequence ${o.id}'s ${o.length} positions`);
+      for (let h = 0; h < kvHeads; h++) rows.push({ row: s * kvHeads + h, len: o.length });
+    }
+    // Growing moves rows to higher offsets: go from the last row down so none is overwritten before
+    // it moves; shrinking is the mirror image.
+    if (newStride > old) rows.reverse();
+    for (let l = 0; l < layers; l++) {
+      for (const t of [this.keys[l], this.values[l]]) {
+        for (const { row, len } of rows) t.copyWithin(row * newStride * headDim, row * old * headDim, (row * old + len) * headDim);
+      }
+    }
+    this.strideTokens = newStride;
+  }
+
+  /** Shrinks the stride once the longest sequence is well below it, so attention stops scanning padding. */
+  private maybeShrink(): void {
+    let longest = 0;
+    for (const o of this.owners) if (o && o.length > longest) longest = o.length;
+    const B = this.shape.blockTokens;
+    const target = Math.max(B, blocksFor(Math.ceil(longest * GROWTH), B) * B);
+    if (target * 2 <= this.strideTokens) this.relayout(target);
+  }
+}

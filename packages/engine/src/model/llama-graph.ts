@@ -1,0 +1,183 @@
+// Builds pdserve's Llama decoder graph, following llama2.c's run.c forward pass step by step:
+// embedding -> per layer [RMSNorm -> QKV -> RoPE (adjacent pairs) -> grouped-query attention ->
+// output projection -> residual -> RMSNorm -> SwiGLU FFN -> residual] -> RMSNorm -> classifier.
+//
+// I/O convention `pdserve-kv-in/1`:
+//   input_ids int64 [B, S], position_ids int64 [B, S]
+//   past_key.L / past_value.L  float [B, kv_heads, P, head_dim]   the cache, read in place
+//   attn_bias_past float [B, P]   0 where a past position belongs to the sequence, -1e30 elsewhere
+//   attn_bias_new  float [S, S]   causal mask among the new tokens (0 on and below the diagonal)
+//   logit_rows int64 [N]          rows of the flattened [B*S] token axis whose logits are wanted
+// outputs logits float [N, vocab] and new_key.L / new_value.L float [B, kv_heads, S, head_dim]:
+// only the new tokens' keys (after RoPE) and values come back, and the caller writes them into its
+// cache. The past is an input only, so onnxruntime-node never copies the cache out of a step (it
+// copies every fetched output into a fresh JS buffer, which made in-place GQA caches cost a full
+// cache copy per step).
+import { GraphBuilder } from '../onnx/graph-builder.ts';
+import { DataType } from '../onnx/onnx-proto.ts';
+import type { ModelConfig } from './config.ts';
+
+/** Weights in llama2.c's layout: linear layers are [out, in], row-major. */
+export interface LlamaLayerWeights {
+  attnNorm: Float32Array;
+  wq: Float32Array;
+  wk: Float32Array;
+  wv: Float32Array;
+  wo: Float32Array;
+  ffnNorm: Float32Array;
+  w1: Float32Array;
+  w2: Float32Array;
+  w3: Float32Array;
+}
+
+export interface LlamaWeightSource {
+  tokenEmbedding(): Float32Array; // [vocab, dim]
+  layer(index: number): LlamaLayerWeights;
+  finalNorm(): Float32Array;
+  /** [vocab, dim], or null when the classifier shares the token embedding. */
+  classifier(): Float32Array | null;
+}
+
+export const ONNX_FILE = 'model.onnx';
+export const ONNX_DATA_FILE = 'model.onnx.data';
+
+/** [out, in] -> [in, out], writing into `into` at column offset `col` of a [in, totalOut] matrix. */
+function transposeInto(w: Float32Array, out: number, inDim: number, into: Float32Array, totalOut: number, col: number): void {
+  for (let o = 0; o < out; o++) {
+    const row = o * inDim;
+    for (let i = 0; i < inDim; i++) into[i * totalOut + col + o] = w[row + i];
+  }
+}
+
+/** Concatenates several [out_k, in] matrices along `out` and transposes to [in, sum(out_k)]. */
+function fusedTransposed(parts: Array<{ w: Float32Array; out: number }>, inDim: number): Float32Array {
+  const total = parts.reduce((s, p) => s + p.out, 0);
+  const into = new Float32Array(inDim * total);
+  let col = 0;
+  for (const p of parts) {
+    transposeInto(p.w, p.out, inDim, into, total, col);
+    col += p.out;
+  }
+  return into;
+}
+
+/** run.c's RoPE tables, computed in float32 exactly as it does: freq = 1 / 10000^(2i/hd). */
+export function ropeTables(cfg: ModelConfig): { cos: Float32Array; sin: Float32Array } {
+  const half = cfg.head_dim / 2;
+  const cos = new Float32Array(cfg.max_seq_len * half);
+  const sin = new Float32Array(cfg.max_seq_len * half);
+  const f = Math.fround;
+  for (let pos = 0; pos < cfg.max_seq_len; pos++) {
+    for (let i = 0; i < half; i++) {
+      const freq = f(1 / f(Math.pow(cfg.rope_theta, f(f(2 * i) / cfg.head_dim))));
+      const val = f(pos * freq);
+      cos[pos * half + i] = f(Math.cos(val));
+      sin[pos * half + i] = f(Math.sin(val));
+    }
+  }
+  return { cos, sin };
+}
+
+export function buildLlamaGraph(cfg: ModelConfig, weights: LlamaWeightSource, modelPath: string, dataPath: string): void {
+  const g = new GraphBuilder(dataPath);
+  const { dim, n_heads: nh, n_kv_heads: kvh, head_dim: hd, hidden_dim: hidden, vocab_size: vocab } = cfg;
+  const qDim = nh * hd;
+  const kvDim = kvh * hd;
+  const eps = { float: cfg.norm_eps };
+
+  const inputIds = g.input('input_ids', DataType.INT64, ['batch', 'seq']);
+  const positionIds = g.input('position_ids', DataType.INT64, ['batch', 'seq']);
+  const biasPastIn = g.input('attn_bias_past', DataType.FLOAT, ['batch', 'past']);
+  const biasNew = g.input('attn_bias_new', DataType.FLOAT, ['seq', 'seq']);
+  const logitRows = g.input('logit_rows', DataType.INT64, ['rows']);
+
+  const embedding = g.weight('tok_embeddings', weights.tokenEmbedding(), [vocab, dim]);
+  let x = g.node('Gather', [embedding, inputIds], 1, { axis: 0 })[0];
+
+  // RoPE tables gathered once per run: [B, S, 1, hd/2, 1] broadcasts over heads and pair halves.
+  const tables = ropeTables(cfg);
+  const cosTable = g.weight('rope_cos', tables.cos, [cfg.max_seq_len, hd / 2]);
+  const sinTable = g.weight('rope_sin', tables.sin, [cfg.max_seq_len, hd / 2]);
+  const ropeShape = g.constInt64([0, 0, 1, hd / 2, 1]);
+  const cos = g.node('Reshape', [g.node('Gather', [cosTable, positionIds], 1, { axis: 0 })[0], ropeShape])[0];
+  const sin = g.node('Reshape', [g.node('Gather', [sinTable, positionIds], 1, { axis: 0 })[0], ropeShape])[0];
+  const pairs = g.constInt64([1, 1]);
+  const qPairsShape = g.constInt64([0, 0, nh, hd / 2, 2]);
+  const kPairsShape = g.constInt64([0, 0, kvh, hd / 2, 2]);
+
+  // Rotates adjacent pairs (x[2i], x[2i+1]) the way run.c writes it: v0*c - v1*s, v0*s + v1*c.
+  // Returns [B, S, heads, hd/2, 2].
+  const rope = (t: string, pairsShape: string): string => {
+    const p = g.node('Reshape', [t, pairsShape])[0];
+    const [x0, x1] = g.node('Split', [p, pairs], 2, { axis: -1 });
+    const out0 = g.node('Sub', [g.node('Mul', [x0, cos])[0], g.node('Mul', [x1, sin])[0]])[0];
+    const out1 = g.node('Add', [g.node('Mul', [x0, sin])[0], g.node('Mul', [x1, cos])[0]])[0];
+    return g.node('Concat', [out0, out1], 1, { axis: -1 })[0];
+  };
+
+  // Attention shapes. Query heads are grouped by the KV head they share (run.c: kv head = h / group),
+  // so scores for a whole group come from one matrix product against that KV head.
+  const group = nh / kvh;
+  const headsShape = (heads: number) => g.constInt64([0, 0, heads, hd]);
+  const qHeads = headsShape(nh);
+  const kvHeads = headsShape(kvh);
+  const toBhsd = [0, 2, 1, 3];
+  const qGroupedShape = g.constInt64([0, kvh, -1, hd]); // [B, kvh, group*S, hd]
+  const qUngroupedShape = g.constInt64([0, nh, -1, hd]); // [B, nh, S, hd]
+  const attnOutShape = g.constInt64([0, 0, qDim]);
+  const biasPast = g.node('Unsqueeze', [biasPastIn, g.constInt64([1, 2])])[0]; // [B, 1, 1, P]
+  const scale = { float: Math.fround(1 / Math.sqrt(hd)) };
+  // Rows of the grouped scores are (group member, token): the [S, S] causal mask repeats per member.
+  const biasNewGrouped = g.node('Tile', [biasNew, g.constInt64([group, 1])])[0];
+  const pastLen = g.node('Shape', ['past_key.0'], 1, { start: 2, end: 3 })[0];
+  const newLen = g.node('Shape', [inputIds], 1, { start: 1, end: 2 })[0];
+  const probSplit = g.node('Concat', [pastLen, newLen], 1, { axis: 0 })[0];
+
+  const qkvSplit = g.constInt64([qDim, kvDim, kvDim]);
+  const ffnSplit = g.constInt64([hidden, hidden]);
+  for (let l = 0; l < cfg.n_layers; l++) {
+    const w = weights.layer(l);
+    const attnNorm = g.weight(`layers.${l}.attention_norm`, w.attnNorm, [dim]);
+    const xn = g.node('SimplifiedLayerNormalization', [x, attnNorm], 1, { axis: -1, epsilon: eps })[0];
+    const wqkv = g.weight(`layers.${l}.wqkv`, fusedTransposed([{ w: w.wq, out: qDim }, { w: w.wk, out: kvDim }, { w: w.wv, out: kvDim }], dim), [dim, qDim + 2 * kvDim]);
+    const qkv = g.node('MatMul', [xn, wqkv])[0];
+    const [q, k, v] = g.node('Split', [qkv, qkvSplit], 3, { axis: -1 });
+    const qr = g.node('Reshape', [g.node('Transpose', [g.node('Reshape', [rope(q, qPairsShape), qHeads])[0]], 1, { perm: toBhsd })[0], qGroupedShape])[0];
+    const kNew = g.node('Transpose', [g.node('Reshape', [rope(k, kPairsShape), kvHeads])[0]], [`new_key.${l}`], { perm: toBhsd })[0];
+    const vNew = g.node('Transpose', [g.node('Reshape', [v, kvHeads])[0]], [`new_value.${l}`], { perm: toBhsd })[0];
+    g.output(kNew, DataType.FLOAT, ['batch', kvh, 'seq', hd]);
+    g.output(vNew, DataType.FLOAT, ['batch', kvh, 'seq', hd]);
+    const pastK = g.input(`past_key.${l}`, DataType.FLOAT, ['batch', kvh, 'past', hd]);
+    const pastV = g.input(`past_value.${l}`, DataType.FLOAT, ['batch', kvh, 'past', hd]);
+    const sPast = g.node('Add', [g.node('FusedMatMul', [qr, pastK], 1, { transB: 1, alpha: scale }, 'com.microsoft')[0], biasPast])[0];
+    const sNewRaw = g.node('FusedMatMul', [qr, kNew], 1, { transB: 1, alpha: scale }, 'com.microsoft')[0];
+    const sNew = g.node('Add', [sNewRaw, biasNewGrouped])[0];
+    const probs = g.node('Softmax', [g.node('Concat', [sPast, sNew], 1, { axis: -1 })[0]], 1, { axis: -1 })[0];
+    const [pPast, pNew] = g.node('Split', [probs, probSplit], 2, { axis: -1 });
+    const ctx = g.node('Add', [g.node('MatMul', [pPast, pastV])[0], g.node('MatMul', [pNew, vNew])[0]])[0];
+    const ctxHeads = g.node('Transpose', [g.node('Reshape', [ctx, qUngroupedShape])[0]], 1, { perm: toBhsd })[0];
+    const attn = g.node('Reshape', [ctxHeads, attnOutShape])[0];
+    const wo = g.weight(`layers.${l}.wo`, fusedTransposed([{ w: w.wo, out: dim }], qDim), [qDim, dim]);
+    x = g.node('Add', [x, g.node('MatMul', [attn, wo])[0]])[0];
+
+    const ffnNorm = g.weight(`layers.${l}.ffn_norm`, w.ffnNorm, [dim]);
+    const hn = g.node('SimplifiedLayerNormalization', [x, ffnNorm], 1, { axis: -1, epsilon: eps })[0];
+    const w13 = g.weight(`layers.${l}.w13`, fusedTransposed([{ w: w.w1, out: hidden }, { w: w.w3, out: hidden }], dim), [dim, 2 * hidden]);
+    const [h1, h3] = g.node('Split', [g.node('MatMul', [hn, w13])[0], ffnSplit], 2, { axis: -1 });
+    // SiLU(h1) * h3, in run.c's order: (h1 * sigmoid(h1)) * h3.
+    const gated = g.node('Mul', [g.node('Mul', [h1, g.node('Sigmoid', [h1])[0]])[0], h3])[0];
+    const w2 = g.weight(`layers.${l}.w2`, fusedTransposed([{ w: w.w2, out: dim }], hidden), [hidden, dim]);
+    x = g.node('Add', [x, g.node('MatMul', [gated, w2])[0]])[0];
+  }
+
+  // Only the requested rows reach the classifier: a prefill needs one row, not the whole prompt.
+  const rows = g.node('Gather', [g.node('Reshape', [x, g.constInt64([-1, dim])])[0], logitRows], 1, { axis: 0 })[0];
+  const finalNorm = g.weight('norm', weights.finalNorm(), [dim]);
+  const xf = g.node('SimplifiedLayerNormalization', [rows, finalNorm], 1, { axis: -1, epsilon: eps })[0];
+  const cls = weights.classifier();
+  const classifier = cls ? g.weight('output', cls, [vocab, dim]) : embedding;
+  g.node('Gemm', [xf, classifier], ['logits'], { transB: 1 });
+  g.output('logits', DataType.FLOAT, ['rows', vocab]);
+
+  g.save(modelPath, { '': 17, 'com.microsoft': 1 }, { 'pdserve.io': 'pdserve-kv-in/1' });
+}

@@ -1,0 +1,41 @@
+// What the engine needs from a model runner, whatever the graph's I/O convention.
+import type { KvShape } from '../kv/layout.ts';
+import type { KvSequence } from '../kv/slot-cache.ts';
+
+export interface ForwardItem {
+  seq: KvSequence;
+  /** Tokens to append; their positions start at seq.length. */
+  tokens: number[];
+}
+
+export interface StepTimings {
+  /** Building inputs (and moving sequences into a dense batch) before the run. */
+  assembleMs: number;
+  runMs: number;
+  /** Writing new keys/values into the cache after the run. */
+  writebackMs: number;
+}
+
+export interface KvCapacity {
+  maxSequences: number;
+  freeSequences: number;
+  totalBlocks: number;
+  usedBlocks: number;
+  blockTokens: number;
+  bytes: number;
+}
+
+export interface ModelRunner {
+  readonly vocabSize: number;
+  readonly kvShape: KvShape;
+  readonly blockBytes: number;
+  lastTimings: StepTimings;
+  /** Room for one more sequence, or null when the cache is full. */
+  allocate(id: string): KvSequence | null;
+  free(seq: KvSequence): void;
+  /** Appends each item's tokens and returns the logits of each item's last token, [items, vocab]. */
+  forward(items: ForwardItem[]): Promise<Float32Array>;
+  readBlocks(seq: KvSequence, first: number, count: number): Uint8Array;
+  writeBlocks(seq: KvSequence, first: number, data: Uint8Array, validTokens: number): void;
+  capacity(): KvCapacity;
+}
