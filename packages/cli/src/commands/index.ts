@@ -1,7 +1,10 @@
 import type { Command } from 'commander';
+import * as bench from './bench.ts';
+import * as generate from './generate.ts';
+import * as model from './model.ts';
 
 // One line per subcommand module; each exports `register(program)`.
-const modules: Array<{ register(program: Command): void }> = [];
+const modules: Array<{ register(program: Command): void }> = [model, generate, bench];
 
 export function registerCommands(program: Command): void {
   for (const m of modules) m.register(program);

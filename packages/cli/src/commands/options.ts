@@ -1,0 +1,20 @@
+// Option parsers shared by the subcommands: each rejects bad values with a message naming them.
+import { InvalidArgumentError } from 'commander';
+import { DEVICES, type Device } from '@pdserve/engine';
+
+export function positiveInt(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError(`expected a non-negative integer, got ${value}`);
+  return n;
+}
+
+export function nonNegativeNumber(value: string): number {
+  const n = Number(value);
+  if (!Number.isFinite(n) || n < 0) throw new InvalidArgumentError(`expected a non-negative number, got ${value}`);
+  return n;
+}
+
+export function device(value: string): Device {
+  if (!(DEVICES as readonly string[]).includes(value)) throw new InvalidArgumentError(`expected one of ${DEVICES.join(', ')}, got ${value}`);
+  return value as Device;
+}

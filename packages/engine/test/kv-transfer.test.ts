@@ -1,0 +1,85 @@
+// The KV cache leaves one engine as checksummed blocks and continues in another: the tokens match
+// one uninterrupted generation. Batched decode matches each sequence decoded alone.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { argmax, blocksFor, checksumBlocks, convertLlama2c, Engine, generate, KvChecksumError, verifyBlocks } from '../src/index.ts';
+import { requireShared } from '../../../test/support/shared.ts';
+
+async function stories(t: import('node:test').TestContext, blockTokens = 16): Promise<Engine[] | undefined> {
+  const dir = requireShared(t, 'models', 'stories260K');
+  if (!dir) return undefined;
+  const out = mkdtempSync(join(tmpdir(), 'pdserve-kv-'));
+  t.after(() => rmSync(out, { recursive: true, force: true }));
+  convertLlama2c({ checkpoint: join(dir, 'stories260K.bin'), tokenizer: join(dir, 'tok512.bin'), out });
+  return [await Engine.load(out, { threads: 1, blockTokens, maxSequences: 8, prefillChunk: 7 }), await Engine.load(out, { threads: 1, blockTokens, maxSequences: 8 })];
+}
+
+const greedy = { temperature: 0, topK: 0, topP: 1 };
+
+test('prefill on one engine, blocks over the wire, decode on another = one generation', async (t) => {
+  const engines = await stories(t, 4);
+  if (!engines) return;
+  const [prefill, decode] = engines;
+  const prompt = prefill.tokenizer.encode('Once upon a time, there was a big dog named Max');
+  const whole = await generate(prefill, prompt, { ...greedy, maxTokens: 60 });
+
+  const a = prefill.newSequence('a');
+  const logits = await prefill.prefill(a, prompt);
+  const first = argmax(logits.subarray(0, prefill.vocabSize));
+  const blockBytes = prefill.runner.blockBytes;
+  const count = blocksFor(a.length, 4);
+  const data = prefill.runner.readBlocks(a, 0, count);
+  const range = { firstBlock: 0, blockCount: count, tokenCount: a.length, data, checksums: checksumBlocks(data, blockBytes) };
+  verifyBlocks(range, blockBytes);
+  prefill.release(a);
+
+  const b = decode.newSequence('b');
+  decode.runner.writeBlocks(b, 0, range.data, range.tokenCount);
+  const ids = [first];
+  while (ids.length < 60) {
+    const l = await decode.decode([{ seq: b, token: ids[ids.length - 1] }]);
+    ids.push(argmax(l.subarray(0, decode.vocabSize)));
+  }
+  assert.deepEqual(ids, whole.ids);
+});
+
+test('a corrupted block is detected and named', () => {
+  const blockBytes = 64;
+  const data = new Uint8Array(blockBytes * 3).map((_, i) => i % 251);
+  const range = { firstBlock: 5, blockCount: 3, tokenCount: 40, data, checksums: checksumBlocks(data, blockBytes) };
+  verifyBlocks(range, blockBytes);
+  data[blockBytes + 10] ^= 1;
+  assert.throws(() => verifyBlocks(range, blockBytes), (err: unknown) => err instanceof KvChecksumError && err.block === 6);
+});
+
+test('batched decode of different prompt lengths equals each sequence alone', async (t) => {
+  const engines = await stories(t);
+  if (!engines) return;
+  const engine = engines[1];
+  const prompts = ['Once upon a time', 'The cat sat on the mat and looked at the big red ball', 'Lily', 'Tom and Sue went to the park to play with their friends. They'];
+  const alone = [];
+  for (const p of prompts) alone.push((await generate(engine, engine.tokenizer.encode(p), { ...greedy, maxTokens: 40, stopTokenIds: [] })).ids);
+
+  // Occupy a slot first so the batch starts scattered and has to be compacted.
+  const blocker = engine.newSequence('blocker');
+  const seqs = [];
+  const next: number[] = [];
+  for (const [i, p] of prompts.entries()) {
+    const seq = engine.newSequence(`s${i}`);
+    const logits = await engine.prefill(seq, engine.tokenizer.encode(p));
+    seqs.push(seq);
+    next.push(argmax(logits.subarray(0, engine.vocabSize)));
+  }
+  engine.release(blocker);
+  const got: number[][] = prompts.map((_, i) => [next[i]]);
+  // Sequences leave the batch at different times, as in continuous batching.
+  for (let step = 0; step < 39; step++) {
+    const active = seqs.map((seq, i) => ({ seq, i })).filter(({ i }) => got[i].length < 40 - i * 5);
+    const logits = await engine.decode(active.map(({ seq, i }) => ({ seq, token: got[i][got[i].length - 1] })));
+    active.forEach(({ i }, row) => got[i].push(argmax(logits.subarray(row * engine.vocabSize, (row + 1) * engine.vocabSize))));
+  }
+  prompts.forEach((_, i) => assert.deepEqual(got[i], alone[i].slice(0, got[i].length)));
+});
