@@ -60,7 +60,7 @@ test('batched decode of different prompt lengths equals each sequence alone', as
   if (!engines) return;
   const engine = engines[1];
   const prompts = ['Once upon a time', 'The cat sat on the mat and looked at the big red ball', 'Lily', 'Tom and Sue went to the park to play with their friends. They'];
-  const alone = [];
+  const alone: number[][] = [];
   for (const p of prompts) alone.push((await generate(engine, engine.tokenizer.encode(p), { ...greedy, maxTokens: 40, stopTokenIds: [] })).ids);
 
   // Occupy a slot first so the batch starts scattered and has to be compacted.

@@ -2,9 +2,11 @@ import type { Command } from 'commander';
 import * as bench from './bench.ts';
 import * as generate from './generate.ts';
 import * as model from './model.ts';
+import * as serve from './serve.ts';
+import * as up from './up.ts';
 
 // One line per subcommand module; each exports `register(program)`.
-const modules: Array<{ register(program: Command): void }> = [model, generate, bench];
+const modules: Array<{ register(program: Command): void }> = [model, generate, serve, up, bench];
 
 export function registerCommands(program: Command): void {
   for (const m of modules) m.register(program);

@@ -146,7 +146,8 @@ export class SlotKvCache {
     if (validTokens > (first + count) * B || validTokens <= first * B) throw new Error(`KV blocks ${first}..${first + count - 1} cannot hold a length of ${validTokens}`);
     this.reserve((first + count) * B);
     const stride = this.strideTokens;
-    const bytes = data.byteOffset % 4 === 0 ? data : data.slice(); // Float32Array views need 4-byte alignment
+    // Float32Array views need 4-byte alignment; gRPC hands out Buffers at any offset (copy those).
+    const bytes = data.byteOffset % 4 === 0 ? data : new Uint8Array(data);
     const src = new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
     let i = 0;
     for (let b = first; b < first + count; b++) {

@@ -1,0 +1,156 @@
+// Synthetic workloads. Every length is drawn uniformly (integers, both ends included) from the
+// ranges below with a seeded generator, then scaled, overridden and clipped:
+//
+//   chat       prompt  64..256 tokens, output 128..256 tokens   (short question, medium answer)
+//   summarize  prompt 512..1024 tokens, output 16..64 tokens    (long document, short summary)
+//   mixed      each request is chat or summarize with probability 1/2 (its own seeded stream)
+//
+//   1. scale:    len = max(1, round(len * scale))       (--input-len-scale / --output-len-scale)
+//   2. override: --input-len / --output-len replace the drawn length for every request
+//   3. clip:     when prompt + output > max_model_len both shrink proportionally (each >= 1), so
+//                a small-context model keeps the workload's prompt/output balance
+//
+// Completions prompts are arrays of token ids, uniform in [minTokenId, vocabSize - 1], which the
+// server takes verbatim, so prompt lengths are exact. Chat prompts are text (the chat API has no
+// token-id input): `promptLen` random words from a fixed list of common English words. Such a word
+// is usually one token, but tokenizers and the chat template add some, so chat prompt lengths are
+// approximate; the server's `usage.prompt_tokens` gives the true count.
+import { Rng, STREAM } from './rng.ts';
+
+export type WorkloadName = 'chat' | 'summarize' | 'mixed';
+export const WORKLOADS: readonly WorkloadName[] = ['chat', 'summarize', 'mixed'];
+
+export interface LengthRange {
+  min: number;
+  max: number;
+}
+
+export interface WorkloadSpec {
+  input: LengthRange;
+  output: LengthRange;
+}
+
+export const WORKLOAD_SPECS: Record<'chat' | 'summarize', WorkloadSpec> = {
+  chat: { input: { min: 64, max: 256 }, output: { min: 128, max: 256 } },
+  summarize: { input: { min: 512, max: 1024 }, output: { min: 16, max: 64 } },
+};
+
+export interface WorkloadOptions {
+  workload: WorkloadName;
+  n: number;
+  seed: number;
+  /** Which seeded stream to draw from (the warmup uses its own so it never shifts the run). */
+  stream?: number;
+  inputLenScale?: number;
+  outputLenScale?: number;
+  inputLen?: number;
+  outputLen?: number;
+  /** Clip prompt + output to this many tokens when given. */
+  maxModelLen?: number;
+  /** 'completions' → token-id prompts; 'chat' → word prompts. */
+  endpoint: 'completions' | 'chat';
+  vocabSize: number;
+  minTokenId: number;
+}
+
+export interface BenchRequest {
+  index: number;
+  /** Which base workload produced it (for mixed). */
+  kind: 'chat' | 'summarize';
+  promptLen: number;
+  outputLen: number;
+  /** True when max_model_len clipping shortened it. */
+  clipped: boolean;
+  promptTokenIds?: number[];
+  promptText?: string;
+}
+
+export interface Lengths {
+  kind: 'chat' | 'summarize';
+  promptLen: number;
+  outputLen: number;
+  clipped: boolean;
+}
+
+/** Shrinks prompt and output proportionally so that they fit in maxModelLen (each stays >= 1). */
+export function clipLengths(promptLen: number, outputLen: number, maxModelLen: number | undefined): [number, number, boolean] {
+  if (maxModelLen === undefined || promptLen + outputLen <= maxModelLen) return [promptLen, outputLen, false];
+  if (maxModelLen < 2) throw new RangeError(`max_model_len ${maxModelLen} leaves no room for a prompt and an output`);
+  const f = maxModelLen / (promptLen + outputLen);
+  let p = Math.max(1, Math.floor(promptLen * f));
+  let o = Math.max(1, Math.floor(outputLen * f));
+  while (p + o > maxModelLen) {
+    if (p >= o && p > 1) p--;
+    else o--;
+  }
+  return [p, o, true];
+}
+
+function scaled(len: number, scale: number | undefined): number {
+  return scale === undefined ? len : Math.max(1, Math.round(len * scale));
+}
+
+/** The (prompt, output) lengths of n requests, deterministic in the seed. */
+export function generateLengths(opts: Omit<WorkloadOptions, 'endpoint' | 'vocabSize' | 'minTokenId'>): Lengths[] {
+  const stream = opts.stream ?? STREAM.workload;
+  const rng = new Rng(opts.seed, stream);
+  const mix = new Rng(opts.seed, stream + 1);
+  for (const [name, v] of [['inputLen', opts.inputLen], ['outputLen', opts.outputLen]] as const) {
+    if (v !== undefined && !(Number.isInteger(v) && v >= 1)) throw new RangeError(`${name} must be an integer >= 1 (got ${v})`);
+  }
+  for (const [name, v] of [['inputLenScale', opts.inputLenScale], ['outputLenScale', opts.outputLenScale]] as const) {
+    if (v !== undefined && !(v > 0 && Number.isFinite(v))) throw new RangeError(`${name} must be > 0 (got ${v})`);
+  }
+  if (!WORKLOADS.includes(opts.workload)) throw new RangeError(`unknown workload '${opts.workload}' (one of ${WORKLOADS.join(', ')})`);
+  const out: Lengths[] = [];
+  for (let i = 0; i < opts.n; i++) {
+    const kind: 'chat' | 'summarize' = opts.workload === 'mixed' ? (mix.float() < 0.5 ? 'chat' : 'summarize') : opts.workload;
+    const spec = WORKLOAD_SPECS[kind];
+    // Always draw both so overriding one length never shifts the other's sequence.
+    const drawnIn = rng.int(spec.input.min, spec.input.max);
+    const drawnOut = rng.int(spec.output.min, spec.output.max);
+    const p0 = opts.inputLen ?? scaled(drawnIn, opts.inputLenScale);
+    const o0 = opts.outputLen ?? scaled(drawnOut, opts.outputLenScale);
+    const [promptLen, outputLen, clipped] = clipLengths(p0, o0, opts.maxModelLen);
+    out.push({ kind, promptLen, outputLen, clipped });
+  }
+  return out;
+}
+
+/** Common short English words for chat prompts (each is one token in most BPE vocabularies). */
+export const WORDS: readonly string[] = (
+  'the of and to in is you that it he was for on are as with his they at be this have from or one had by ' +
+  'word but not what all were we when your can said there use an each which she do how their if will up ' +
+  'other about out many then them these so some her would make like him into time has look two more write ' +
+  'go see number no way could people my than first water been call who oil its now find long down day did ' +
+  'get come made may part over new sound take only little work know place year live me back give most very ' +
+  'after thing our just name good sentence man think say great where help through much before line right too ' +
+  'mean old any same tell boy follow came want show also around form three small set put end does another ' +
+  'well large must big even such because turn here why ask went men read need land different home us move ' +
+  'try kind hand picture again change off play spell air away animal house point page letter mother answer'
+).split(' ');
+
+/** Builds the requests: lengths plus token-id (completions) or word (chat) prompts. */
+export function generateRequests(opts: WorkloadOptions): BenchRequest[] {
+  const lengths = generateLengths(opts);
+  const stream = opts.stream ?? STREAM.workload;
+  const tokRng = new Rng(opts.seed, stream + 2);
+  const lo = opts.minTokenId;
+  const hi = opts.vocabSize - 1;
+  if (opts.endpoint === 'completions' && !(Number.isInteger(lo) && Number.isInteger(hi) && lo >= 0 && lo <= hi)) {
+    throw new RangeError(`no token ids to draw from: min-token-id ${lo}, vocab size ${opts.vocabSize}`);
+  }
+  return lengths.map((l, index) => {
+    const req: BenchRequest = { index, ...l };
+    if (opts.endpoint === 'completions') {
+      const ids = new Array<number>(l.promptLen);
+      for (let k = 0; k < l.promptLen; k++) ids[k] = tokRng.int(lo, hi);
+      req.promptTokenIds = ids;
+    } else {
+      const words = new Array<string>(l.promptLen);
+      for (let k = 0; k < l.promptLen; k++) words[k] = WORDS[tokRng.int(0, WORDS.length - 1)];
+      req.promptText = words.join(' ');
+    }
+    return req;
+  });
+}

@@ -1,0 +1,76 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { WORDS, WORKLOAD_SPECS, clipLengths, generateLengths, generateRequests } from '../src/index.ts';
+
+const base = { n: 200, seed: 5, endpoint: 'completions' as const, vocabSize: 1000, minTokenId: 3 };
+
+test('workload lengths are deterministic in the seed and inside the documented ranges', () => {
+  for (const workload of ['chat', 'summarize'] as const) {
+    const a = generateLengths({ ...base, workload });
+    assert.deepEqual(a, generateLengths({ ...base, workload }));
+    assert.notDeepEqual(a, generateLengths({ ...base, workload, seed: 6 }));
+    const spec = WORKLOAD_SPECS[workload];
+    for (const l of a) {
+      assert.equal(l.kind, workload);
+      assert.ok(l.promptLen >= spec.input.min && l.promptLen <= spec.input.max);
+      assert.ok(l.outputLen >= spec.output.min && l.outputLen <= spec.output.max);
+    }
+    // Spread over the range, not a constant.
+    assert.ok(new Set(a.map((l) => l.promptLen)).size > 50);
+  }
+});
+
+test('mixed draws both kinds, deterministically', () => {
+  const a = generateLengths({ ...base, workload: 'mixed' });
+  assert.deepEqual(a, generateLengths({ ...base, workload: 'mixed' }));
+  const chats = a.filter((l) => l.kind === 'chat').length;
+  assert.ok(chats > 60 && chats < 140, `chat share ${chats}/200`);
+});
+
+test('scales, overrides and max_model_len clipping', () => {
+  const plain = generateLengths({ ...base, workload: 'chat' });
+  const scaled = generateLengths({ ...base, workload: 'chat', inputLenScale: 0.25, outputLenScale: 0.1 });
+  for (let i = 0; i < plain.length; i++) {
+    assert.equal(scaled[i].promptLen, Math.max(1, Math.round(plain[i].promptLen * 0.25)));
+    assert.equal(scaled[i].outputLen, Math.max(1, Math.round(plain[i].outputLen * 0.1)));
+  }
+  const fixed = generateLengths({ ...base, workload: 'summarize', inputLen: 17, outputLen: 3 });
+  assert.ok(fixed.every((l) => l.promptLen === 17 && l.outputLen === 3));
+  // Overriding one length leaves the other's sequence unchanged.
+  const onlyOut = generateLengths({ ...base, workload: 'chat', outputLen: 9 });
+  assert.deepEqual(onlyOut.map((l) => l.promptLen), plain.map((l) => l.promptLen));
+
+  const clipped = generateLengths({ ...base, workload: 'summarize', maxModelLen: 256 });
+  for (const l of clipped) {
+    assert.ok(l.promptLen + l.outputLen <= 256);
+    assert.ok(l.promptLen >= 1 && l.outputLen >= 1);
+    assert.equal(l.clipped, true);
+    assert.ok(l.promptLen > l.outputLen); // keeps the summarize balance
+  }
+  assert.deepEqual(clipLengths(100, 50, 150), [100, 50, false]);
+  assert.deepEqual(clipLengths(300, 100, 200), [150, 50, true]);
+  assert.deepEqual(clipLengths(1000, 1, 10), [9, 1, true]);
+  assert.throws(() => generateLengths({ ...base, workload: 'chat', inputLen: 0 }));
+  assert.throws(() => generateLengths({ ...base, workload: 'nope' as 'chat' }));
+});
+
+test('completions prompts are token ids in [minTokenId, vocab); chat prompts are words', () => {
+  const reqs = generateRequests({ ...base, workload: 'chat', vocabSize: 32, minTokenId: 5 });
+  assert.deepEqual(reqs, generateRequests({ ...base, workload: 'chat', vocabSize: 32, minTokenId: 5 }));
+  const seen = new Set<number>();
+  for (const r of reqs) {
+    assert.equal(r.promptTokenIds!.length, r.promptLen);
+    for (const id of r.promptTokenIds!) {
+      assert.ok(Number.isInteger(id) && id >= 5 && id < 32);
+      seen.add(id);
+    }
+  }
+  assert.equal(seen.size, 27);
+  const chat = generateRequests({ ...base, n: 5, workload: 'chat', endpoint: 'chat' });
+  for (const r of chat) {
+    const words = r.promptText!.split(' ');
+    assert.equal(words.length, r.promptLen);
+    assert.ok(words.every((w) => WORDS.includes(w)));
+  }
+  assert.throws(() => generateRequests({ ...base, workload: 'chat', vocabSize: 3, minTokenId: 3 }));
+});

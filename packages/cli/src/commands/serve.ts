@@ -1,0 +1,70 @@
+// Long-running service commands: `pdserve worker` and `pdserve router`.
+import type { Command } from 'commander';
+import pino from 'pino';
+import { exitWhenParentDies, WORKER_ROLES, type WorkerRole } from '@pdserve/common';
+import { startWorker } from '@pdserve/worker';
+import { startRouter } from '@pdserve/router';
+import { device, positiveInt } from './options.ts';
+
+function role(value: string): WorkerRole {
+  if (!(WORKER_ROLES as readonly string[]).includes(value)) throw new Error(`--role must be one of ${WORKER_ROLES.join(', ')}`);
+  return value as WorkerRole;
+}
+
+/** Stops on SIGINT/SIGTERM (and when a supervising `pdserve up` dies), then exits. */
+function runUntilSignalled(stop: () => Promise<void>, log: pino.Logger): void {
+  let stopping = false;
+  const shutdown = (why: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ why }, 'shutting down');
+    stop().then(() => process.exit(0), (err: Error) => { log.error({ err: err.message }, 'shutdown failed'); process.exit(1); });
+  };
+  process.on('SIGINT', () => shutdown('SIGINT'));
+  process.on('SIGTERM', () => shutdown('SIGTERM'));
+  exitWhenParentDies({ onParentDeath: () => stop(), logger: log });
+}
+
+export function register(program: Command): void {
+  program
+    .command('worker')
+    .description('run a prefill, decode or unified worker')
+    .requiredOption('--role <role>', 'prefill, decode or unified', role)
+    .requiredOption('--model <dir>', 'model directory')
+    .requiredOption('--redis-url <url>', 'Redis for the worker registry')
+    .option('--host <host>', 'interface to bind', '127.0.0.1')
+    .option('--grpc-port <n>', 'gRPC port (0 = any free one)', positiveInt, 0)
+    .option('--metrics-port <n>', 'Prometheus /metrics and /health port (0 = any free one)', positiveInt, 0)
+    .option('--advertise-host <host>', "address others use to reach this worker ('auto' = first non-loopback IPv4)", '127.0.0.1')
+    .option('--device <name>', 'cpu, webgpu or cuda', device, 'cpu')
+    .option('--threads <n>', 'ONNX Runtime intra-op threads (0 = one per core)', positiveInt, Number(process.env.PDSERVE_THREADS ?? 0))
+    .option('--kv-budget-mb <n>', 'KV cache budget in MiB', positiveInt)
+    .option('--max-sequences <n>', 'sequences held at once (decode batch limit)', positiveInt, 16)
+    .option('--max-model-len <n>', 'longest sequence served (default: the model\'s)', positiveInt)
+    .option('--block-tokens <n>', 'tokens per KV block', positiveInt, 16)
+    .option('--prefill-chunk <n>', 'prompt tokens per prefill pass', positiveInt, 256)
+    .option('--id <id>', 'worker id (default: role-host-pid-random)')
+    .action(async (o) => {
+      const log = pino({ name: 'pdserve-worker' });
+      const w = await startWorker({ ...o, logger: log });
+      runUntilSignalled(w.stop, log);
+    });
+
+  program
+    .command('router')
+    .description('run the OpenAI-compatible router')
+    .requiredOption('--model <dir>', 'model directory (tokenizer, context length, served name)')
+    .requiredOption('--redis-url <url>', 'Redis with the worker registry')
+    .option('--host <host>', 'interface to bind', '127.0.0.1')
+    .option('--port <n>', 'HTTP port', positiveInt, 8000)
+    .option('--served-model-name <name>', 'name clients use in `model` (default: the model directory name)')
+    .option('--api-key <key>', 'require `Authorization: Bearer <key>`', process.env.PDSERVE_API_KEY)
+    .option('--max-model-len <n>', 'context limit (default: the model\'s)', positiveInt)
+    .option('--slo-ttft-ms <ms>', 'default time-to-first-token SLO for admission and metrics', positiveInt)
+    .option('--slo-tpot-ms <ms>', 'default time-per-output-token SLO for admission and metrics', positiveInt)
+    .action(async (o) => {
+      const log = pino({ name: 'pdserve-router' });
+      const r = await startRouter({ ...o, logger: log });
+      runUntilSignalled(r.stop, log);
+    });
+}

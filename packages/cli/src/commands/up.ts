@@ -1,0 +1,112 @@
+// `pdserve up` (also `pnpm start`): a whole local cluster in one command. Starts redis-server on a
+// free port (unless --redis-url), the router and the workers as child processes, prints
+// `ready http://HOST:PORT` once /ready answers, and on Ctrl-C or SIGTERM stops every child.
+import type { Command } from 'commander';
+import { existsSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import pino from 'pino';
+import { freePort, startRedisServer, Supervisor, SUPERVISOR_PID_ENV } from '@pdserve/common';
+import { writeDummyModel } from '@pdserve/engine';
+import { device, positiveInt } from './options.ts';
+
+const MAIN = fileURLToPath(new URL('../main.ts', import.meta.url));
+
+export function modelCacheDir(): string {
+  return process.env.PDSERVE_CACHE_DIR ?? join(homedir(), '.cache', 'pdserve', 'models');
+}
+
+/** --model, else $PDSERVE_MODEL, else a fetched stories260K, else a dummy model built here (said loudly). */
+export function resolveDefaultModel(log: pino.Logger, given?: string): string {
+  if (given) return resolve(given);
+  if (process.env.PDSERVE_MODEL) return resolve(process.env.PDSERVE_MODEL);
+  const fetched = join(modelCacheDir(), 'stories260K');
+  if (existsSync(join(fetched, 'config.json'))) return fetched;
+  const dummy = join(modelCacheDir(), 'dummy-tiny');
+  if (!existsSync(join(dummy, 'config.json'))) writeDummyModel('tiny', dummy);
+  log.warn({ model: dummy }, 'NO MODEL CONFIGURED: serving a DUMMY model with random weights (meaningless text). Use --model DIR, or `pnpm pdserve fetch stories260K` where a network allows.');
+  return dummy;
+}
+
+interface UpFlags {
+  model?: string;
+  host: string;
+  port: number;
+  prefill: number;
+  decode: number;
+  unified?: number;
+  redisUrl?: string;
+  device: string;
+  threads: number;
+  maxSequences: number;
+  kvBudgetMb?: number;
+  readyTimeoutS: number;
+}
+
+async function waitReady(url: string, timeoutMs: number, failed: () => string | undefined): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const why = failed();
+    if (why) throw new Error(why);
+    try {
+      const res = await fetch(`${url}/ready`);
+      if (res.ok) return;
+    } catch { /* not listening yet */ }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  throw new Error(`cluster not ready after ${timeoutMs / 1000} s`);
+}
+
+export function register(program: Command): void {
+  program
+    .command('up')
+    .description('start a local cluster: redis, router, prefill and decode workers')
+    .option('--model <dir>', 'model directory (default: $PDSERVE_MODEL, a fetched stories260K, or a dummy model)')
+    .option('--host <host>', 'router interface', '127.0.0.1')
+    .option('--port <n>', 'router HTTP port', positiveInt, 8000)
+    .option('--prefill <n>', 'prefill workers', positiveInt, 1)
+    .option('--decode <n>', 'decode workers', positiveInt, 1)
+    .option('--unified <n>', 'unified workers (prefill and decode in one process) instead of --prefill/--decode', positiveInt)
+    .option('--redis-url <url>', 'use this Redis instead of starting redis-server')
+    .option('--device <name>', 'cpu, webgpu or cuda', device, 'cpu')
+    .option('--threads <n>', 'ONNX Runtime threads per worker (0 = one per core)', positiveInt, 1)
+    .option('--max-sequences <n>', 'sequences per worker', positiveInt, 16)
+    .option('--kv-budget-mb <n>', 'KV cache budget per worker, MiB', positiveInt)
+    .option('--ready-timeout-s <n>', 'give up if the cluster is not ready by then', positiveInt, 120)
+    .action(async (o: UpFlags) => {
+      const log = pino({ name: 'pdserve-up' });
+      const model = resolveDefaultModel(log, o.model);
+      const redis = o.redisUrl ? undefined : await startRedisServer();
+      const redisUrl = o.redisUrl ?? redis!.url;
+      let failure: string | undefined;
+      const supervisor = new Supervisor({
+        output: 'inherit',
+        logger: log,
+        onUnexpectedExit: (e) => { failure = `${e.name} exited unexpectedly (code ${e.code}, signal ${e.signal})`; },
+      });
+      const node = (name: string, args: string[]) =>
+        supervisor.spawn({ name, command: process.execPath, args: ['--import', 'tsx', MAIN, ...args], env: { [SUPERVISOR_PID_ENV]: String(process.pid) } });
+      const common = ['--model', model, '--redis-url', redisUrl, '--device', o.device, '--threads', String(o.threads), '--max-sequences', String(o.maxSequences)];
+      if (o.kvBudgetMb !== undefined) common.push('--kv-budget-mb', String(o.kvBudgetMb));
+      const roles: Array<['prefill' | 'decode' | 'unified', number]> = o.unified ? [['unified', o.unified]] : [['prefill', o.prefill], ['decode', o.decode]];
+      for (const [role, count] of roles) for (let i = 0; i < count; i++) node(`${role}-${i}`, ['worker', '--role', role, ...common]);
+      const port = o.port || (await freePort());
+      node('router', ['router', '--model', model, '--redis-url', redisUrl, '--host', o.host, '--port', String(port)]);
+      const shutdown = async (code: number) => {
+        await supervisor.stop();
+        await redis?.stop();
+        process.exit(code);
+      };
+      supervisor.handleSignals({ exit: false, onSignal: () => void shutdown(0) });
+      const url = `http://${o.host === '0.0.0.0' ? '127.0.0.1' : o.host}:${port}`;
+      try {
+        await waitReady(url, o.readyTimeoutS * 1000, () => failure);
+      } catch (err) {
+        log.error({ err: (err as Error).message }, 'cluster failed to start');
+        await shutdown(1);
+      }
+      process.stdout.write(`ready ${url}\n`);
+      const watch = setInterval(() => { if (failure) { log.error({ failure }, 'a cluster process died'); clearInterval(watch); void shutdown(1); } }, 500);
+    });
+}

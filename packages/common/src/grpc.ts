@@ -1,0 +1,135 @@
+// gRPC plumbing for proto/pdserve/v1/pdserve.proto: the package definition, channel and server
+// options (message limits set on purpose), and the TypeScript shapes of the messages.
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export { grpc };
+
+const PROTO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'proto');
+export const PROTO_FILE = join(PROTO_ROOT, 'pdserve', 'v1', 'pdserve.proto');
+
+/**
+ * KV chunks are cut to at most KV_MESSAGE_BYTES of blocks each; the limits leave room above that.
+ * grpc-js's 4 MiB default would reject a large chunk, and an unlimited one would let a peer make a
+ * worker buffer arbitrary amounts.
+ */
+export const KV_MESSAGE_BYTES = 4 * 1024 * 1024;
+export const MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
+
+export const CHANNEL_OPTIONS: grpc.ChannelOptions = {
+  'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
+  'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
+  'grpc.keepalive_time_ms': 10_000,
+  'grpc.keepalive_timeout_ms': 5_000,
+  'grpc.keepalive_permit_without_calls': 1,
+  // Large KV pushes need big HTTP/2 windows to keep the pipe full on loopback.
+  'grpc-node.flow_control_window': 16 * 1024 * 1024,
+};
+
+let cached: grpc.GrpcObject | undefined;
+function pdserveV1(): grpc.GrpcObject {
+  if (!cached) {
+    const def = protoLoader.loadSync(PROTO_FILE, { keepCase: true, longs: Number, enums: String, defaults: true, oneofs: true });
+    cached = (grpc.loadPackageDefinition(def).pdserve as grpc.GrpcObject).v1 as grpc.GrpcObject;
+  }
+  return cached;
+}
+
+type ServiceCtor = grpc.ServiceClientConstructor;
+
+export function prefillService(): grpc.ServiceDefinition {
+  return (pdserveV1().Prefill as ServiceCtor).service;
+}
+
+export function decodeService(): grpc.ServiceDefinition {
+  return (pdserveV1().Decode as ServiceCtor).service;
+}
+
+export function prefillClient(address: string): grpc.Client {
+  return new (pdserveV1().Prefill as ServiceCtor)(address, grpc.credentials.createInsecure(), CHANNEL_OPTIONS);
+}
+
+export function decodeClient(address: string): grpc.Client {
+  return new (pdserveV1().Decode as ServiceCtor)(address, grpc.credentials.createInsecure(), CHANNEL_OPTIONS);
+}
+
+export function createGrpcServer(): grpc.Server {
+  return new grpc.Server(CHANNEL_OPTIONS);
+}
+
+export function bindServer(server: grpc.Server, address: string): Promise<number> {
+  return new Promise((resolveBind, reject) =>
+    server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (err, port) => (err ? reject(err) : resolveBind(port))),
+  );
+}
+
+/** Metadata carrying the router's request id, so every worker log line about a request names it. */
+export function requestMetadata(requestId: string): grpc.Metadata {
+  const md = new grpc.Metadata();
+  md.set('x-request-id', requestId);
+  return md;
+}
+
+// ---- message shapes (proto3 with defaults: every field present) ----
+
+export interface SamplingParamsMsg {
+  temperature: number;
+  top_p: number;
+  top_k: number;
+  seed: number;
+  max_tokens: number;
+  min_tokens: number;
+  stop_token_ids: number[];
+  ignore_eos: boolean;
+  logprobs: number;
+}
+
+export interface TokenMsg {
+  id: number;
+  logprob: number;
+  top_logprobs: Array<{ id: number; logprob: number }>;
+}
+
+export interface PrefillRequestMsg {
+  request_id: string;
+  prompt_ids: number[];
+  sampling: SamplingParamsMsg;
+  decode_address: string;
+}
+
+export interface PrefillResponseMsg {
+  first_token: TokenMsg;
+  queue_ms: number;
+  prefill_ms: number;
+  transfer_tail_ms: number;
+  kv_bytes: number;
+}
+
+export interface GenerateRequestMsg {
+  request_id: string;
+  prompt_len: number;
+  sampling: SamplingParamsMsg;
+  kv_timeout_ms: number;
+}
+
+export interface GenerateEventMsg {
+  event?: 'reserved' | 'tokens' | 'finished';
+  reserved?: boolean;
+  tokens?: { tokens: TokenMsg[]; admit_ms: number };
+  finished?: { reason: string; stop_token_id: number; has_stop_token: boolean };
+}
+
+export interface KvChunkMsg {
+  request_id: string;
+  first_block: number;
+  block_count: number;
+  token_count: number;
+  data: Uint8Array;
+  checksums: number[];
+  done: boolean;
+  first_token?: TokenMsg | null;
+  block_tokens: number;
+  block_bytes: number;
+}

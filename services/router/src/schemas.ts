@@ -1,0 +1,170 @@
+// JSON schemas of the request bodies (validated by fastify's Ajv, configured in app.ts without type
+// coercion). Optional fields also accept null (some clients send null for "unset"). Checks that
+// need the model (token id ranges, lengths) or give better messages in code live in the routes.
+
+const nullable = (type: string | string[]) => [...(Array.isArray(type) ? type : [type]), 'null'];
+
+const slo = {
+  type: nullable('object'),
+  properties: {
+    ttft_ms: { type: nullable('number'), exclusiveMinimum: 0 },
+    tpot_ms: { type: nullable('number'), exclusiveMinimum: 0 },
+  },
+};
+
+/** Fields shared by /v1/completions and /v1/chat/completions. */
+const common = {
+  model: { type: 'string' },
+  max_tokens: { type: nullable('integer'), minimum: 1 },
+  temperature: { type: nullable('number'), minimum: 0, maximum: 2 },
+  top_p: { type: nullable('number'), exclusiveMinimum: 0, maximum: 1 },
+  top_k: { type: nullable('integer'), minimum: -1 },
+  seed: { type: nullable('integer') },
+  stop: { type: nullable(['string', 'array']), items: { type: 'string' }, maxItems: 4 },
+  stop_token_ids: { type: nullable('array'), items: { type: 'integer', minimum: 0 }, maxItems: 64 },
+  ignore_eos: { type: nullable('boolean') },
+  min_tokens: { type: nullable('integer'), minimum: 0 },
+  n: { type: nullable('integer'), minimum: 1 },
+  stream: { type: nullable('boolean') },
+  stream_options: {
+    type: nullable('object'),
+    properties: { include_usage: { type: nullable('boolean') } },
+  },
+  user: { type: nullable('string') },
+  presence_penalty: { type: nullable('number'), minimum: -2, maximum: 2 },
+  frequency_penalty: { type: nullable('number'), minimum: -2, maximum: 2 },
+  logit_bias: { type: nullable('object') },
+  slo,
+};
+
+export const completionsBodySchema = {
+  type: 'object',
+  required: ['model', 'prompt'],
+  properties: {
+    ...common,
+    // The exact shape (string, [string], [ids], [[ids]]) is checked in code for a clearer message.
+    prompt: { type: ['string', 'array'] },
+    logprobs: { type: nullable('integer'), minimum: 0, maximum: 5 },
+    echo: { type: nullable('boolean') },
+    best_of: { type: nullable('integer'), minimum: 1 },
+    suffix: { type: nullable('string') },
+  },
+};
+
+const contentPart = {
+  type: 'object',
+  required: ['type'],
+  properties: { type: { type: 'string', enum: ['text'] }, text: { type: 'string' } },
+};
+
+export const chatBodySchema = {
+  type: 'object',
+  required: ['model', 'messages'],
+  properties: {
+    ...common,
+    messages: {
+      type: 'array',
+      minItems: 1,
+      items: {
+        type: 'object',
+        required: ['role'],
+        properties: {
+          role: { type: 'string', enum: ['system', 'developer', 'user', 'assistant'] },
+          content: { type: nullable(['string', 'array']), items: contentPart },
+          name: { type: nullable('string') },
+        },
+      },
+    },
+    max_completion_tokens: { type: nullable('integer'), minimum: 1 },
+    logprobs: { type: nullable('boolean') },
+    top_logprobs: { type: nullable('integer'), minimum: 0, maximum: 20 },
+    add_generation_prompt: { type: nullable('boolean') },
+    tools: { type: nullable('array') },
+    response_format: { type: nullable('object'), properties: { type: { type: 'string' } } },
+  },
+};
+
+export const tokenizeBodySchema = {
+  type: 'object',
+  properties: {
+    model: { type: nullable('string') },
+    prompt: { type: 'string' },
+    messages: chatBodySchema.properties.messages,
+    add_special_tokens: { type: nullable('boolean') },
+    add_generation_prompt: { type: nullable('boolean') },
+  },
+};
+
+export const detokenizeBodySchema = {
+  type: 'object',
+  required: ['tokens'],
+  properties: {
+    model: { type: nullable('string') },
+    tokens: { type: 'array', items: { type: 'integer', minimum: 0 } },
+  },
+};
+
+// Body types as the routes see them after validation.
+
+export interface SloBody {
+  ttft_ms?: number | null;
+  tpot_ms?: number | null;
+}
+
+export interface CommonBody {
+  model: string;
+  max_tokens?: number | null;
+  temperature?: number | null;
+  top_p?: number | null;
+  top_k?: number | null;
+  seed?: number | null;
+  stop?: string | string[] | null;
+  stop_token_ids?: number[] | null;
+  ignore_eos?: boolean | null;
+  min_tokens?: number | null;
+  n?: number | null;
+  stream?: boolean | null;
+  stream_options?: { include_usage?: boolean | null } | null;
+  user?: string | null;
+  presence_penalty?: number | null;
+  frequency_penalty?: number | null;
+  logit_bias?: Record<string, unknown> | null;
+  slo?: SloBody | null;
+}
+
+export interface CompletionsBody extends CommonBody {
+  prompt: string | unknown[];
+  logprobs?: number | null;
+  echo?: boolean | null;
+  best_of?: number | null;
+  suffix?: string | null;
+}
+
+export interface ChatMessageBody {
+  role: 'system' | 'developer' | 'user' | 'assistant';
+  content?: string | Array<{ type: 'text'; text?: string }> | null;
+  name?: string | null;
+}
+
+export interface ChatBody extends CommonBody {
+  messages: ChatMessageBody[];
+  max_completion_tokens?: number | null;
+  logprobs?: boolean | null;
+  top_logprobs?: number | null;
+  add_generation_prompt?: boolean | null;
+  tools?: unknown[] | null;
+  response_format?: { type?: string } | null;
+}
+
+export interface TokenizeBody {
+  model?: string | null;
+  prompt?: string;
+  messages?: ChatMessageBody[];
+  add_special_tokens?: boolean | null;
+  add_generation_prompt?: boolean | null;
+}
+
+export interface DetokenizeBody {
+  model?: string | null;
+  tokens: number[];
+}

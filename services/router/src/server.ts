@@ -1,0 +1,69 @@
+// A router process: the OpenAI HTTP API over the cluster backend, with /metrics.
+import pino, { type Logger } from 'pino';
+import { createRouterMetrics } from '@pdserve/common';
+import { loadTokenizer, readModelConfig, renderChat } from '@pdserve/engine';
+import { buildRouterApp } from './app.ts';
+import { ClusterBackend } from './cluster-backend.ts';
+import { metricsObserver, workerStateLabel } from './metrics-observer.ts';
+import { basename, resolve } from 'node:path';
+
+export interface RouterOptions {
+  model: string;
+  servedModelName?: string;
+  host: string;
+  port: number;
+  redisUrl: string;
+  prefix?: string;
+  apiKey?: string;
+  maxModelLen?: number;
+  sloTtftMs?: number;
+  sloTpotMs?: number;
+  logger?: Logger;
+}
+
+export interface RunningRouter {
+  url: string;
+  port: number;
+  stop(): Promise<void>;
+}
+
+export async function startRouter(o: RouterOptions): Promise<RunningRouter> {
+  const log = o.logger ?? pino({ name: 'pdserve-router' });
+  const config = readModelConfig(o.model);
+  const tokenizer = loadTokenizer(o.model, { kind: config.tokenizer.kind, vocabSize: config.vocab_size });
+  const chatTemplate = (tokenizer as { chatTemplate?: string }).chatTemplate;
+  void renderChat;
+  const backend = new ClusterBackend({ redisUrl: o.redisUrl, prefix: o.prefix, logger: log });
+  await backend.start();
+  const metrics = createRouterMetrics(undefined, { slo: { ttftSeconds: o.sloTtftMs ? o.sloTtftMs / 1000 : undefined, tpotSeconds: o.sloTpotMs ? o.sloTpotMs / 1000 : undefined } });
+  const app = buildRouterApp({
+    backend, tokenizer,
+    modelName: o.servedModelName ?? basename(resolve(o.model)),
+    maxModelLen: Math.min(o.maxModelLen ?? config.max_seq_len, config.max_seq_len),
+    vocabSize: config.vocab_size,
+    chatTemplate,
+    apiKey: o.apiKey,
+    logger: log,
+    metrics: metricsObserver(metrics),
+    defaultSlo: o.sloTtftMs || o.sloTpotMs ? { ttftMs: o.sloTtftMs, tpotMs: o.sloTpotMs } : undefined,
+    extraRoutes: (a) => {
+      a.get('/metrics', async (_req, reply) => {
+        metrics.setWorkerCounts(backend.workers().map((w) => ({ role: w.role, state: workerStateLabel(w) })));
+        reply.header('content-type', metrics.registry.contentType);
+        return metrics.registry.metrics();
+      });
+    },
+  });
+  await app.listen({ host: o.host, port: o.port });
+  const address = app.server.address();
+  const port = typeof address === 'object' && address ? address.port : o.port;
+  const url = `http://${o.host === '0.0.0.0' ? '127.0.0.1' : o.host}:${port}`;
+  log.info({ url, model: config.name }, 'router listening');
+  return {
+    url, port,
+    stop: async () => {
+      await app.close();
+      await backend.stop();
+    },
+  };
+}

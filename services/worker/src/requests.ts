@@ -1,0 +1,51 @@
+// Request state kept by a worker's scheduler, apart from the scheduler's policy (vLLM v1 keeps
+// request state, scheduling and the KV-cache manager apart in the same way).
+import type { KvSequence, Sampler, SampledToken } from '@pdserve/engine';
+import type { KvChunkMsg, SamplingParamsMsg } from '@pdserve/common';
+
+/** Where a prefill's KV blocks go: a remote decode worker, or this worker's own decode batch. */
+export interface KvSink {
+  /** Sends blocks [first, first+count) once the sequence holds `tokenCount` positions. */
+  send(seq: KvSequence, first: number, count: number, tokenCount: number): void;
+  /** Last call: the remaining blocks and the first sampled token. Resolves when the decode side has it all. */
+  finish(seq: KvSequence, first: number, count: number, firstToken: SampledToken): Promise<void>;
+  /** Stops the transfer (the request was cancelled or failed). */
+  abort(): void;
+}
+
+export interface PrefillJob {
+  requestId: string;
+  promptIds: number[];
+  sampling: SamplingParamsMsg;
+  sink: KvSink;
+  enqueuedAt: number;
+  startedAt?: number;
+  computeMs: number;
+  seq?: KvSequence;
+  /** Blocks already handed to the sink. */
+  sentBlocks: number;
+  cancelled: boolean;
+  done(result: { firstToken: SampledToken; queueMs: number; prefillMs: number; transferTailMs: number }): void;
+  fail(err: Error): void;
+}
+
+export type DecodeStatus = 'waiting_kv' | 'ready' | 'running';
+
+export interface DecodeRequest {
+  requestId: string;
+  seq: KvSequence;
+  sampling: SamplingParamsMsg;
+  sampler: Sampler;
+  promptLen: number;
+  status: DecodeStatus;
+  /** Received KV chunks not yet written into the cache (the scheduler writes them between steps). */
+  pendingKv: KvChunkMsg[];
+  /** The token sampled last, not yet run through the model. */
+  lastToken?: SampledToken;
+  generated: number;
+  kvDoneAt?: number;
+  cancelled: boolean;
+  emit(tokens: SampledToken[], admitMs?: number): void;
+  finish(reason: 'stop' | 'length', stopTokenId?: number): void;
+  fail(err: Error): void;
+}

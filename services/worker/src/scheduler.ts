@@ -1,0 +1,328 @@
+// The worker's one loop over its engine: prefill chunks for queued prompts and decode steps for the
+// running batch, interleaved (a unified worker does both; a prefill or decode worker only has one
+// kind of work). Every change to the KV cache happens here, between forward passes, so a cache
+// window handed to ONNX Runtime never moves under it.
+import { blocksFor, Sampler, verifyBlocks, type Engine, type KvSequence, type SampledToken } from '@pdserve/engine';
+import type { SamplingParamsMsg } from '@pdserve/common';
+import type { DecodeRequest, PrefillJob } from './requests.ts';
+
+export interface SchedulerOptions {
+  /** Prompts waiting for prefill at most; more are refused (the router tries elsewhere). */
+  maxPrefillQueue: number;
+  /** Decode reservations waiting for a free KV slot at most. */
+  maxReserveQueue: number;
+  /** How long a decode reservation may wait for a slot. */
+  reserveTimeoutMs: number;
+  onStep?: (s: { phase: 'prefill' | 'decode'; ms: number; tokens: number; batch: number; assembleMs: number }) => void;
+}
+
+export class QueueFullError extends Error {}
+
+interface ReserveWaiter {
+  requestId: string;
+  resolve(seq: KvSequence): void;
+  reject(err: Error): void;
+  timer: NodeJS.Timeout;
+}
+
+export function samplerFor(p: SamplingParamsMsg): Sampler {
+  return new Sampler({ temperature: p.temperature, topP: p.top_p || 1, topK: p.top_k, seed: p.seed, logprobs: p.logprobs >= 0 ? p.logprobs : undefined });
+}
+
+export class Scheduler {
+  readonly prefillQueue: PrefillJob[] = [];
+  readonly decodes = new Map<string, DecodeRequest>();
+  private readonly reserveQueue: ReserveWaiter[] = [];
+  private wake?: () => void;
+  private stopped = false;
+  private loopDone?: Promise<void>;
+  readonly recentStepMs: number[] = [];
+  prefillTokensPerS = 0;
+
+  constructor(readonly engine: Engine, private readonly opts: SchedulerOptions) {}
+
+  start(): void {
+    this.loopDone = this.loop();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.notify();
+    await this.loopDone;
+  }
+
+  notify(): void {
+    const w = this.wake;
+    this.wake = undefined;
+    w?.();
+  }
+
+  get idle(): boolean {
+    return this.prefillQueue.length === 0 && this.decodes.size === 0;
+  }
+
+  // ---- prefill side ----
+
+  enqueuePrefill(job: PrefillJob): void {
+    if (this.prefillQueue.length >= this.opts.maxPrefillQueue) throw new QueueFullError(`prefill queue full (${this.opts.maxPrefillQueue} prompts waiting)`);
+    this.engine.checkLength(job.promptIds.length);
+    this.prefillQueue.push(job);
+    this.notify();
+  }
+
+  cancelPrefill(requestId: string): boolean {
+    const job = this.prefillQueue.find((j) => j.requestId === requestId);
+    if (!job) return false;
+    job.cancelled = true;
+    this.notify();
+    return true;
+  }
+
+  // ---- decode side ----
+
+  /** Holds a KV slot for a request whose cache is about to arrive; waits (bounded) when none is free. */
+  reserve(requestId: string): Promise<KvSequence> {
+    const seq = this.engine.runner.allocate(requestId);
+    if (seq) return Promise.resolve(seq);
+    if (this.reserveQueue.length >= this.opts.maxReserveQueue) {
+      return Promise.reject(new QueueFullError(`no KV room and ${this.reserveQueue.length} requests already waiting`));
+    }
+    return new Promise((resolve, reject) => {
+      const waiter: ReserveWaiter = {
+        requestId, resolve, reject,
+        timer: setTimeout(() => {
+          this.dropWaiter(waiter);
+          reject(new QueueFullError(`no KV room freed within ${this.opts.reserveTimeoutMs} ms`));
+        }, this.opts.reserveTimeoutMs),
+      };
+      this.reserveQueue.push(waiter);
+    });
+  }
+
+  cancelReservation(requestId: string): boolean {
+    const w = this.reserveQueue.find((x) => x.requestId === requestId);
+    if (!w) return false;
+    this.dropWaiter(w);
+    w.reject(new Error('cancelled'));
+    return true;
+  }
+
+  addDecode(req: DecodeRequest): void {
+    this.decodes.set(req.requestId, req);
+    this.notify();
+  }
+
+  cancelDecode(requestId: string): boolean {
+    const req = this.decodes.get(requestId);
+    if (!req) return false;
+    req.cancelled = true;
+    this.notify();
+    return true;
+  }
+
+  get waitingCount(): number {
+    let n = this.reserveQueue.length;
+    for (const r of this.decodes.values()) if (r.status !== 'running') n++;
+    return n;
+  }
+
+  get runningCount(): number {
+    let n = 0;
+    for (const r of this.decodes.values()) if (r.status === 'running') n++;
+    return n;
+  }
+
+  private dropWaiter(w: ReserveWaiter): void {
+    clearTimeout(w.timer);
+    const i = this.reserveQueue.indexOf(w);
+    if (i >= 0) this.reserveQueue.splice(i, 1);
+  }
+
+  private releaseSeq(seq: KvSequence): void {
+    this.engine.release(seq);
+    // Hand the freed slot to the oldest waiting reservation.
+    while (this.reserveQueue.length > 0) {
+      const next = this.engine.runner.allocate(this.reserveQueue[0].requestId);
+      if (!next) break;
+      const w = this.reserveQueue.shift()!;
+      clearTimeout(w.timer);
+      w.resolve(next);
+    }
+  }
+
+  // ---- the loop ----
+
+  private async loop(): Promise<void> {
+    while (!this.stopped) {
+      let worked = false;
+      try {
+        this.reap();
+        this.applyKv();
+        if (await this.prefillStep()) worked = true;
+        if (await this.decodeStep()) worked = true;
+      } catch (err) {
+        // A failed step must not kill the worker: fail what was in it and go on.
+        this.failAll(err as Error);
+      }
+      if (!worked) await new Promise<void>((resolve) => { this.wake = resolve; if (this.stopped) resolve(); });
+      else await new Promise<void>((resolve) => setImmediate(resolve)); // let gRPC I/O run between steps
+    }
+  }
+
+  /** Removes cancelled work and frees its KV room. */
+  private reap(): void {
+    for (let i = this.prefillQueue.length - 1; i >= 0; i--) {
+      const job = this.prefillQueue[i];
+      if (!job.cancelled) continue;
+      this.prefillQueue.splice(i, 1);
+      if (job.seq && !this.decodes.has(job.requestId)) this.releaseSeq(job.seq);
+      job.sink.abort();
+      job.fail(new Error('cancelled'));
+    }
+    for (const [id, req] of this.decodes) {
+      if (!req.cancelled) continue;
+      this.decodes.delete(id);
+      this.releaseSeq(req.seq);
+    }
+  }
+
+  /** Writes received KV chunks into their sequences; a sequence whose transfer completed becomes ready. */
+  private applyKv(): void {
+    const blockBytes = this.engine.runner.blockBytes;
+    for (const req of this.decodes.values()) {
+      while (req.pendingKv.length > 0) {
+        const chunk = req.pendingKv.shift()!;
+        try {
+          if (chunk.block_count > 0) {
+            verifyBlocks({ firstBlock: chunk.first_block, blockCount: chunk.block_count, tokenCount: chunk.token_count, data: chunk.data, checksums: chunk.checksums }, blockBytes);
+            this.engine.runner.writeBlocks(req.seq, chunk.first_block, chunk.data, chunk.token_count);
+          }
+        } catch (err) {
+          req.pendingKv.length = 0;
+          req.fail(err as Error);
+          req.cancelled = true;
+          break;
+        }
+        if (chunk.done) {
+          if (req.seq.length !== req.promptLen) {
+            req.fail(new Error(`KV transfer ended with ${req.seq.length} of ${req.promptLen} positions`));
+            req.cancelled = true;
+            break;
+          }
+          req.lastToken = { id: chunk.first_token!.id, logprob: chunk.first_token!.logprob, topLogprobs: chunk.first_token!.top_logprobs };
+          req.kvDoneAt = performance.now();
+          req.status = 'ready';
+        }
+      }
+    }
+    this.reap();
+  }
+
+  /** Runs one chunk of the oldest prompt (or finishes waiting when the cache is full). */
+  private async prefillStep(): Promise<boolean> {
+    const job = this.prefillQueue[0];
+    if (!job) return false;
+    if (!job.seq) {
+      const local = this.decodes.get(job.requestId);
+      const seq = local ? local.seq : this.engine.runner.allocate(job.requestId);
+      if (!seq) return false; // no room yet: decode steps will free some
+      job.seq = seq;
+      job.startedAt = performance.now();
+    }
+    const seq = job.seq;
+    const B = this.engine.runner.kvShape.blockTokens;
+    const chunk = job.promptIds.slice(seq.length, seq.length + this.engine.prefillChunk);
+    const t0 = performance.now();
+    const logits = await this.engine.runner.forward([{ seq, tokens: chunk }]);
+    const ms = performance.now() - t0;
+    job.computeMs += ms;
+    this.recordStep('prefill', ms, chunk.length, 1);
+    if (seq.length < job.promptIds.length) {
+      const full = Math.floor(seq.length / B);
+      if (full > job.sentBlocks) {
+        job.sink.send(seq, job.sentBlocks, full - job.sentBlocks, seq.length);
+        job.sentBlocks = full;
+      }
+      return true;
+    }
+    // Prompt done: sample the first token and hand over the rest of the cache.
+    this.prefillQueue.shift();
+    const firstToken = samplerFor(job.sampling).sample(logits, 0, this.engine.vocabSize);
+    const total = blocksFor(seq.length, B);
+    const prefillEnd = performance.now();
+    const queueMs = job.startedAt! - job.enqueuedAt;
+    const finishing = job.sink.finish(seq, job.sentBlocks, total - job.sentBlocks, firstToken);
+    if (!this.decodes.has(job.requestId)) this.releaseSeq(seq); // blocks are read; a remote sink owns the bytes now
+    finishing.then(
+      () => job.done({ firstToken, queueMs, prefillMs: job.computeMs, transferTailMs: performance.now() - prefillEnd }),
+      (err: Error) => job.fail(err),
+    );
+    return true;
+  }
+
+  /** One decode step over every running sequence (ready ones join first). */
+  private async decodeStep(): Promise<boolean> {
+    const now = performance.now();
+    for (const req of this.decodes.values()) {
+      if (req.status !== 'ready') continue;
+      req.status = 'running';
+      // The first token (from the prefill) goes out as the sequence joins the batch.
+      if (this.accept(req, req.lastToken!, now - (req.kvDoneAt ?? now))) this.decodes.delete(req.requestId);
+    }
+    const batch = [...this.decodes.values()].filter((r) => r.status === 'running' && !r.cancelled);
+    if (batch.length === 0) return false;
+    const t0 = performance.now();
+    const logits = await this.engine.decode(batch.map((r) => ({ seq: r.seq, token: r.lastToken!.id })));
+    const ms = performance.now() - t0;
+    this.recordStep('decode', ms, batch.length, batch.length);
+    const V = this.engine.vocabSize;
+    batch.forEach((req, row) => {
+      if (req.cancelled) return;
+      const token = req.sampler.sample(logits, row * V, V);
+      if (this.accept(req, token)) this.decodes.delete(req.requestId);
+    });
+    return true;
+  }
+
+  /** Applies the stop rules to a sampled token; emits it or finishes. Returns true when the request ended. */
+  private accept(req: DecodeRequest, token: SampledToken, admitMs?: number): boolean {
+    const p = req.sampling;
+    const n = req.generated + 1;
+    const eos = !p.ignore_eos && this.engine.config.generation.eos_token_ids.includes(token.id);
+    if ((eos || p.stop_token_ids.includes(token.id)) && n > p.min_tokens) {
+      req.finish('stop', token.id);
+      this.releaseSeq(req.seq);
+      return true;
+    }
+    req.generated = n;
+    req.lastToken = token;
+    req.emit([token], admitMs);
+    if (n >= p.max_tokens || req.seq.length >= this.engine.maxModelLen) {
+      req.finish('length');
+      this.releaseSeq(req.seq);
+      return true;
+    }
+    return false;
+  }
+
+  private recordStep(phase: 'prefill' | 'decode', ms: number, tokens: number, batch: number): void {
+    this.recentStepMs.push(ms);
+    if (this.recentStepMs.length > 32) this.recentStepMs.shift();
+    if (phase === 'prefill') this.prefillTokensPerS = (tokens / ms) * 1000;
+    this.opts.onStep?.({ phase, ms, tokens, batch, assembleMs: this.engine.runner.lastTimings.assembleMs });
+  }
+
+  private failAll(err: Error): void {
+    for (const job of this.prefillQueue.splice(0)) {
+      job.sink.abort();
+      job.fail(err);
+      if (job.seq && !this.decodes.has(job.requestId)) this.releaseSeq(job.seq);
+    }
+    for (const [id, req] of this.decodes) {
+      req.fail(err);
+      this.decodes.delete(id);
+      this.releaseSeq(req.seq);
+    }
+  }
+}
+
