@@ -16,7 +16,7 @@ import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyRequest } from 'fastify';
 import type { Tokenizer } from '../../../packages/engine/src/tokenizer/types.ts';
 import type { Backend, LatencySlo } from './backend.ts';
-import { generationStarted, type RouterContext } from './context.ts';
+import { failGeneration, type RouterContext } from './context.ts';
 import { ApiError, installErrorHandlers } from './errors.ts';
 import { SafeObserver, type RouterObserver } from './observer.ts';
 import { adminRoutes } from './routes/admin.ts';
@@ -121,7 +121,7 @@ export function buildRouterApp(opts: RouterAppOptions): FastifyInstance {
     const check = apiKeyCheck(opts.apiKey);
     app.addHook('onRequest', async (req) => check(req));
   }
-  installErrorHandlers(app, observer, generationStarted);
+  installErrorHandlers(app, observer, failGeneration);
 
   // Plugins load on ready() / listen() / inject().
   void app.register(completionsRoutes, { ctx });

@@ -28,6 +28,8 @@ export class ClusterBackend implements Backend {
   private readonly clients = new Map<string, { prefill: Client; decode: Client }>();
   /** Requests this router has in flight per worker id. */
   private readonly inflight = new Map<string, number>();
+  /** Suffix that makes the id workers key a request by unique, whatever x-request-id the client sent. */
+  private counter = 0;
 
   constructor(private readonly opts: ClusterBackendOptions) {
     this.directory = new WorkerDirectory({ redisUrl: opts.redisUrl, prefix: opts.prefix, logger: opts.logger });
@@ -120,8 +122,9 @@ export class ClusterBackend implements Backend {
       logprobs: req.sampling.logprobs ?? -1,
     };
     const md = requestMetadata(req.requestId);
+    const id = `${req.requestId}#${++this.counter}`;
     const stream = this.client(decode.grpc_address).decode.Generate(
-      { request_id: req.requestId, prompt_len: req.promptIds.length, sampling, kv_timeout_ms: this.opts.kvTimeoutMs ?? 120_000 }, md,
+      { request_id: id, prompt_len: req.promptIds.length, sampling, kv_timeout_ms: this.opts.kvTimeoutMs ?? 120_000 }, md,
     ) as grpc.ClientReadableStream<GenerateEventMsg>;
     let prefillCall: grpc.ClientUnaryCall | undefined;
     const onAbort = () => { stream.cancel(); prefillCall?.cancel(); };
@@ -164,7 +167,7 @@ export class ClusterBackend implements Backend {
         if (e.event === 'reserved') {
           const reservedAt = performance.now();
           prefillCall = this.client(prefill.grpc_address).prefill.Prefill(
-            { request_id: req.requestId, prompt_ids: req.promptIds, sampling, decode_address: decode.grpc_address }, md,
+            { request_id: id, prompt_ids: req.promptIds, sampling, decode_address: decode.grpc_address }, md,
             (err: grpc.ServiceError | null, res: PrefillResponseMsg) => {
               prefillSettled();
               if (err) {

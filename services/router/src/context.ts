@@ -33,8 +33,15 @@ declare module 'fastify' {
   }
 }
 
-export function generationStarted(req: FastifyRequest): boolean {
-  return req.pd?.generation?.started ?? false;
+/**
+ * For the error handler: marks the request's generation (if any) as failed, so that it is reported
+ * once, as an error; returns whether it had started (onRequestStart was called).
+ */
+export function failGeneration(req: FastifyRequest): boolean {
+  const gen = req.pd?.generation;
+  if (gen === undefined) return false;
+  gen.fail();
+  return gen.started;
 }
 
 /** 404 model_not_found unless `model` is the served model's name (absent is fine where optional). */

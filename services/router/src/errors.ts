@@ -121,13 +121,14 @@ export function sendApiError(reply: FastifyReply, e: ApiError): FastifyReply {
 export function installErrorHandlers(
   app: FastifyInstance,
   observer: SafeObserver,
-  started: (req: FastifyRequest) => boolean,
+  /** Marks the request's generation failed; true when it had started (see observer.ts). */
+  failed: (req: FastifyRequest) => boolean,
 ): void {
   app.setErrorHandler((err, req, reply) => {
     const e = toApiError(err);
     if (e.status >= 500) req.log.error({ err }, 'request failed');
     else req.log.info({ status: e.status, code: e.code, error: e.message }, 'request rejected');
-    observer.call('onError', e.status, e.metricCode, { requestId: req.id, started: started(req), message: e.message });
+    observer.call('onError', e.status, e.metricCode, { requestId: req.id, started: failed(req), message: e.message });
     if (reply.sent || reply.raw.headersSent) return;
     return sendApiError(reply, e);
   });

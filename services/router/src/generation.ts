@@ -115,6 +115,8 @@ export class Generation {
         deps.observer.call('onAdmissionRejected', err.code, spec.requestId);
       }
       this.abort.abort('error');
+      // A generator suspended at a yield (onDelta threw) runs its finally blocks only on return().
+      it?.return?.()?.catch(() => {});
       throw err;
     } finally {
       this.clientSignal.removeEventListener('abort', onClientGone);
@@ -134,6 +136,11 @@ export class Generation {
     if (tail !== '') await onDelta({ text: tail });
     const reason: FinishReason = text.stopped ? 'stop' : finish.reason;
     return this.finishWith(reason, this.tokenEvents + (finish.stopTokenId !== undefined ? 1 : 0));
+  }
+
+  /** The request ended in an error response: complete() must not report it as finished too. */
+  fail(): void {
+    this.ended = true;
   }
 
   /**

@@ -96,6 +96,7 @@ export async function respond(
     sse.done();
   } catch (err) {
     if (!sse.isOpen) throw err; // nothing sent yet: a plain HTTP error from the error handler
+    gen.fail();
     const e = toApiError(err);
     req.log.error({ err }, 'generation failed after streaming started');
     ctx.observer.call('onError', e.status, e.metricCode, { requestId: req.id, started: true, message: e.message });

@@ -176,7 +176,15 @@ describe('errors', () => {
 
   test('error after streaming started: an error chunk, then [DONE]', async () => {
     script = { ids: tok.ids('abcd'), errorAfter: { tokens: 2, error: new BackendError('worker died', 500, 'worker_failed') } };
+    rec.events.length = 0;
     const res = await post('/v1/completions', { model: MODEL, prompt: 'x', stream: true });
+    await new Promise((r) => setTimeout(r, 10));
+    // Reported once, as an error of a started request (no onRequestEnd).
+    assert.deepEqual(
+      rec.events.map((e) => e[0]),
+      ['start', 'first', 'token', 'error'],
+    );
+    assert.equal((rec.events.at(-1)![3] as any).started, true);
     assert.equal(res.statusCode, 200);
     const events = parseSse(res.body) as any[];
     assert.equal(events.at(-1), '[DONE]');
