@@ -1,7 +1,7 @@
 // `pdserve convert --from llama2c`: turns a llama2.c checkpoint and tokenizer into a model
 // directory (config.json, model.onnx + model.onnx.data, tokenizer.bin).
 import { createHash } from 'node:crypto';
-import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
 import { MODEL_FORMAT, ModelLoadError, type ModelConfig } from './config.ts';
 import { buildLlamaGraph, ONNX_DATA_FILE, ONNX_FILE } from './llama-graph.ts';
@@ -51,7 +51,7 @@ export function convertLlama2c(opts: ConvertLlama2cOptions): ModelConfig {
     },
   };
   buildLlamaGraph(cfg, weights, join(opts.out, ONNX_FILE), join(opts.out, ONNX_DATA_FILE));
-  copyFileSync(opts.tokenizer, join(opts.out, 'tokenizer.bin'));
+  writeFileSync(join(opts.out, 'tokenizer.bin'), readFileSync(opts.tokenizer)); // not copyFile: keep no read-only mode
   writeFileSync(join(opts.out, 'config.json'), JSON.stringify(cfg, null, 2) + '\n');
   return cfg;
 }
