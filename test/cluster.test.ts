@@ -6,8 +6,12 @@ import { readFileSync } from 'node:fs';
 import OpenAI from 'openai';
 import { Engine, generate } from '../packages/engine/src/index.ts';
 import { postJson, readSse, startCluster, stories260K, waitFor, type TestCluster } from './support/cluster.ts';
-import { sharedPath } from './support/shared.ts';
-import { spawnSync } from 'node:child_process';
+import { repoRoot, sharedPath } from './support/shared.ts';
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { dashboardExpressions, findExecutable, freePort } from '../packages/common/src/index.ts';
 
 const modes: Array<{ name: string; args: string[]; workers: number }> = [
   { name: 'disaggregated 1 prefill + 1 decode', args: ['--prefill', '1', '--decode', '1'], workers: 2 },
@@ -147,6 +151,49 @@ for (const mode of modes) {
       assert.equal(ok.json.choices[0].text, expected.get(prompts[0]));
     });
 
+    test('every Grafana dashboard query returns data from a real Prometheus scraping this cluster', async (t) => {
+      if (!cluster) return t.skip('no ../shared models');
+      if (mode.workers !== 2) return t.skip('checked once, on the disaggregated cluster (it has every worker metric)');
+      if (!findExecutable('prometheus')) {
+        if (process.env.CI === 'true') throw new Error('prometheus is not installed (apt-get install prometheus)');
+        return t.skip('prometheus is not installed (apt-get install prometheus)');
+      }
+      const workers = ((await (await fetch(`${cluster.url}/workers`)).json()) as any).workers as any[];
+      const targets = [new URL(cluster.url).host, ...workers.map((w) => new URL(w.metrics_url).host)];
+      const dir = mkdtempSync(join(tmpdir(), 'pdserve-prom-'));
+      const port = await freePort();
+      // The shipped deploy/prometheus.yml pattern (one job per service kind), with this cluster's ports.
+      writeFileSync(join(dir, 'prometheus.yml'), [
+        'global: { scrape_interval: 1s, evaluation_interval: 1s }',
+        'scrape_configs:',
+        `  - job_name: router\n    static_configs: [{ targets: ["${targets[0]}"] }]`,
+        `  - job_name: workers\n    static_configs: [{ targets: [${targets.slice(1).map((x) => `"${x}"`).join(', ')}] }]`,
+      ].join('\n'));
+      const prom = spawn('prometheus', [`--config.file=${join(dir, 'prometheus.yml')}`, `--storage.tsdb.path=${join(dir, 'data')}`, `--web.listen-address=127.0.0.1:${port}`], { stdio: 'ignore' });
+      t.after(() => { prom.kill('SIGKILL'); rmSync(dir, { recursive: true, force: true }); });
+      const api = `http://127.0.0.1:${port}/api/v1/query?query=`;
+      const query = async (q: string) => (await (await fetch(api + encodeURIComponent(q))).json()) as any;
+      await waitFor(async () => {
+        try { const r = await query('count(up == 1)'); return Number(r.data.result[0]?.value[1]) === targets.length ? true : undefined; } catch { return undefined; }
+      }, 20_000, 'Prometheus to scrape every service');
+      // Traffic while Prometheus watches, so rates and histograms have data.
+      for (let i = 0; i < 3; i++) {
+        await Promise.all(prompts.map((p) => postJson(`${cluster!.url}/v1/completions`, { model: cluster!.modelName, prompt: p, max_tokens: 8, temperature: 0 })));
+        await new Promise((r) => setTimeout(r, 1200));
+      }
+      await new Promise((r) => setTimeout(r, 2500));
+      const dashboard = JSON.parse(readFileSync(join(repoRoot, 'deploy/grafana/dashboards/pdserve.json'), 'utf8'));
+      const exprs = dashboardExpressions(dashboard, { window: '1m' });
+      assert.ok(exprs.length >= 10, `dashboard has ${exprs.length} queries`);
+      const empty: string[] = [];
+      for (const e of exprs) {
+        const r = await query(e);
+        assert.equal(r.status, 'success', `${e}: ${JSON.stringify(r)}`);
+        if (!(r.data.result.length > 0)) empty.push(e);
+      }
+      assert.deepEqual(empty, [], 'queries that returned no data');
+    });
+
     test('metrics on every service moved with the requests; SIGTERM to pdserve up stops every process', async (t) => {
       if (!cluster) return t.skip('no ../shared models');
       const children = childPids(cluster.proc.pid!);
@@ -158,22 +205,46 @@ for (const mode of modes) {
 
     /** The router and every worker export the metrics, moved as the requests above imply. */
     async function metricsCheck(cluster: TestCluster, workerCount: number): Promise<void> {
-      const router = await (await fetch(`${cluster.url}/metrics`)).text();
-      const value = (text: string, name: string) => Number(/^(\S+) (\S+)$/m.exec(text.split('\n').filter((l) => l.startsWith(name + ' ') || l.startsWith(name + '{')).join('\n'))?.[2] ?? NaN);
-      assert.ok(value(router, 'pdserve_time_to_first_token_seconds_count') >= 10);
-      assert.ok(value(router, 'pdserve_generation_tokens_total') > 100);
+      const scrape = async (url: string) => await (await fetch(url)).text();
+      // Sum of every series of a metric (all label sets).
+      const total = (text: string, name: string) => text.split('\n')
+        .filter((l) => l.startsWith(name + ' ') || l.startsWith(name + '{'))
+        .reduce((s, l) => s + Number(l.slice(l.lastIndexOf(' ') + 1)), 0);
       const workers = ((await (await fetch(`${cluster.url}/workers`)).json()) as any).workers as any[];
-      for (const w of workers) {
-        const text = await (await fetch(w.metrics_url)).text();
-        assert.match(text, /pdserve_kv_cache_usage_perc/);
-        assert.match(text, /pdserve_step_duration_seconds_count/);
-        assert.match(text, /nodejs_eventloop_lag_seconds/);
+      const before = await scrape(`${cluster.url}/metrics`);
+      const workerBefore = await Promise.all(workers.map((w) => scrape(w.metrics_url)));
+      const sent = await Promise.all(prompts.map((p) => postJson(`${cluster.url}/v1/completions`, { model: cluster.modelName, prompt: p, max_tokens: 6, temperature: 0, ignore_eos: true })));
+      const promptTokens = sent.reduce((s, r) => s + r.json.usage.prompt_tokens, 0);
+      const completionTokens = sent.reduce((s, r) => s + r.json.usage.completion_tokens, 0);
+      await new Promise((r) => setTimeout(r, 300)); // request-end hooks run after the last byte
+      const after = await scrape(`${cluster.url}/metrics`);
+      const delta = (name: string) => total(after, name) - total(before, name);
+      assert.equal(delta('pdserve_request_success_total'), prompts.length);
+      assert.equal(delta('pdserve_time_to_first_token_seconds_count'), prompts.length);
+      assert.equal(delta('pdserve_e2e_request_latency_seconds_count'), prompts.length);
+      assert.equal(delta('pdserve_prompt_tokens_total'), promptTokens);
+      assert.equal(delta('pdserve_generation_tokens_total'), completionTokens);
+      assert.equal(delta('pdserve_ttft_breakdown_seconds_count'), prompts.length * 4);
+      for (const name of ['pdserve_inter_token_latency_seconds_count', 'pdserve_request_time_per_output_token_seconds_count', 'pdserve_request_queue_time_seconds_count']) {
+        assert.ok(delta(name) > 0, `${name} moved`);
       }
-      if (workerCount === 2) {
-        const prefill = workers.find((w) => w.role === 'prefill');
-        const text = await (await fetch(prefill.metrics_url)).text();
-        assert.ok(value(text, 'pdserve_kv_transfer_bytes_total') > 0, 'prefill worker counted KV bytes sent');
+      for (const name of ['pdserve_num_requests_running', 'pdserve_num_requests_waiting', 'pdserve_workers', 'pdserve_admission_rejected_total', 'pdserve_request_errors_total', 'nodejs_eventloop_lag_seconds']) {
+        assert.match(after, new RegExp(`^# TYPE ${name} `, 'm'), `router exports ${name}`);
       }
+      for (const [i, w] of workers.entries()) {
+        const text = await scrape(w.metrics_url);
+        const wd = (name: string) => total(text, name) - total(workerBefore[i], name);
+        for (const name of ['pdserve_kv_cache_usage_perc', 'pdserve_num_sequences_running', 'pdserve_num_sequences_waiting', 'pdserve_kv_blocks_free', 'pdserve_kv_transfer_failures_total', 'nodejs_heap_size_used_bytes']) {
+          assert.match(text, new RegExp(`^${name}`, 'm'), `${w.role} exports ${name}`);
+        }
+        if (w.role !== 'decode') assert.ok(wd('pdserve_step_duration_seconds_count') >= prompts.length, `${w.role} ran prefill steps`);
+        if (w.role !== 'prefill') assert.ok(wd('pdserve_batch_size_count') > 0, `${w.role} ran decode steps`);
+        if (w.role === 'prefill') {
+          assert.equal(wd('pdserve_kv_transfer_seconds_count'), prompts.length, 'one KV transfer per request');
+          assert.ok(wd('pdserve_kv_transfer_bytes_total') > 0, 'KV bytes counted');
+        }
+      }
+      assert.equal(workers.length, workerCount);
     }
   });
 }
