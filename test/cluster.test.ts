@@ -151,6 +151,20 @@ for (const mode of modes) {
       assert.equal(ok.json.choices[0].text, expected.get(prompts[0]));
     });
 
+    test('the request id follows a request from the router into every worker log line about it', async (t) => {
+      if (!cluster) return t.skip('no ../shared models');
+      const id = `trace-${mode.workers}-${Date.now()}`;
+      const r = await postJson(`${cluster.url}/v1/completions`, { model: cluster.modelName, prompt: prompts[0], max_tokens: 4 }, { 'x-request-id': id });
+      assert.equal(r.status, 200);
+      assert.equal(r.headers.get('x-request-id'), id);
+      const lines = await waitFor(async () => {
+        const found = cluster!.output().split('\n').filter((l) => l.includes(id)).map((l) => JSON.parse(l));
+        const names = new Set(found.map((l) => `${l.name}:${l.msg}`));
+        return names.has('pdserve-worker:prefill done') && names.has('pdserve-worker:decode finished') && found.some((l) => l.name === 'pdserve-router') ? found : undefined;
+      }, 5_000, 'router and worker log lines with the request id');
+      for (const l of lines) assert.equal(l.request_id, id);
+    });
+
     test('every Grafana dashboard query returns data from a real Prometheus scraping this cluster', async (t) => {
       if (!cluster) return t.skip('no ../shared models');
       if (mode.workers !== 2) return t.skip('checked once, on the disaggregated cluster (it has every worker metric)');

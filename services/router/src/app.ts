@@ -90,6 +90,8 @@ export function buildRouterApp(opts: RouterAppOptions): FastifyInstance {
     bodyLimit: opts.bodyLimit ?? DEFAULT_BODY_LIMIT,
     requestIdHeader: false,
     genReqId: requestId,
+    // Same key as the workers' log lines, so one grep follows a request across processes.
+    requestIdLogLabel: 'request_id',
     // No type coercion ("5" is not an integer), keep unknown fields (clients send many), allow
     // `type: [..., 'null']`.
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, useDefaults: true, allErrors: false, allowUnionTypes: true } },

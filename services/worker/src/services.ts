@@ -23,6 +23,8 @@ export interface ServiceContext {
   onKvFailure?(reason: 'checksum' | 'timeout' | 'peer_lost' | 'rejected'): void;
 }
 
+const round = (ms: number) => Math.round(ms * 100) / 100;
+
 function status(code: grpc.status, details: string): Partial<grpc.StatusObject> {
   return { code, details };
 }
@@ -56,7 +58,7 @@ export function prefillHandlers(ctx: ServiceContext): grpc.UntypedServiceImpleme
         enqueuedAt: performance.now(), computeMs: 0, sentBlocks: 0, cancelled: false,
         done: (r) => {
           if (remote) ctx.onKvTransfer?.({ seconds: ((remote.stats.finishedAt ?? performance.now()) - remote.stats.startedAt) / 1000, bytes: remote.stats.bytes });
-          log.debug({ queue_ms: r.queueMs, prefill_ms: r.prefillMs, transfer_tail_ms: r.transferTailMs }, 'prefill done');
+          log.info({ prompt_tokens: req.prompt_ids.length, queue_ms: round(r.queueMs), prefill_ms: round(r.prefillMs), transfer_tail_ms: round(r.transferTailMs), kv_bytes: remote?.stats.bytes ?? 0, decode: req.decode_address }, 'prefill done');
           callback(null, {
             first_token: toTokenMsg(r.firstToken), queue_ms: r.queueMs, prefill_ms: r.prefillMs,
             transfer_tail_ms: r.transferTailMs, kv_bytes: remote?.stats.bytes ?? 0,
@@ -127,6 +129,7 @@ export function decodeHandlers(ctx: ServiceContext): grpc.UntypedServiceImplemen
             },
             finish: (reason, stopTokenId) => {
               if (ended) return;
+              log.info({ reason, generated: req.generated, prompt_tokens: r.prompt_len }, 'decode finished');
               call.write({ finished: { reason, stop_token_id: stopTokenId ?? 0, has_stop_token: stopTokenId !== undefined } });
               end();
             },
