@@ -107,24 +107,30 @@ for (const mode of modes) {
 
     test('a cancelled stream frees its KV blocks on every worker', async (t) => {
       if (!cluster) return t.skip('no ../shared models');
+      const workers = ((await (await fetch(`${cluster.url}/workers`)).json()) as any).workers as any[];
+      // Each worker's /health reports its load live (the registry's copy lags by a heartbeat).
+      const live = async () => Promise.all(workers.map(async (w) => ((await (await fetch(w.metrics_url.replace(/metrics$/, 'health'))).json()) as any).load));
+      const id = `cancel-${mode.workers}-${Date.now()}`;
       const controller = new AbortController();
       const res = await fetch(`${cluster.url}/v1/completions`, {
-        method: 'POST', headers: { 'content-type': 'application/json' }, signal: controller.signal,
-        body: JSON.stringify({ model: cluster.modelName, prompt: golden.prompt, max_tokens: 400, temperature: 0, stream: true, ignore_eos: true }),
+        method: 'POST', headers: { 'content-type': 'application/json', 'x-request-id': id }, signal: controller.signal,
+        body: JSON.stringify({ model: cluster.modelName, prompt: golden.prompt, max_tokens: 500, temperature: 0, stream: true, ignore_eos: true }),
       });
       const reader = res.body!.getReader();
-      await reader.read(); // the stream is flowing: KV is held on the decode side
-      const busy = await waitFor(async () => {
-        const w = ((await (await fetch(`${cluster!.url}/workers`)).json()) as any).workers as any[];
-        return w.some((x) => x.load.running > 0 || x.load.free_kv_blocks < x.load.total_kv_blocks) ? w : undefined;
-      }, 10_000, 'a worker to report the running sequence');
-      assert.ok(busy.length >= 1);
+      await reader.read(); // tokens are flowing: the decode side holds the sequence's KV
+      const during = await live();
+      assert.ok(during.some((l) => l.running > 0 && l.free_kv_blocks < l.total_kv_blocks), `a worker holds the sequence: ${JSON.stringify(during)}`);
       controller.abort();
-      const workers = await waitFor(async () => {
+      await waitFor(async () => ((await live()).every((l) => l.running === 0 && l.waiting === 0 && l.free_kv_blocks === l.total_kv_blocks) ? true : undefined),
+        10_000, 'every worker to report all KV blocks free');
+      // It was cancelled, not finished: no worker logged the end of its generation.
+      await new Promise((r) => setTimeout(r, 200));
+      assert.ok(!cluster.output().split('\n').some((l) => l.includes(id) && l.includes('decode finished')), 'the generation was cut short');
+      const reports = await waitFor(async () => {
         const w = ((await (await fetch(`${cluster!.url}/workers`)).json()) as any).workers as any[];
-        return w.length === mode.workers && w.every((x) => x.load.running === 0 && x.load.waiting === 0 && x.load.free_kv_blocks === x.load.total_kv_blocks) ? w : undefined;
-      }, 15_000, 'every worker to report all KV blocks free');
-      assert.equal(workers.length, mode.workers);
+        return w.every((x) => x.load.free_kv_blocks === x.load.total_kv_blocks) ? w : undefined;
+      }, 10_000, 'the registry load reports to show the blocks free');
+      assert.equal(reports.length, mode.workers);
     });
 
     test('bad requests get OpenAI errors with the right status, and the router keeps serving', async (t) => {
@@ -251,7 +257,7 @@ for (const mode of modes) {
         for (const name of ['pdserve_kv_cache_usage_perc', 'pdserve_num_sequences_running', 'pdserve_num_sequences_waiting', 'pdserve_kv_blocks_free', 'pdserve_kv_transfer_failures_total', 'nodejs_heap_size_used_bytes']) {
           assert.match(text, new RegExp(`^${name}`, 'm'), `${w.role} exports ${name}`);
         }
-        if (w.role !== 'decode') assert.ok(wd('pdserve_step_duration_seconds_count') >= prompts.length, `${w.role} ran prefill steps`);
+        if (w.role !== 'decode') assert.ok(wd('pdserve_step_duration_seconds_count') >= 1, `${w.role} ran prefill steps`); // short prompts share passes
         if (w.role !== 'prefill') assert.ok(wd('pdserve_batch_size_count') > 0, `${w.role} ran decode steps`);
         if (w.role === 'prefill') {
           assert.equal(wd('pdserve_kv_transfer_seconds_count'), prompts.length, 'one KV transfer per request');

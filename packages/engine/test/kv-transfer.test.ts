@@ -83,3 +83,21 @@ test('batched decode of different prompt lengths equals each sequence alone', as
   }
   prompts.forEach((_, i) => assert.deepEqual(got[i], alone[i].slice(0, got[i].length)));
 });
+
+test('prompts prefilled together in one padded pass continue exactly as prompts prefilled alone', async (t) => {
+  const engines = await stories(t);
+  if (!engines) return;
+  const engine = engines[1];
+  const prompts = ['Once upon a time', 'The big brown dog', 'Lily went to the park with her mom and saw a'];
+  const alone: number[][] = [];
+  for (const p of prompts) alone.push((await generate(engine, engine.tokenizer.encode(p), { ...greedy, maxTokens: 20, stopTokenIds: [] })).ids);
+  const seqs = prompts.map((_, i) => engine.newSequence(`p${i}`));
+  const logits = await engine.runner.forward(seqs.map((seq, i) => ({ seq, tokens: engine.tokenizer.encode(prompts[i]) })));
+  const got = prompts.map((_, i) => [argmax(logits.subarray(i * engine.vocabSize, (i + 1) * engine.vocabSize))]);
+  for (let step = 0; step < 19; step++) {
+    const l = await engine.decode(seqs.map((seq, i) => ({ seq, token: got[i][got[i].length - 1] })));
+    seqs.forEach((_, i) => got[i].push(argmax(l.subarray(i * engine.vocabSize, (i + 1) * engine.vocabSize))));
+  }
+  prompts.forEach((_, i) => assert.deepEqual(got[i], alone[i]));
+  seqs.forEach((s) => engine.release(s));
+});

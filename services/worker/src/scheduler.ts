@@ -218,35 +218,69 @@ export class Scheduler {
     this.reap();
   }
 
-  /** Runs one chunk of the oldest prompt (or finishes waiting when the cache is full). */
+  /**
+   * Runs prompt work: one chunk of the oldest prompt, or, when several short prompts wait and this
+   * worker holds no decode sequences, those prompts together in one padded forward pass (their
+   * matrix products then share one read of the weights).
+   */
   private async prefillStep(): Promise<boolean> {
-    const job = this.prefillQueue[0];
-    if (!job) return false;
-    if (!job.seq) {
-      const local = this.decodes.get(job.requestId);
-      const seq = local ? local.seq : this.engine.runner.allocate(job.requestId);
-      if (!seq) return false; // no room yet: decode steps will free some
-      job.seq = seq;
-      job.startedAt = performance.now();
-    }
-    const seq = job.seq;
-    const B = this.engine.runner.kvShape.blockTokens;
-    const chunk = job.promptIds.slice(seq.length, seq.length + this.engine.prefillChunk);
+    const jobs = this.pickPrefillJobs();
+    if (jobs.length === 0) return false;
+    const chunks = jobs.map((job) => job.promptIds.slice(job.seq!.length, job.seq!.length + this.engine.prefillChunk));
     const t0 = performance.now();
-    const logits = await this.engine.runner.forward([{ seq, tokens: chunk }]);
+    const logits = await this.engine.runner.forward(jobs.map((job, i) => ({ seq: job.seq!, tokens: chunks[i] })));
     const ms = performance.now() - t0;
-    job.computeMs += ms;
-    this.recordStep('prefill', ms, chunk.length, 1);
+    this.recordStep('prefill', ms, chunks.reduce((n, c) => n + c.length, 0), jobs.length);
+    jobs.forEach((job, row) => {
+      job.computeMs += ms;
+      this.afterPrefillChunk(job, logits.subarray(row * this.engine.vocabSize, (row + 1) * this.engine.vocabSize));
+    });
+    return true;
+  }
+
+  /** The head of the queue, plus whole short prompts behind it that fit one pass together. */
+  private pickPrefillJobs(): PrefillJob[] {
+    const head = this.prefillQueue[0];
+    if (!head || !this.startJob(head)) return [];
+    const budget = this.engine.prefillChunk;
+    const whole = (j: PrefillJob) => j.seq === undefined ? j.promptIds.length <= budget : j.seq.length === 0 && j.promptIds.length <= budget;
+    if (this.decodes.size > 0 || !whole(head)) return [head];
+    const jobs = [head];
+    let longest = head.promptIds.length;
+    for (const job of this.prefillQueue.slice(1)) {
+      if (!whole(job)) break;
+      const padded = Math.max(longest, job.promptIds.length) * (jobs.length + 1);
+      if (padded > budget * 2 || !this.startJob(job)) break;
+      longest = Math.max(longest, job.promptIds.length);
+      jobs.push(job);
+    }
+    return jobs;
+  }
+
+  /** Gives a job its KV sequence (the local decode sequence on a unified worker); false when the cache is full. */
+  private startJob(job: PrefillJob): boolean {
+    if (job.seq) return true;
+    const local = this.decodes.get(job.requestId);
+    const seq = local ? local.seq : this.engine.runner.allocate(job.requestId);
+    if (!seq) return false; // no room yet: decode steps or finished transfers will free some
+    job.seq = seq;
+    job.startedAt = performance.now();
+    return true;
+  }
+
+  /** Streams the blocks a chunk completed; after the last chunk, samples the first token and hands over. */
+  private afterPrefillChunk(job: PrefillJob, logits: Float32Array): void {
+    const seq = job.seq!;
+    const B = this.engine.runner.kvShape.blockTokens;
     if (seq.length < job.promptIds.length) {
       const full = Math.floor(seq.length / B);
       if (full > job.sentBlocks) {
         job.sink.send(seq, job.sentBlocks, full - job.sentBlocks, seq.length);
         job.sentBlocks = full;
       }
-      return true;
+      return;
     }
-    // Prompt done: sample the first token and hand over the rest of the cache.
-    this.prefillQueue.shift();
+    this.prefillQueue.splice(this.prefillQueue.indexOf(job), 1);
     const firstToken = samplerFor(job.sampling).sample(logits, 0, this.engine.vocabSize);
     const total = blocksFor(seq.length, B);
     const prefillEnd = performance.now();
@@ -257,7 +291,6 @@ export class Scheduler {
       () => job.done({ firstToken, queueMs, prefillMs: job.computeMs, transferTailMs: performance.now() - prefillEnd }),
       (err: Error) => job.fail(err),
     );
-    return true;
   }
 
   /** One decode step over every running sequence (ready ones join first). */

@@ -23,7 +23,9 @@ export interface KvSequence {
   length: number;
 }
 
-const GROWTH = 1.5;
+// Stride growth factor: attention scans the whole stride, so growing by 25% bounds that waste, and
+// each growth re-lays out the arena once (amortized over the steps that fill the new room).
+const GROWTH = 1.25;
 
 export class SlotKvCache {
   readonly shape: KvShape;

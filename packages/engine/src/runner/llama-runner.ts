@@ -63,7 +63,9 @@ export class LlamaRunner implements ModelRunner {
       if (it.tokens.length === 0) throw new Error(`sequence ${it.seq.id}: nothing to run`);
     });
     const S = Math.max(...items.map((it) => it.tokens.length));
-    this.cache.reserve(Math.max(...items.map((it) => it.seq.length + it.tokens.length)));
+    // The past window only needs the positions already cached; room for the new ones is made after
+    // the run. (Reserving first would make a fresh prompt attend over its own length of masked
+    // positions: a 512-token prompt scored 1024 columns per row.)
     const P = this.cache.stride;
 
     const ids = new BigInt64Array(n * S);
@@ -96,6 +98,7 @@ export class LlamaRunner implements ModelRunner {
     const t1 = performance.now();
     const out = await this.session.run(feeds);
     const t2 = performance.now();
+    this.cache.reserve(Math.max(...items.map((it) => it.seq.length + it.tokens.length)));
     for (let l = 0; l < layers; l++) {
       const k = out[`new_key.${l}`].data as Float32Array;
       const v = out[`new_value.${l}`].data as Float32Array;
