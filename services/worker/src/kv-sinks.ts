@@ -21,14 +21,16 @@ export function toTokenMsg(t: SampledToken): TokenMsg {
 
 export interface TransferStats {
   bytes: number;
-  startedAt: number;
+  /** When the first block was handed to gRPC (transfer time runs from here, not from the request). */
+  startedAt?: number;
+  /** When the decode worker acknowledged the last block. */
   finishedAt?: number;
 }
 
 export class RemoteKvSink implements KvSink {
   private readonly call: grpc.ClientWritableStream<KvChunkMsg>;
   private readonly result: Promise<void>;
-  readonly stats: TransferStats = { bytes: 0, startedAt: performance.now() };
+  readonly stats: TransferStats = { bytes: 0 };
 
   constructor(private readonly runner: ModelRunner, private readonly requestId: string, address: string) {
     let settle!: { resolve(): void; reject(e: Error): void };
@@ -73,6 +75,7 @@ export class RemoteKvSink implements KvSink {
         block_tokens: blockTokens, block_bytes: blockBytes,
       };
       this.stats.bytes += data.byteLength;
+      this.stats.startedAt ??= performance.now();
       this.call.write(msg);
       b += n;
     } while (b < first + count);

@@ -57,7 +57,7 @@ export function prefillHandlers(ctx: ServiceContext): grpc.UntypedServiceImpleme
         requestId: req.request_id, promptIds: req.prompt_ids, sampling: req.sampling, sink,
         enqueuedAt: performance.now(), computeMs: 0, sentBlocks: 0, cancelled: false,
         done: (r) => {
-          if (remote) ctx.onKvTransfer?.({ seconds: ((remote.stats.finishedAt ?? performance.now()) - remote.stats.startedAt) / 1000, bytes: remote.stats.bytes });
+          if (remote) ctx.onKvTransfer?.({ seconds: ((remote.stats.finishedAt ?? performance.now()) - (remote.stats.startedAt ?? performance.now())) / 1000, bytes: remote.stats.bytes });
           log.info({ prompt_tokens: req.prompt_ids.length, queue_ms: round(r.queueMs), prefill_ms: round(r.prefillMs), transfer_tail_ms: round(r.transferTailMs), kv_bytes: remote?.stats.bytes ?? 0, decode: req.decode_address }, 'prefill done');
           callback(null, {
             first_token: toTokenMsg(r.firstToken), queue_ms: r.queueMs, prefill_ms: r.prefillMs,

@@ -3,7 +3,7 @@
 // `ready http://HOST:PORT` once /ready answers, and on Ctrl-C or SIGTERM stops every child.
 import type { Command } from 'commander';
 import { existsSync } from 'node:fs';
-import { homedir } from 'node:os';
+import { availableParallelism, homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pino from 'pino';
@@ -42,6 +42,7 @@ interface UpFlags {
   maxSequences: number;
   kvBudgetMb?: number;
   readyTimeoutS: number;
+  pin?: boolean;
 }
 
 async function waitReady(url: string, timeoutMs: number, failed: () => string | undefined): Promise<void> {
@@ -74,6 +75,7 @@ export function register(program: Command): void {
     .option('--max-sequences <n>', 'sequences per worker', positiveInt, 16)
     .option('--kv-budget-mb <n>', 'KV cache budget per worker, MiB', positiveInt)
     .option('--ready-timeout-s <n>', 'give up if the cluster is not ready by then', positiveInt, 120)
+    .option('--pin', 'pin worker i to CPU core i mod cores (taskset), e.g. 1 prefill + 1 decode on their own cores')
     .action(async (o: UpFlags) => {
       const log = pino({ name: 'pdserve-up' });
       const model = resolveDefaultModel(log, o.model);
@@ -85,12 +87,18 @@ export function register(program: Command): void {
         logger: log,
         onUnexpectedExit: (e) => { failure = `${e.name} exited unexpectedly (code ${e.code}, signal ${e.signal})`; },
       });
-      const node = (name: string, args: string[]) =>
-        supervisor.spawn({ name, command: process.execPath, args: ['--import', 'tsx', MAIN, ...args], env: { [SUPERVISOR_PID_ENV]: String(process.pid) } });
+      const cores = availableParallelism();
+      let nextCore = 0;
+      const node = (name: string, args: string[], pin = false) => {
+        const argv = [process.execPath, '--import', 'tsx', MAIN, ...args];
+        // taskset execs the program: same process, so signals and the IPC channel still reach it.
+        const pinned = pin ? ['taskset', '-c', String(nextCore++ % cores), ...argv] : argv;
+        return supervisor.spawn({ name, command: pinned[0], args: pinned.slice(1), env: { [SUPERVISOR_PID_ENV]: String(process.pid) } });
+      };
       const common = ['--model', model, '--redis-url', redisUrl, '--device', o.device, '--threads', String(o.threads), '--max-sequences', String(o.maxSequences)];
       if (o.kvBudgetMb !== undefined) common.push('--kv-budget-mb', String(o.kvBudgetMb));
       const roles: Array<['prefill' | 'decode' | 'unified', number]> = o.unified ? [['unified', o.unified]] : [['prefill', o.prefill], ['decode', o.decode]];
-      for (const [role, count] of roles) for (let i = 0; i < count; i++) node(`${role}-${i}`, ['worker', '--role', role, ...common]);
+      for (const [role, count] of roles) for (let i = 0; i < count; i++) node(`${role}-${i}`, ['worker', '--role', role, ...common], o.pin);
       const port = o.port || (await freePort());
       node('router', ['router', '--model', model, '--redis-url', redisUrl, '--host', o.host, '--port', String(port)]);
       const shutdown = async (code: number) => {
