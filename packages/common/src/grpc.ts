@@ -18,6 +18,9 @@ export const PROTO_FILE = join(PROTO_ROOT, 'pdserve', 'v1', 'pdserve.proto');
 export const KV_MESSAGE_BYTES = 4 * 1024 * 1024;
 export const MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
 
+/** HTTP/2 receive window (per stream and per connection) for both ends of every pdserve channel. */
+export const FLOW_CONTROL_WINDOW = 32 * 1024 * 1024;
+
 export const CHANNEL_OPTIONS: grpc.ChannelOptions = {
   'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
   'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
@@ -25,7 +28,7 @@ export const CHANNEL_OPTIONS: grpc.ChannelOptions = {
   'grpc.keepalive_timeout_ms': 5_000,
   'grpc.keepalive_permit_without_calls': 1,
   // Large KV pushes need big HTTP/2 windows to keep the pipe full on loopback.
-  'grpc-node.flow_control_window': 16 * 1024 * 1024,
+  'grpc-node.flow_control_window': FLOW_CONTROL_WINDOW,
 };
 
 let cached: grpc.GrpcObject | undefined;
@@ -55,13 +58,33 @@ export function decodeClient(address: string): grpc.Client {
   return new (pdserveV1().Decode as ServiceCtor)(address, grpc.credentials.createInsecure(), CHANNEL_OPTIONS);
 }
 
+// grpc-js applies 'grpc-node.flow_control_window' to the client end only; its server keeps
+// HTTP/2's 64 KiB receive window, which held KV pushes (client -> server) to ~40 MiB/s on loopback:
+// every 64 KiB waited for a WINDOW_UPDATE from a receiver busy with its own work. grpc-js exposes no
+// server option for it, so these two touch its internals, and fall back to the default if they move.
+interface GrpcServerInternals {
+  commonServerOptions?: { settings?: Record<string, number> };
+  http2Servers?: Map<{ on(event: 'session', cb: (s: { setLocalWindowSize?(n: number): void }) => void): void }, unknown>;
+}
+
 export function createGrpcServer(): grpc.Server {
-  return new grpc.Server(CHANNEL_OPTIONS);
+  const server = new grpc.Server(CHANNEL_OPTIONS);
+  const internals = server as unknown as GrpcServerInternals;
+  if (internals.commonServerOptions) {
+    internals.commonServerOptions.settings = { ...internals.commonServerOptions.settings, initialWindowSize: FLOW_CONTROL_WINDOW };
+  }
+  return server;
 }
 
 export function bindServer(server: grpc.Server, address: string): Promise<number> {
   return new Promise((resolveBind, reject) =>
-    server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (err, port) => (err ? reject(err) : resolveBind(port))),
+    server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (err, port) => {
+      if (err) return reject(err);
+      for (const http2Server of (server as unknown as GrpcServerInternals).http2Servers?.keys() ?? []) {
+        http2Server.on('session', (session) => session.setLocalWindowSize?.(FLOW_CONTROL_WINDOW));
+      }
+      resolveBind(port);
+    }),
   );
 }
 

@@ -3,9 +3,11 @@
 // batches); `generate` runs one request start to finish for the CLI and tests.
 import { join } from 'node:path';
 import { kvBytesPerToken, readModelConfig, type ModelConfig } from './model/config.ts';
+import { isPdserveModelDir, loadExternalModel } from './model/external.ts';
+import { ExternalDecoderRunner } from './runner/external-runner.ts';
 import { LlamaRunner } from './runner/llama-runner.ts';
 import type { ForwardItem, ModelRunner } from './runner/types.ts';
-import { createSession, type Device } from './runtime/session.ts';
+import { createSession, type Device, type SessionOptions } from './runtime/session.ts';
 import { SlotKvCache, type KvSequence } from './kv/slot-cache.ts';
 import { loadTokenizer } from './tokenizer/load.ts';
 import type { Tokenizer } from './tokenizer/types.ts';
@@ -28,6 +30,8 @@ export interface EngineOptions {
 
 export class EngineCapacityError extends Error {}
 export class PromptTooLongError extends Error {}
+/** A token id outside the model's vocabulary (e.g. a tokenizer larger than the model's embedding). */
+export class InvalidTokenError extends Error {}
 
 export const DEFAULT_BLOCK_TOKENS = 16;
 export const DEFAULT_PREFILL_CHUNK = 256;
@@ -42,24 +46,25 @@ export class Engine {
   ) {}
 
   static async load(dir: string, opts: EngineOptions = {}): Promise<Engine> {
-    const config = readModelConfig(dir);
-    const tokenizer = loadTokenizer(dir, { kind: config.tokenizer.kind, vocabSize: config.vocab_size });
-    const maxModelLen = Math.min(opts.maxModelLen ?? config.max_seq_len, config.max_seq_len);
-    const blockTokens = opts.blockTokens ?? DEFAULT_BLOCK_TOKENS;
-    if (!Number.isInteger(blockTokens) || blockTokens <= 0) throw new Error(`block size must be a positive integer, got ${blockTokens}`);
-    const perSequence = maxModelLen * kvBytesPerToken(config);
-    let maxSequences = opts.maxSequences ?? 16;
-    if (opts.kvBudgetBytes !== undefined) maxSequences = Math.min(maxSequences, Math.floor(opts.kvBudgetBytes / perSequence));
-    if (maxSequences < 1) {
-      throw new EngineCapacityError(`a KV budget of ${opts.kvBudgetBytes} bytes cannot hold one ${maxModelLen}-token sequence (${perSequence} bytes); raise the budget or lower max model length`);
+    const model = await loadModel(dir, { device: opts.device, threads: opts.threads });
+    const config = model.config;
+    try {
+      const tokenizer = loadTokenizer(dir, { kind: config.tokenizer.kind, vocabSize: config.vocab_size });
+      const maxModelLen = Math.min(opts.maxModelLen ?? config.max_seq_len, config.max_seq_len);
+      const blockTokens = opts.blockTokens ?? DEFAULT_BLOCK_TOKENS;
+      if (!Number.isInteger(blockTokens) || blockTokens <= 0) throw new Error(`block size must be a positive integer, got ${blockTokens}`);
+      const perSequence = maxModelLen * kvBytesPerToken(config);
+      let maxSequences = opts.maxSequences ?? 16;
+      if (opts.kvBudgetBytes !== undefined) maxSequences = Math.min(maxSequences, Math.floor(opts.kvBudgetBytes / perSequence));
+      if (maxSequences < 1) {
+        throw new EngineCapacityError(`a KV budget of ${opts.kvBudgetBytes} bytes cannot hold one ${maxModelLen}-token sequence (${perSequence} bytes); raise the budget or lower max model length`);
+      }
+      const runner = await model.createRunner({ blockTokens, maxSequences, maxModelLen });
+      return new Engine(config, tokenizer, runner, maxModelLen, opts.prefillChunk ?? DEFAULT_PREFILL_CHUNK);
+    } catch (err) {
+      await model.dispose();
+      throw err;
     }
-    const session = await createSession(join(dir, config.onnx.file), { device: opts.device, threads: opts.threads });
-    const cache = new SlotKvCache({
-      layers: config.n_layers, kvHeads: config.n_kv_heads, headDim: config.head_dim, blockTokens,
-      maxSlots: maxSequences, maxTokensPerSlot: maxModelLen,
-    });
-    const runner = new LlamaRunner(session, cache, config.vocab_size);
-    return new Engine(config, tokenizer, runner, maxModelLen, opts.prefillChunk ?? DEFAULT_PREFILL_CHUNK);
   }
 
   get vocabSize(): number {
@@ -84,6 +89,17 @@ export class Engine {
     }
   }
 
+  /** Checks that every id is an integer in [0, vocab_size); throws InvalidTokenError naming the first bad one. */
+  checkTokenIds(ids: readonly number[]): void {
+    const vocab = this.config.vocab_size;
+    const bad = ids.findIndex((id) => !Number.isInteger(id) || id < 0 || id >= vocab);
+    if (bad < 0) return;
+    const hint = this.tokenizer.vocabSize > vocab
+      ? ` (the tokenizer knows ${this.tokenizer.vocabSize} ids but the model only ${vocab}: only ids below ${vocab} can be fed to it)`
+      : '';
+    throw new InvalidTokenError(`token id ${ids[bad]} at position ${bad} is outside the model's vocabulary of ${vocab} ids (0..${vocab - 1})${hint}`);
+  }
+
   /**
    * Runs `tokens` through the model in chunks of `prefillChunk`, appending to `seq`'s cache.
    * `afterChunk` sees the cache after each chunk (a prefill worker streams blocks from there).
@@ -91,6 +107,7 @@ export class Engine {
    */
   async prefill(seq: KvSequence, tokens: number[], afterChunk?: (seq: KvSequence) => void | Promise<void>): Promise<Float32Array> {
     this.checkLength(seq.length + tokens.length);
+    this.checkTokenIds(tokens);
     let logits: Float32Array | undefined;
     for (let i = 0; i < tokens.length; i += this.prefillChunk) {
       logits = await this.runner.forward([{ seq, tokens: tokens.slice(i, i + this.prefillChunk) }]);
@@ -106,4 +123,50 @@ export class Engine {
     const items: ForwardItem[] = batch.map((b) => ({ seq: b.seq, tokens: [b.token] }));
     return this.runner.forward(items);
   }
+}
+
+interface RunnerShape {
+  blockTokens: number;
+  maxSequences: number;
+  maxModelLen: number;
+}
+
+interface LoadedModel {
+  config: ModelConfig;
+  createRunner(shape: RunnerShape): Promise<ModelRunner>;
+  /** Frees what loading took when the engine is not built after all. */
+  dispose(): Promise<void>;
+}
+
+/**
+ * A pdserve model directory (config.json with format pdserve-model/1) runs on LlamaRunner; any
+ * other folder is read as a third-party ONNX decoder export (model/external.ts), whose graph is
+ * opened here already because its I/O names and shapes describe the model.
+ */
+async function loadModel(dir: string, session: SessionOptions): Promise<LoadedModel> {
+  if (isPdserveModelDir(dir)) {
+    const config = readModelConfig(dir);
+    return {
+      config,
+      async createRunner({ blockTokens, maxSequences, maxModelLen }) {
+        const s = await createSession(join(dir, config.onnx.file), session);
+        const cache = new SlotKvCache({
+          layers: config.n_layers, kvHeads: config.n_kv_heads, headDim: config.head_dim, blockTokens,
+          maxSlots: maxSequences, maxTokensPerSlot: maxModelLen,
+        });
+        return new LlamaRunner(s, cache, config.vocab_size);
+      },
+      async dispose() {},
+    };
+  }
+  const { model, session: s } = await loadExternalModel(dir, session);
+  const config = model.config;
+  return {
+    config,
+    async createRunner({ blockTokens, maxSequences, maxModelLen }) {
+      const shape = { layers: config.n_layers, kvHeads: config.n_kv_heads, headDim: config.head_dim, blockTokens };
+      return new ExternalDecoderRunner(s, model.io, shape, config.vocab_size, { maxSequences, maxTokensPerSequence: maxModelLen });
+    },
+    dispose: () => s.release(),
+  };
 }

@@ -22,6 +22,7 @@ export async function generate(engine: Engine, promptIds: number[], opts: Genera
   // The context bounds output too: stop at the model's length even if maxTokens asks for more.
   const maxTokens = Math.min(opts.maxTokens, engine.maxModelLen - promptIds.length + 1);
   engine.checkLength(promptIds.length);
+  engine.checkTokenIds(promptIds);
   const sampler = new Sampler(opts);
   const seq = engine.newSequence(randomUUID());
   const tokens: SampledToken[] = [];

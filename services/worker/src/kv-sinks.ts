@@ -25,12 +25,14 @@ export interface TransferStats {
   startedAt?: number;
   /** When the decode worker acknowledged the last block. */
   finishedAt?: number;
+  /** Milliseconds spent gathering, checksumming and queueing blocks (on the scheduler's thread). */
+  prepareMs: number;
 }
 
 export class RemoteKvSink implements KvSink {
   private readonly call: grpc.ClientWritableStream<KvChunkMsg>;
   private readonly result: Promise<void>;
-  readonly stats: TransferStats = { bytes: 0 };
+  readonly stats: TransferStats = { bytes: 0, prepareMs: 0 };
 
   constructor(private readonly runner: ModelRunner, private readonly requestId: string, address: string) {
     let settle!: { resolve(): void; reject(e: Error): void };
@@ -60,6 +62,7 @@ export class RemoteKvSink implements KvSink {
 
   /** Reads the blocks now (the caller may free the sequence right after) and queues the messages. */
   private write(seq: KvSequence, first: number, count: number, tokenCount: number, firstToken: SampledToken | undefined): void {
+    const t0 = performance.now();
     const blockBytes = this.runner.blockBytes;
     const blockTokens = this.runner.kvShape.blockTokens;
     const perMessage = Math.max(1, Math.floor(KV_MESSAGE_BYTES / blockBytes));
@@ -79,6 +82,7 @@ export class RemoteKvSink implements KvSink {
       this.call.write(msg);
       b += n;
     } while (b < first + count);
+    this.stats.prepareMs += performance.now() - t0;
   }
 }
 

@@ -58,7 +58,7 @@ export function prefillHandlers(ctx: ServiceContext): grpc.UntypedServiceImpleme
         enqueuedAt: performance.now(), computeMs: 0, sentBlocks: 0, cancelled: false,
         done: (r) => {
           if (remote) ctx.onKvTransfer?.({ seconds: ((remote.stats.finishedAt ?? performance.now()) - (remote.stats.startedAt ?? performance.now())) / 1000, bytes: remote.stats.bytes });
-          log.info({ prompt_tokens: req.prompt_ids.length, queue_ms: round(r.queueMs), prefill_ms: round(r.prefillMs), transfer_tail_ms: round(r.transferTailMs), kv_bytes: remote?.stats.bytes ?? 0, decode: req.decode_address }, 'prefill done');
+          log.info({ prompt_tokens: req.prompt_ids.length, queue_ms: round(r.queueMs), prefill_ms: round(r.prefillMs), transfer_tail_ms: round(r.transferTailMs), kv_bytes: remote?.stats.bytes ?? 0, kv_prepare_ms: round(remote?.stats.prepareMs ?? 0), kv_transfer_ms: remote ? round((remote.stats.finishedAt ?? 0) - (remote.stats.startedAt ?? 0)) : 0, decode: req.decode_address }, 'prefill done');
           callback(null, {
             first_token: toTokenMsg(r.firstToken), queue_ms: r.queueMs, prefill_ms: r.prefillMs,
             transfer_tail_ms: r.transferTailMs, kv_bytes: remote?.stats.bytes ?? 0,
@@ -156,6 +156,7 @@ export function decodeHandlers(ctx: ServiceContext): grpc.UntypedServiceImplemen
       let bytes = 0;
       let chunks = 0;
       let failed = false;
+      let firstAt: number | undefined;
       const fail = (s: Partial<grpc.StatusObject>) => {
         if (failed) return;
         failed = true;
@@ -176,10 +177,15 @@ export function decodeHandlers(ctx: ServiceContext): grpc.UntypedServiceImplemen
         }
         bytes += chunk.data.byteLength;
         chunks++;
+        firstAt ??= performance.now();
         req.pendingKv.push(chunk);
         ctx.scheduler.notify();
       });
-      call.on('end', () => { if (!failed) callback(null, { bytes, chunks }); });
+      call.on('end', () => {
+        if (failed) return;
+        ctx.log.debug({ request_id: requestIdOf(call, ''), kv_bytes: bytes, kv_chunks: chunks, kv_receive_ms: round(performance.now() - (firstAt ?? performance.now())) }, 'KV received');
+        callback(null, { bytes, chunks });
+      });
       call.on('error', () => fail(status(grpc.status.CANCELLED, 'KV push broken off')));
     },
     Cancel(call: grpc.ServerUnaryCall<{ request_id: string }, { found: boolean }>, callback: grpc.sendUnaryData<{ found: boolean }>) {

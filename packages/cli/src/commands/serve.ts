@@ -45,7 +45,7 @@ export function register(program: Command): void {
     .option('--prefill-chunk <n>', 'prompt tokens per prefill pass', positiveInt, 256)
     .option('--id <id>', 'worker id (default: role-host-pid-random)')
     .action(async (o) => {
-      const log = pino({ name: 'pdserve-worker' });
+      const log = pino({ name: 'pdserve-worker', level: process.env.PDSERVE_LOG_LEVEL ?? 'info' });
       const w = await startWorker({ ...o, logger: log });
       runUntilSignalled(w.stop, log);
     });
@@ -63,7 +63,7 @@ export function register(program: Command): void {
     .option('--slo-ttft-ms <ms>', 'default time-to-first-token SLO for admission and metrics', positiveInt)
     .option('--slo-tpot-ms <ms>', 'default time-per-output-token SLO for admission and metrics', positiveInt)
     .action(async (o) => {
-      const log = pino({ name: 'pdserve-router' });
+      const log = pino({ name: 'pdserve-router', level: process.env.PDSERVE_LOG_LEVEL ?? 'info' });
       const r = await startRouter({ ...o, logger: log });
       runUntilSignalled(r.stop, log);
     });
