@@ -13,7 +13,7 @@
 // (context_length_exceeded), 503 BackendError with Retry-After, 500 anything else (no details).
 // Usage counts like vLLM: a sampled stop token id / EOS counts as a completion token.
 import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
-import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyRequest } from 'fastify';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyRequest } from 'fastify';
 import type { Tokenizer } from '../../../packages/engine/src/tokenizer/types.ts';
 import type { Backend, LatencySlo } from './backend.ts';
 import { failGeneration, type RouterContext } from './context.ts';
@@ -91,7 +91,7 @@ export function buildRouterApp(opts: RouterAppOptions): FastifyInstance {
     requestIdHeader: false,
     genReqId: requestId,
     // Same key as the workers' log lines, so one grep follows a request across processes.
-    requestIdLogLabel: 'request_id',
+    logController: new LogController({ requestIdLogLabel: 'request_id' }),
     // No type coercion ("5" is not an integer), keep unknown fields (clients send many), allow
     // `type: [..., 'null']`.
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, useDefaults: true, allErrors: false, allowUnionTypes: true } },

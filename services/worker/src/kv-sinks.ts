@@ -1,88 +1,67 @@
-// Where a prefill's KV blocks go. RemoteKvSink streams them to a decode worker over gRPC, cut into
-// messages of at most KV_MESSAGE_BYTES, each block with its CRC-32; LocalKvSink hands the sequence
-// to this worker's own decode batch (a unified worker prefills in place: nothing to copy).
+// Where a prefill's KV blocks go.
+//  - ThreadKvSink (engine thread): gathers blocks into `pdserve-kv/1` messages of at most
+//    KV_MESSAGE_BYTES, each block with its CRC-32, and hands them to the main thread, whose
+//    GrpcKvPush streams them to the decode worker (Decode.PushKv).
+//  - LocalKvSink (engine thread): a unified worker's own decode batch takes the sequence as it is;
+//    nothing is copied.
 import { checksumBlocks, type KvSequence, type ModelRunner, type SampledToken } from '@pdserve/engine';
 import { decodeClient, grpc, KV_MESSAGE_BYTES, requestMetadata, type KvChunkMsg, type TokenMsg } from '@pdserve/common';
 import type { DecodeRequest, KvSink } from './requests.ts';
-
-const clients = new Map<string, grpc.Client>();
-function clientFor(address: string): grpc.Client {
-  let c = clients.get(address);
-  if (!c) {
-    c = decodeClient(address);
-    clients.set(address, c);
-  }
-  return c;
-}
 
 export function toTokenMsg(t: SampledToken): TokenMsg {
   return { id: t.id, logprob: t.logprob ?? 0, top_logprobs: t.topLogprobs ?? [] };
 }
 
-export interface TransferStats {
-  bytes: number;
-  /** When the first block was handed to gRPC (transfer time runs from here, not from the request). */
-  startedAt?: number;
-  /** When the decode worker acknowledged the last block. */
-  finishedAt?: number;
-  /** Milliseconds spent gathering, checksumming and queueing blocks (on the scheduler's thread). */
-  prepareMs: number;
-}
+export class ThreadKvSink implements KvSink {
+  private ack?: { resolve(): void; reject(e: Error): void };
 
-export class RemoteKvSink implements KvSink {
-  private readonly call: grpc.ClientWritableStream<KvChunkMsg>;
-  private readonly result: Promise<void>;
-  readonly stats: TransferStats = { bytes: 0, prepareMs: 0 };
-
-  constructor(private readonly runner: ModelRunner, private readonly requestId: string, address: string) {
-    let settle!: { resolve(): void; reject(e: Error): void };
-    this.result = new Promise<void>((resolve, reject) => { settle = { resolve, reject }; });
-    this.result.catch(() => {}); // observed through finish()
-    const client = clientFor(address) as grpc.Client & { PushKv: Function };
-    this.call = client.PushKv(requestMetadata(requestId), (err: grpc.ServiceError | null) => {
-      this.stats.finishedAt = performance.now();
-      if (err) settle.reject(new Error(`KV push to ${address} failed: ${err.details || err.message}`));
-      else settle.resolve();
-    });
-  }
+  constructor(
+    private readonly runner: ModelRunner,
+    private readonly requestId: string,
+    private readonly to: { out(chunks: KvChunkMsg[], final: boolean): void; abort(): void },
+  ) {}
 
   send(seq: KvSequence, first: number, count: number, tokenCount: number): void {
-    this.write(seq, first, count, tokenCount, undefined);
+    this.to.out(this.messages(seq, first, count, tokenCount, undefined), false);
   }
 
   finish(seq: KvSequence, first: number, count: number, firstToken: SampledToken): Promise<void> {
-    this.write(seq, first, count, seq.length, firstToken);
-    this.call.end();
-    return this.result;
+    const done = new Promise<void>((resolve, reject) => { this.ack = { resolve, reject }; });
+    this.to.out(this.messages(seq, first, count, seq.length, firstToken), true);
+    return done;
   }
 
   abort(): void {
-    this.call.cancel();
+    this.to.abort();
+    this.ack?.reject(new Error('cancelled'));
   }
 
-  /** Reads the blocks now (the caller may free the sequence right after) and queues the messages. */
-  private write(seq: KvSequence, first: number, count: number, tokenCount: number, firstToken: SampledToken | undefined): void {
-    const t0 = performance.now();
+  /** The decode worker has every block (or the push failed). */
+  acknowledged(error?: string): void {
+    if (error) this.ack?.reject(new Error(error));
+    else this.ack?.resolve();
+  }
+
+  /** Reads the blocks now: the scheduler may free the sequence as soon as this returns. */
+  private messages(seq: KvSequence, first: number, count: number, tokenCount: number, firstToken: SampledToken | undefined): KvChunkMsg[] {
     const blockBytes = this.runner.blockBytes;
     const blockTokens = this.runner.kvShape.blockTokens;
     const perMessage = Math.max(1, Math.floor(KV_MESSAGE_BYTES / blockBytes));
+    const out: KvChunkMsg[] = [];
     let b = first;
     do {
       const n = Math.min(perMessage, first + count - b);
       const data = n > 0 ? this.runner.readBlocks(seq, b, n) : new Uint8Array(0);
       const last = b + n >= first + count;
-      const msg: KvChunkMsg = {
+      out.push({
         request_id: this.requestId, first_block: b, block_count: n,
         token_count: Math.min(tokenCount, (b + n) * blockTokens), data, checksums: checksumBlocks(data, blockBytes),
         done: last && firstToken !== undefined, first_token: last && firstToken ? toTokenMsg(firstToken) : null,
         block_tokens: blockTokens, block_bytes: blockBytes,
-      };
-      this.stats.bytes += data.byteLength;
-      this.stats.startedAt ??= performance.now();
-      this.call.write(msg);
+      });
       b += n;
     } while (b < first + count);
-    this.stats.prepareMs += performance.now() - t0;
+    return out;
   }
 }
 
@@ -100,4 +79,44 @@ export class LocalKvSink implements KvSink {
   }
 
   abort(): void {}
+}
+
+const clients = new Map<string, grpc.Client>();
+function clientFor(address: string): grpc.Client {
+  let c = clients.get(address);
+  if (!c) {
+    c = decodeClient(address);
+    clients.set(address, c);
+  }
+  return c;
+}
+
+/** Main thread: one Decode.PushKv call carrying one sequence's blocks to the decode worker. */
+export class GrpcKvPush {
+  private readonly call: grpc.ClientWritableStream<KvChunkMsg>;
+  bytes = 0;
+  /** When the first block went to gRPC, and when the decode worker acknowledged the last. */
+  startedAt?: number;
+  finishedAt?: number;
+
+  constructor(requestId: string, address: string, onEnd: (error?: string) => void) {
+    const client = clientFor(address) as grpc.Client & { PushKv: Function };
+    this.call = client.PushKv(requestMetadata(requestId), (err: grpc.ServiceError | null) => {
+      this.finishedAt = performance.now();
+      onEnd(err ? `KV push to ${address} failed: ${err.details || err.message}` : undefined);
+    });
+  }
+
+  write(chunks: KvChunkMsg[], final: boolean): void {
+    this.startedAt ??= performance.now();
+    for (const c of chunks) {
+      this.bytes += c.data.byteLength;
+      this.call.write(c);
+    }
+    if (final) this.call.end();
+  }
+
+  cancel(): void {
+    this.call.cancel();
+  }
 }

@@ -296,12 +296,16 @@ export class Scheduler {
   /** One decode step over every running sequence (ready ones join first). */
   private async decodeStep(): Promise<boolean> {
     const now = performance.now();
+    let admitted = false;
     for (const req of this.decodes.values()) {
       if (req.status !== 'ready') continue;
       req.status = 'running';
+      admitted = true;
       // The first token (from the prefill) goes out as the sequence joins the batch.
       if (this.accept(req, req.lastToken!, now - (req.kvDoneAt ?? now))) this.decodes.delete(req.requestId);
     }
+    // Let the event loop send those first tokens before a forward pass blocks it for a whole step.
+    if (admitted) return true;
     const batch = [...this.decodes.values()].filter((r) => r.status === 'running' && !r.cancelled);
     if (batch.length === 0) return false;
     const t0 = performance.now();

@@ -4,12 +4,12 @@
 import { hostname, networkInterfaces } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import pino, { type Logger } from 'pino';
-import { Engine, type Device } from '@pdserve/engine';
+import type { Device } from '@pdserve/engine';
 import {
   bindServer, createGrpcServer, createWorkerMetrics, decodeService, prefillService, startMetricsServer,
   WorkerRegistration, type WorkerRole,
 } from '@pdserve/common';
-import { Scheduler } from './scheduler.ts';
+import { EngineHost } from './engine-host.ts';
 import { decodeHandlers, prefillHandlers } from './services.ts';
 
 export interface WorkerOptions {
@@ -53,32 +53,34 @@ export interface RunningWorker {
 export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
   const id = o.id ?? `${o.role}-${hostname()}-${process.pid}-${randomBytes(2).toString('hex')}`;
   const log = (o.logger ?? pino({ name: 'pdserve-worker' })).child({ worker_id: id, role: o.role });
-  const engine = await Engine.load(o.model, {
-    device: o.device, threads: o.threads, maxSequences: o.maxSequences, maxModelLen: o.maxModelLen,
-    kvBudgetBytes: o.kvBudgetMb !== undefined ? o.kvBudgetMb * 1024 * 1024 : undefined,
-    blockTokens: o.blockTokens, prefillChunk: o.prefillChunk,
+  // The engine (ONNX Runtime, KV cache, scheduler) runs on its own thread: a forward pass blocks the
+  // thread it runs on, and this one must keep streaming KV blocks, tokens and heartbeats meanwhile.
+  const host = await EngineHost.start({
+    model: o.model,
+    engine: {
+      device: o.device, threads: o.threads, maxSequences: o.maxSequences, maxModelLen: o.maxModelLen,
+      kvBudgetBytes: o.kvBudgetMb !== undefined ? o.kvBudgetMb * 1024 * 1024 : undefined,
+      blockTokens: o.blockTokens, prefillChunk: o.prefillChunk,
+    },
+    scheduler: { maxPrefillQueue: 256, maxReserveQueue: 256, reserveTimeoutMs: 30_000 },
   });
-  if (engine.config.source.kind === 'dummy') log.warn({ model: o.model }, 'serving a DUMMY model: random weights, meaningless text');
-  const capacity = engine.runner.capacity();
-  log.info({ model: engine.config.name, kv_bytes: capacity.bytes, max_sequences: capacity.maxSequences, device: o.device, threads: o.threads }, 'engine loaded');
+  const { config } = host.info;
+  if (config.source.kind === 'dummy') log.warn({ model: o.model }, 'serving a DUMMY model: random weights, meaningless text');
+  log.info({ model: config.name, kv_bytes: host.info.kvBytes, max_sequences: host.info.maxSequences, device: o.device, threads: o.threads }, 'engine loaded');
 
   const metrics = createWorkerMetrics({ role: o.role, workerId: id });
-  const scheduler = new Scheduler(engine, {
-    maxPrefillQueue: 256, maxReserveQueue: 256, reserveTimeoutMs: 30_000,
-    onStep: (s) => {
-      if (s.phase === 'prefill') metrics.observeStep({ phase: 'prefill', seconds: s.ms / 1000, tokens: s.tokens });
-      else metrics.observeStep({ phase: 'decode', seconds: s.ms / 1000, batchSize: s.batch });
-    },
-  });
-  scheduler.start();
+  host.onStep = (s) => {
+    if (s.phase === 'prefill') metrics.observeStep({ phase: 'prefill', seconds: s.ms / 1000, tokens: s.tokens });
+    else metrics.observeStep({ phase: 'decode', seconds: s.ms / 1000, batchSize: s.batch });
+  };
 
   let draining = false;
   const server = createGrpcServer();
-  const host = advertisedHost(o.advertiseHost);
+  const publicHost = advertisedHost(o.advertiseHost);
   const port = await bindServer(server, `${o.host}:${o.grpcPort}`);
-  const grpcAddress = `${host}:${port}`;
+  const grpcAddress = `${publicHost}:${port}`;
   const ctx = {
-    scheduler, log, selfAddress: grpcAddress, workerId: id, role: o.role,
+    host, log, selfAddress: grpcAddress, workerId: id, role: o.role,
     canPrefill: o.role !== 'decode', canDecode: o.role !== 'prefill', isDraining: () => draining,
     onKvTransfer: (t: { seconds: number; bytes: number }) => metrics.observeKvTransfer(t),
     onKvFailure: (r: 'checksum' | 'timeout' | 'peer_lost' | 'rejected') => metrics.kvTransferFailed(r),
@@ -88,29 +90,20 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
   server.addService(decodeService(), decodeHandlers(ctx));
 
   const load = () => {
-    const c = engine.runner.capacity();
-    metrics.setKvBlocks({ free: c.totalBlocks - c.usedBlocks, total: c.totalBlocks });
-    metrics.numSequencesRunning.set(scheduler.runningCount);
-    metrics.numSequencesWaiting.set(scheduler.waitingCount + scheduler.prefillQueue.length);
-    const recent = scheduler.recentStepMs.slice(-16);
-    const sorted = [...recent].sort((a, b) => a - b);
-    return {
-      queue_len: scheduler.prefillQueue.length, running: scheduler.runningCount, waiting: scheduler.waitingCount,
-      free_kv_blocks: c.totalBlocks - c.usedBlocks, total_kv_blocks: c.totalBlocks, kv_block_tokens: c.blockTokens,
-      free_sequences: c.freeSequences, max_sequences: c.maxSequences,
-      step_ms_p50: sorted.length ? sorted[Math.floor(sorted.length / 2)] : undefined,
-      step_ms_recent: recent.map((x) => Math.round(x * 100) / 100),
-      prefill_tokens_per_s: scheduler.prefillTokensPerS || undefined,
-    };
+    const l = host.load;
+    metrics.setKvBlocks({ free: l.free_kv_blocks, total: l.total_kv_blocks });
+    metrics.numSequencesRunning.set(l.running);
+    metrics.numSequencesWaiting.set(l.waiting + l.queue_len);
+    return l;
   };
   const metricsServer = await startMetricsServer({
     host: o.host, port: o.metricsPort, registry: metrics.registry,
     health: () => ({ ok: !draining, worker_id: id, role: o.role, load: load() }),
   });
-  const metricsUrl = `http://${host}:${metricsServer.port}/metrics`;
+  const metricsUrl = `http://${publicHost}:${metricsServer.port}/metrics`;
   const registration = new WorkerRegistration({
     redisUrl: o.redisUrl, prefix: o.prefix, heartbeatMs: o.heartbeatMs,
-    worker: { id, role: o.role, grpc_address: grpcAddress, metrics_url: metricsUrl, model: engine.config.name },
+    worker: { id, role: o.role, grpc_address: grpcAddress, metrics_url: metricsUrl, model: config.name },
     getLoad: load, logger: log,
   });
   await registration.start();
@@ -121,9 +114,9 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
     draining = true;
     await registration.setState('draining');
     const deadline = Date.now() + (o.drainTimeoutMs ?? 30_000);
-    while (!scheduler.idle && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    while (!host.idle && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     await registration.stop();
-    await scheduler.stop();
+    await host.stop();
     server.forceShutdown();
     await metricsServer.close();
     log.info('worker stopped');

@@ -1,0 +1,51 @@
+// Messages between a worker's main thread (gRPC, Redis, metrics) and its engine thread (ONNX
+// Runtime, the KV cache, the scheduler). ONNX Runtime's node binding runs a forward pass
+// synchronously, so the engine gets a thread of its own: the main thread stays free to stream KV
+// blocks and tokens while a step computes.
+import type { EngineOptions, ModelConfig, SampledToken } from '@pdserve/engine';
+import type { KvChunkMsg, SamplingParamsMsg, WorkerLoad } from '@pdserve/common';
+import type { SchedulerOptions } from './scheduler.ts';
+
+export interface EngineThreadData {
+  model: string;
+  engine: EngineOptions;
+  scheduler: Omit<SchedulerOptions, 'onStep'>;
+}
+
+export interface EngineInfo {
+  config: ModelConfig;
+  maxModelLen: number;
+  vocabSize: number;
+  blockBytes: number;
+  blockTokens: number;
+  kvBytes: number;
+  maxSequences: number;
+}
+
+/** Why an engine-side operation failed, so the gRPC layer can pick a status code. */
+export type FailureKind = 'queue_full' | 'too_long' | 'invalid' | 'cancelled' | 'checksum' | 'internal';
+
+export type ToEngine =
+  | { type: 'prefill'; requestId: string; promptIds: number[]; sampling: SamplingParamsMsg; local: boolean }
+  | { type: 'reserve'; requestId: string; promptLen: number; sampling: SamplingParamsMsg }
+  | { type: 'kv'; requestId: string; chunk: KvChunkMsg }
+  | { type: 'kvAck'; requestId: string; error?: string }
+  /** Cancels the request's prefill or its decode side (on a unified worker both share the id). */
+  | { type: 'cancel'; requestId: string; scope: 'prefill' | 'decode' }
+  | { type: 'stop' };
+
+export type FromEngine =
+  | { type: 'ready'; info: EngineInfo }
+  | { type: 'loadFailed'; message: string }
+  | { type: 'prefillDone'; requestId: string; firstToken: SampledToken; queueMs: number; prefillMs: number; transferTailMs: number }
+  | { type: 'prefillFailed'; requestId: string; message: string; kind: FailureKind }
+  | { type: 'kvOut'; requestId: string; chunks: KvChunkMsg[]; final: boolean }
+  | { type: 'kvAbort'; requestId: string }
+  | { type: 'reserved'; requestId: string }
+  | { type: 'reserveFailed'; requestId: string; message: string; kind: FailureKind }
+  | { type: 'tokens'; requestId: string; tokens: SampledToken[]; admitMs?: number }
+  | { type: 'finished'; requestId: string; reason: 'stop' | 'length'; stopTokenId?: number; generated: number }
+  | { type: 'decodeFailed'; requestId: string; message: string; kind: FailureKind }
+  | { type: 'step'; phase: 'prefill' | 'decode'; ms: number; tokens: number; batch: number }
+  | { type: 'load'; load: WorkerLoad & Record<string, unknown> }
+  | { type: 'stopped' };

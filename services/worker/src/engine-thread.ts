@@ -1,0 +1,145 @@
+// The engine thread of a worker: the Engine (ONNX Runtime and the KV cache) and its Scheduler.
+// It talks to the main thread only through messages (engine-protocol.ts): requests in; tokens, KV
+// blocks to send and step statistics out.
+import { parentPort, workerData } from 'node:worker_threads';
+import { Engine, InvalidTokenError, KvChecksumError, PromptTooLongError, type SampledToken } from '@pdserve/engine';
+import type { SamplingParamsMsg } from '@pdserve/common';
+import type { EngineThreadData, FailureKind, FromEngine, ToEngine } from './engine-protocol.ts';
+import { LocalKvSink, ThreadKvSink } from './kv-sinks.ts';
+import type { DecodeRequest, PrefillJob } from './requests.ts';
+import { QueueFullError, samplerFor, Scheduler } from './scheduler.ts';
+
+const port = parentPort!;
+const data = workerData as EngineThreadData;
+const post = (m: FromEngine, transfer: ArrayBuffer[] = []) => port.postMessage(m, transfer);
+
+function kindOf(err: Error): FailureKind {
+  if (err instanceof QueueFullError) return 'queue_full';
+  if (err instanceof PromptTooLongError) return 'too_long';
+  if (err instanceof InvalidTokenError) return 'invalid';
+  if (err instanceof KvChecksumError) return 'checksum';
+  if (err.message === 'cancelled') return 'cancelled';
+  return 'internal';
+}
+
+async function main(): Promise<void> {
+  let engine: Engine;
+  try {
+    engine = await Engine.load(data.model, data.engine);
+  } catch (err) {
+    post({ type: 'loadFailed', message: (err as Error).message });
+    return;
+  }
+  const cap = engine.runner.capacity();
+  const scheduler = new Scheduler(engine, {
+    ...data.scheduler,
+    onStep: (s) => {
+      post({ type: 'step', phase: s.phase, ms: s.ms, tokens: s.tokens, batch: s.batch });
+      postLoad();
+    },
+  });
+  const sinks = new Map<string, ThreadKvSink>();
+
+  function postLoad(): void {
+    const c = engine.runner.capacity();
+    const recent = scheduler.recentStepMs.slice(-16);
+    const sorted = [...recent].sort((a, b) => a - b);
+    post({
+      type: 'load',
+      load: {
+        queue_len: scheduler.prefillQueue.length, running: scheduler.runningCount, waiting: scheduler.waitingCount,
+        free_kv_blocks: c.totalBlocks - c.usedBlocks, total_kv_blocks: c.totalBlocks, kv_block_tokens: c.blockTokens,
+        free_sequences: c.freeSequences, max_sequences: c.maxSequences,
+        step_ms_p50: sorted.length ? sorted[Math.floor(sorted.length / 2)] : undefined,
+        step_ms_recent: recent.map((x) => Math.round(x * 100) / 100),
+        prefill_tokens_per_s: scheduler.prefillTokensPerS || undefined,
+      },
+    });
+  }
+
+  port.on('message', (m: ToEngine) => {
+    switch (m.type) {
+      case 'prefill': {
+        const local = m.local ? scheduler.decodes.get(m.requestId) : undefined;
+        const sink = local
+          ? new LocalKvSink(local, () => scheduler.notify())
+          : new ThreadKvSink(engine.runner, m.requestId, {
+            out: (chunks, final) => post({ type: 'kvOut', requestId: m.requestId, chunks, final }, chunks.map((c) => c.data.buffer as ArrayBuffer)),
+            abort: () => post({ type: 'kvAbort', requestId: m.requestId }),
+          });
+        if (sink instanceof ThreadKvSink) sinks.set(m.requestId, sink);
+        const job: PrefillJob = {
+          requestId: m.requestId, promptIds: m.promptIds, sampling: m.sampling, sink,
+          enqueuedAt: performance.now(), computeMs: 0, sentBlocks: 0, cancelled: false,
+          done: (r) => { sinks.delete(m.requestId); post({ type: 'prefillDone', requestId: m.requestId, ...r }); postLoad(); },
+          fail: (err) => { sinks.delete(m.requestId); post({ type: 'prefillFailed', requestId: m.requestId, message: err.message, kind: kindOf(err) }); postLoad(); },
+        };
+        try {
+          engine.checkTokenIds(m.promptIds);
+          scheduler.enqueuePrefill(job);
+        } catch (err) {
+          sinks.delete(m.requestId);
+          job.fail(err as Error);
+        }
+        postLoad();
+        break;
+      }
+      case 'reserve':
+        scheduler.reserve(m.requestId).then(
+          (seq) => {
+            // Registered at once, waiting for its cache, so a KV chunk or a cancel finds it.
+            scheduler.addDecode(decodeRequest(m.requestId, seq, m.promptLen, m.sampling));
+            post({ type: 'reserved', requestId: m.requestId });
+            postLoad();
+          },
+          (err: Error) => post({ type: 'reserveFailed', requestId: m.requestId, message: err.message, kind: kindOf(err) }),
+        );
+        break;
+      case 'kv': {
+        const req = scheduler.decodes.get(m.requestId);
+        if (!req || req.status !== 'waiting_kv') break;
+        req.pendingKv.push(m.chunk);
+        scheduler.notify();
+        break;
+      }
+      case 'kvAck':
+        sinks.get(m.requestId)?.acknowledged(m.error);
+        break;
+      case 'cancel':
+        if (m.scope === 'prefill') scheduler.cancelPrefill(m.requestId);
+        else if (!scheduler.cancelDecode(m.requestId)) scheduler.cancelReservation(m.requestId);
+        break;
+      case 'stop':
+        void scheduler.stop().then(() => post({ type: 'stopped' }));
+        break;
+    }
+  });
+
+  function decodeRequest(requestId: string, seq: DecodeRequest['seq'], promptLen: number, sampling: SamplingParamsMsg): DecodeRequest {
+    const sampler = samplerFor(sampling);
+    sampler.skip(1); // the prefill drew the first token from the same stream
+    const req: DecodeRequest = {
+      requestId, seq, sampling, sampler, promptLen,
+      status: 'waiting_kv', pendingKv: [], generated: 0, cancelled: false,
+      emit: (tokens: SampledToken[], admitMs?: number) => post({ type: 'tokens', requestId, tokens, admitMs }),
+      finish: (reason, stopTokenId) => { post({ type: 'finished', requestId, reason, stopTokenId, generated: req.generated }); postLoad(); },
+      fail: (err) => { post({ type: 'decodeFailed', requestId, message: err.message, kind: kindOf(err) }); postLoad(); },
+    };
+    return req;
+  }
+
+  scheduler.start();
+  // Cancellations and finished transfers change the load between steps too; a cheap periodic
+  // report keeps the main thread's copy (heartbeats, /health) fresh.
+  setInterval(postLoad, 200).unref();
+  post({
+    type: 'ready',
+    info: {
+      config: engine.config, maxModelLen: engine.maxModelLen, vocabSize: engine.vocabSize,
+      blockBytes: engine.runner.blockBytes, blockTokens: engine.runner.kvShape.blockTokens, kvBytes: cap.bytes, maxSequences: cap.maxSequences,
+    },
+  });
+  postLoad();
+}
+
+void main();
