@@ -53,6 +53,9 @@ export function readModelConfig(dir: string): ModelConfig {
   if (cfg.format !== MODEL_FORMAT) {
     throw new ModelLoadError(`${path}: unsupported format ${JSON.stringify(cfg.format)} (expected ${MODEL_FORMAT})`);
   }
+  if (cfg.architecture !== 'llama') {
+    throw new ModelLoadError(`${path}: unsupported architecture ${JSON.stringify(cfg.architecture)} (pdserve builds "llama" graphs; other models load as ONNX decoder exports)`);
+  }
   for (const key of ['dim', 'n_layers', 'n_heads', 'n_kv_heads', 'head_dim', 'vocab_size', 'max_seq_len'] as const) {
     if (!Number.isInteger(cfg[key]) || cfg[key] <= 0) throw new ModelLoadError(`${path}: ${key} must be a positive integer`);
   }
