@@ -3,7 +3,7 @@
 // `chat` workloads, sweeping the request rate. Writes bench-results/disagg-<workload>.{json,svg}
 // (attainment curves of both systems on one chart) and prints a table.
 //
-//   node --import tsx scripts/bench-disagg.ts [--model DIR] [--requests 12] [--quick]
+//   node --import tsx scripts/bench-disagg.ts [--model DIR] [--requests 12] [--workload summarize|chat] [--rates R1,R2,...]
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -12,7 +12,7 @@ import { renderAttainmentSvg, sweepSeries } from '../packages/bench/src/index.ts
 import { writeDummyModel } from '../packages/engine/src/index.ts';
 import { freePort } from '../packages/common/src/index.ts';
 
-const { values } = parseArgs({ options: { model: { type: 'string' }, requests: { type: 'string', default: '12' }, out: { type: 'string', default: 'bench-results' } } });
+const { values } = parseArgs({ options: { model: { type: 'string' }, requests: { type: 'string', default: '12' }, out: { type: 'string', default: 'bench-results' }, workload: { type: 'string' }, rates: { type: 'string' } } });
 const root = new URL('..', import.meta.url).pathname;
 const main = join(root, 'packages/cli/src/main.ts');
 
@@ -47,7 +47,8 @@ async function run(): Promise<void> {
   if (!existsSync(join(model, 'config.json'))) writeDummyModel('smollm2-135m', model, { maxSeqLen: 4096 });
   mkdirSync(values.out!, { recursive: true });
   const rows: string[] = [];
-  for (const exp of experiments) {
+  for (const exp of experiments.filter((e) => !values.workload || e.workload === values.workload)) {
+    if (values.rates) exp.rates = values.rates.split(',').map(Number);
     const series = [];
     for (const sys of systems) {
       const cluster = await startCluster(model, sys.args);

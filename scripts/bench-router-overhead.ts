@@ -62,12 +62,20 @@ async function main(): Promise<void> {
       void tokens;
     });
 
-    for (let i = 0; i < 20; i++) { await viaRouter(); await direct(); } // warm-up
+    // The floor of any HTTP hop from this client: a bodyless GET the router answers at once.
+    const health = async () => {
+      const t0 = performance.now();
+      await (await fetch(`${url}/health`)).text();
+      return performance.now() - t0;
+    };
+    for (let i = 0; i < 20; i++) { await viaRouter(); await direct(); await health(); } // warm-up
     const r: number[] = [];
     const g: number[] = [];
+    const h: number[] = [];
     for (let i = 0; i < n; i++) {
       r.push(await viaRouter());
       g.push(await direct());
+      h.push(await health());
     }
     const row = (label: string, xs: number[]) => `| ${label} | ${pct(xs, 0.5).toFixed(2)} | ${pct(xs, 0.9).toFixed(2)} | ${pct(xs, 0.99).toFixed(2)} |`;
     console.log(`${n} requests each way, interleaved; prompt 16 tokens, 4 output tokens, non-streaming`);
@@ -75,6 +83,7 @@ async function main(): Promise<void> {
     console.log('|---|---|---|---|');
     console.log(row('through the router (HTTP)', r));
     console.log(row('workers directly (gRPC, same calls)', g));
+    console.log(row('HTTP floor: GET /health round trip', h));
     console.log(`| router adds | ${(pct(r, 0.5) - pct(g, 0.5)).toFixed(2)} | ${(pct(r, 0.9) - pct(g, 0.9)).toFixed(2)} | ${(pct(r, 0.99) - pct(g, 0.99)).toFixed(2)} |`);
     pc.close();
     dc.close();

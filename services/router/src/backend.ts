@@ -44,6 +44,11 @@ export interface FinishEvent {
   reason: FinishReason;
   stopTokenId?: number;
   timings: Record<string, number>;
+  /**
+   * The complete timings when some arrive after the last token (the prefill worker's reply can
+   * trail the decode stream): the response need not wait for them, the metrics do.
+   */
+  timingsLater?: Promise<Record<string, number>>;
 }
 
 export type GenerationEvent = TokenEvent | FinishEvent;

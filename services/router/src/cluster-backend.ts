@@ -187,12 +187,16 @@ export class ClusterBackend implements Backend {
           }
         } else if (e.event === 'finished') {
           const f = e.finished!;
-          // The prefill's reply (its share of the TTFT) may land just after the first tokens.
-          await Promise.race([prefillDone, new Promise((r) => setTimeout(r, 1000))]);
-          const p = prefillResult;
-          timings.queue = (timings.reserve ?? 0) + (p?.queue_ms ?? 0);
-          if (p) { timings.prefill = p.prefill_ms; timings.kv_transfer = p.transfer_tail_ms; }
-          yield { type: 'finish', reason: f.reason === 'stop' ? 'stop' : 'length', stopTokenId: f.has_stop_token ? f.stop_token_id : undefined, timings };
+          // The prefill's reply (its share of the TTFT) may land just after the last token: the
+          // response goes out now, the metrics get the full breakdown when it arrives.
+          const complete = (): Record<string, number> => {
+            const p = prefillResult;
+            const t: Record<string, number> = { ...timings, queue: (timings.reserve ?? 0) + (p?.queue_ms ?? 0) };
+            if (p) { t.prefill = p.prefill_ms; t.kv_transfer = p.transfer_tail_ms; }
+            return t;
+          };
+          const timingsLater = prefillResult ? undefined : Promise.race([prefillDone, new Promise((r) => setTimeout(r, 2000))]).then(complete);
+          yield { type: 'finish', reason: f.reason === 'stop' ? 'stop' : 'length', stopTokenId: f.has_stop_token ? f.stop_token_id : undefined, timings: complete(), timingsLater };
           return;
         }
       }

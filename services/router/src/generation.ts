@@ -131,7 +131,7 @@ export class Generation {
     if (finish.reason === 'abort') {
       throw new ApiError(503, 'The generation was aborted by the backend.', { code: 'backend_aborted', headers: { 'retry-after': '1' } });
     }
-    this.timings = Promise.resolve(finish.timings ?? {});
+    this.timings = finish.timingsLater ?? Promise.resolve(finish.timings ?? {});
     const tail = text.finish();
     if (tail !== '') await onDelta({ text: tail });
     const reason: FinishReason = text.stopped ? 'stop' : finish.reason;
