@@ -5,35 +5,15 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { SingleBar } from 'cli-progress';
-import type { Endpoint } from './client.ts';
 import { formatSummary, formatSweepSummary, toJson } from './report.ts';
 import { runBenchmark, type BenchmarkOptions, type BenchmarkResult, type Progress } from './runner.ts';
 import { renderSweepSvg, runSweep, type SweepResult } from './sweep.ts';
-import type { WorkloadName } from './workloads.ts';
 
-export interface BenchCommandOptions {
-  url: string;
-  workload: WorkloadName;
-  /** Infinity = all at once. Ignored when `sweep` is given. */
-  rate: number;
-  requests: number;
+/** The benchmark's options as flags: the SLO is three flat numbers, plus output and sweep settings. */
+export interface BenchCommandOptions extends Omit<BenchmarkOptions, 'slo' | 'temperature'> {
   sloTtftMs?: number;
   sloTpotMs?: number;
   sloE2elMs?: number;
-  burstiness?: number;
-  seed?: number;
-  maxConcurrency?: number;
-  model?: string;
-  endpoint?: Endpoint;
-  warmup?: number;
-  inputLenScale?: number;
-  outputLenScale?: number;
-  inputLen?: number;
-  outputLen?: number;
-  vocabSize?: number;
-  minTokenId?: number;
-  maxModelLen?: number;
-  requestTimeoutS?: number;
   temperature?: number;
   out: string;
   sweep?: number[];
