@@ -65,3 +65,14 @@ test('a prompt longer than the context names the limit', async (t) => {
   const prompt = Array.from({ length: 65 }, (_, i) => 3 + (i % 200));
   await assert.rejects(generate(engine, prompt, { temperature: 0, topK: 0, topP: 1, maxTokens: 4 }), /65 tokens exceeds the context of 64 tokens/);
 });
+
+test('a dummy model encodes and generates from any text (byte fallback)', async (t) => {
+  const dir = tmp(t);
+  const model = join(dir, 'm');
+  writeDummyModel('tiny', model);
+  const engine = await Engine.load(model, { threads: 1, maxSequences: 1 });
+  const ids = engine.tokenizer.encode('hi there, ünïcode ✓');
+  assert.equal(ids[0], 1);
+  const r = await generate(engine, ids, { temperature: 0, topK: 0, topP: 1, maxTokens: 5, stopTokenIds: [] });
+  assert.equal(r.ids.length, 5);
+});

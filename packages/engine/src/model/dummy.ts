@@ -75,7 +75,10 @@ export function dummyWeights(p: DummyPreset, seed: number): LlamaWeightSource {
   };
 }
 
-/** The byte-level tokenizer written beside dummy models: ids 3..258 are the 256 byte pieces. */
+/**
+ * The byte-level tokenizer written beside dummy models: ids 3..258 are the 256 byte pieces, 259 is
+ * " " (the dummy-prefix piece run.c's encoder looks up), the rest are placeholders.
+ */
 function byteTokenizer(vocab: number): Buffer {
   const parts: Buffer[] = [];
   const header = Buffer.alloc(4);
@@ -87,9 +90,10 @@ function byteTokenizer(vocab: number): Buffer {
     else if (id === 1) piece = Buffer.from('<s>');
     else if (id === 2) piece = Buffer.from('</s>');
     else if (id < 259) piece = Buffer.from(`<0x${(id - 3).toString(16).toUpperCase().padStart(2, '0')}>`);
+    else if (id === 259) piece = Buffer.from(' ');
     else piece = Buffer.from(`<dummy${id}>`);
     const entry = Buffer.alloc(8);
-    entry.writeFloatLE(id < 259 ? 0 : -1e6, 0);
+    entry.writeFloatLE(id < 260 ? 0 : -1e6, 0);
     entry.writeInt32LE(piece.length, 4);
     parts.push(entry, piece);
   }
