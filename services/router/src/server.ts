@@ -1,7 +1,7 @@
 // A router process: the OpenAI HTTP API over the cluster backend, with /metrics.
 import pino, { type Logger } from 'pino';
 import { createRouterMetrics } from '@pdserve/common';
-import { loadTokenizer, readModelConfig, renderChat } from '@pdserve/engine';
+import { loadTokenizer, readModelConfig } from '@pdserve/engine';
 import { buildRouterApp } from './app.ts';
 import { ClusterBackend } from './cluster-backend.ts';
 import { metricsObserver, workerStateLabel } from './metrics-observer.ts';
@@ -31,8 +31,8 @@ export async function startRouter(o: RouterOptions): Promise<RunningRouter> {
   const log = o.logger ?? pino({ name: 'pdserve-router' });
   const config = readModelConfig(o.model);
   const tokenizer = loadTokenizer(o.model, { kind: config.tokenizer.kind, vocabSize: config.vocab_size });
-  const chatTemplate = (tokenizer as { chatTemplate?: string }).chatTemplate;
-  void renderChat;
+  // Hugging Face tokenizers carry a Jinja chat template and the BOS/EOS texts it refers to.
+  const hf = tokenizer as { chatTemplate?: string; bosToken?: string; eosToken?: string };
   const backend = new ClusterBackend({ redisUrl: o.redisUrl, prefix: o.prefix, logger: log });
   await backend.start();
   const metrics = createRouterMetrics(undefined, { slo: { ttftSeconds: o.sloTtftMs ? o.sloTtftMs / 1000 : undefined, tpotSeconds: o.sloTpotMs ? o.sloTpotMs / 1000 : undefined } });
@@ -41,7 +41,9 @@ export async function startRouter(o: RouterOptions): Promise<RunningRouter> {
     modelName: o.servedModelName ?? basename(resolve(o.model)),
     maxModelLen: Math.min(o.maxModelLen ?? config.max_seq_len, config.max_seq_len),
     vocabSize: config.vocab_size,
-    chatTemplate,
+    chatTemplate: hf.chatTemplate,
+    chatBosToken: hf.bosToken,
+    chatEosToken: hf.eosToken,
     apiKey: o.apiKey,
     logger: log,
     metrics: metricsObserver(metrics),
