@@ -31,6 +31,7 @@ for (const mode of modes) {
     let model: { dir: string; cleanup(): void } | undefined;
     const expected = new Map<string, string>();
     let golden: any;
+    let seededText = '';
 
     before(async () => {
       if (process.env.CI !== 'true' && !requireSharedSilently()) return;
@@ -43,6 +44,9 @@ for (const mode of modes) {
         const r = await generate(engine, ids, { temperature: 0, topK: 0, topP: 1, maxTokens: 24 + p.length });
         expected.set(p, engine.tokenizer.decode(r.ids, ids));
       }
+      const ids = engine.tokenizer.encode(prompts[0]);
+      const sampled = await generate(engine, ids, { temperature: 0.9, topK: 40, topP: 0.95, seed: 42, maxTokens: 30 });
+      seededText = engine.tokenizer.decode(sampled.ids, ids);
       cluster = await startCluster(model.dir, [...mode.args, '--max-sequences', '8']);
     });
 
@@ -70,6 +74,15 @@ for (const mode of modes) {
       const text = events.filter((e) => e.choices?.length).map((e) => e.choices[0].text).join('');
       assert.equal(text, golden.completion_text);
       assert.equal(events.at(-1).usage.completion_tokens, maxTokens);
+    });
+
+    test('a seeded sampled request gives the same text as one engine with that seed (prefill and decode draw from one stream)', async (t) => {
+      if (!cluster) return t.skip('no ../shared models');
+      for (let i = 0; i < 2; i++) {
+        const r = await postJson(`${cluster.url}/v1/completions`, { model: cluster.modelName, prompt: prompts[0], max_tokens: 30, temperature: 0.9, top_k: 40, top_p: 0.95, seed: 42 });
+        assert.equal(r.status, 200, JSON.stringify(r.json));
+        assert.equal(r.json.choices[0].text, seededText);
+      }
     });
 
     test('the official openai client consumes both endpoints, streamed and not', async (t) => {
