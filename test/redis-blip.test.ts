@@ -2,7 +2,7 @@
 // it read, and when it returns on the same address the workers re-register and all carries on.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { startRedisServer, type RedisServerHandle } from '../packages/common/src/index.ts';
+import { clusterKeys, createRedisClient, setAdmission, startRedisServer, waitForReady, type RedisServerHandle } from '../packages/common/src/index.ts';
 import { postJson, startCluster, stories260K, waitFor, type TestCluster } from './support/cluster.ts';
 import { requireShared } from './support/shared.ts';
 
@@ -20,10 +20,32 @@ after(async () => {
   model?.cleanup();
 });
 
+async function ensureCluster(): Promise<TestCluster> {
+  model ??= stories260K();
+  cluster ??= await startCluster(model.dir, ['--redis-url', redis!.url]);
+  return cluster;
+}
+
+test('the admission state an operator sets in Redis closes and reopens the cluster', async (t) => {
+  if (!requireShared(t, 'models', 'stories260K')) return;
+  const c = await ensureCluster();
+  const client = createRedisClient({ url: redis!.url });
+  t.after(() => client.quit());
+  assert.ok(await waitForReady(client, 5_000), 'connected to Redis');
+  const keys = clusterKeys();
+  const ask = () => postJson(`${c.url}/v1/completions`, { model: c.modelName, prompt: 'Once upon a time', max_tokens: 4 });
+  await setAdmission(client, keys, { state: 'closed', reason: 'maintenance window', updated_by: 'test' });
+  const closed = await waitFor(async () => { const r = await ask(); return r.status === 503 ? r : undefined; }, 5_000, 'the router to see the closed state');
+  assert.equal(closed.json.error.code, 'admission_closed');
+  assert.match(closed.json.error.message, /maintenance window/);
+  assert.ok(closed.headers.get('retry-after'));
+  await setAdmission(client, keys, { state: 'open', updated_by: 'test' });
+  await waitFor(async () => ((await ask()).status === 200 ? true : undefined), 5_000, 'the router to admit again');
+});
+
 test('the router serves through a Redis outage and the registry recovers when Redis returns', async (t) => {
   if (!requireShared(t, 'models', 'stories260K')) return;
-  model = stories260K();
-  cluster = await startCluster(model.dir, ['--redis-url', redis!.url]);
+  await ensureCluster();
   const ask = () => postJson(`${cluster!.url}/v1/completions`, { model: cluster!.modelName, prompt: 'Once upon a time', max_tokens: 8, temperature: 0 });
   const before = await ask();
   assert.equal(before.status, 200);
@@ -37,7 +59,7 @@ test('the router serves through a Redis outage and the registry recovers when Re
     assert.equal(during.status, 200, JSON.stringify(during.json));
     assert.equal(during.json.choices[0].text, before.json.choices[0].text);
   }
-  assert.equal((await fetch(`${cluster.url}/ready`)).status, 200, 'still ready from the last known workers');
+  assert.equal((await fetch(`${cluster!.url}/ready`)).status, 200, 'still ready from the last known workers');
 
   redis = await startRedisServer({ port });
   const workers = await waitFor(async () => {

@@ -86,8 +86,18 @@ export class ClusterBackend implements Backend {
     return { prefill, decode };
   }
 
-  /** SLO admission from measured speeds; never refuses work to an idle worker. */
+  /**
+   * Admission: the cluster-wide state an operator or controller sets in Redis
+   * (`{prefix}:admission`: closed refuses everything, throttled admits only onto an idle prefill
+   * worker), then the request's own SLO against measured speeds; never refuses an idle worker.
+   */
   private admit(req: GenerateRequest, prefill: WorkerInfo, decode: WorkerInfo): void {
+    const cluster = this.directory.admission();
+    const why = cluster?.reason ? `: ${cluster.reason}` : '';
+    if (cluster?.state === 'closed') throw new BackendError(`the cluster is not admitting requests${why}`, 503, 'admission_closed', 5);
+    if (cluster?.state === 'throttled' && prefill.load.queue_len + (this.inflight.get(prefill.id) ?? 0) > 0) {
+      throw new BackendError(`the cluster is throttling admissions${why}`, 503, 'admission_throttled', 1);
+    }
     const slo = req.slo;
     if (!slo) return;
     const ahead = prefill.load.queue_len + (this.inflight.get(prefill.id) ?? 0);
