@@ -5,7 +5,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Tokenizer as HfTokenizerImpl } from '@huggingface/tokenizers';
 import { selectChatTemplate } from '../chat-template.ts';
-import { TokenizerLoadError, type StreamDecoder, type Tokenizer } from './types.ts';
+import { decodeAll, TokenizerLoadError, type StreamDecoder, type Tokenizer } from './types.ts';
 
 type Json = Record<string, unknown>;
 
@@ -112,10 +112,7 @@ export class HfTokenizer implements Tokenizer {
   }
 
   decode(ids: readonly number[], context?: readonly number[]): string {
-    const dec = this.createStreamDecoder(context);
-    let text = '';
-    for (const id of ids) text += dec.push(id);
-    return text + dec.flush();
+    return decodeAll(this.createStreamDecoder(context), ids);
   }
 
   createStreamDecoder(context?: readonly number[]): StreamDecoder {

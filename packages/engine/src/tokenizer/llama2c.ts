@@ -9,7 +9,7 @@
 // Pieces are handled as "binary strings" (one char per byte, code unit = byte value) so that Map
 // lookups and concatenations compare exactly like C's strcmp/sprintf on the raw bytes.
 import { readFileSync } from 'node:fs';
-import { TokenizeError, TokenizerLoadError, type StreamDecoder, type Tokenizer } from './types.ts';
+import { decodeAll, TokenizeError, TokenizerLoadError, type StreamDecoder, type Tokenizer } from './types.ts';
 
 export const LLAMA2C_BOS_ID = 1;
 /** SentencePiece's `</s>`. run.c itself only stops on BOS; see `eosIds`. */
@@ -269,10 +269,7 @@ export class Llama2cTokenizer implements Tokenizer {
   }
 
   decode(ids: readonly number[], context?: readonly number[]): string {
-    const dec = this.createStreamDecoder(context);
-    let text = '';
-    for (const id of ids) text += dec.push(id);
-    return text + dec.flush();
+    return decodeAll(this.createStreamDecoder(context), ids);
   }
 
   createStreamDecoder(context?: readonly number[]): StreamDecoder {

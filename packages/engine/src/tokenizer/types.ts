@@ -42,3 +42,10 @@ export class TokenizeError extends Error {
 export class TokenizerLoadError extends Error {
   override name = 'TokenizerLoadError';
 }
+
+/** Runs `ids` through a stream decoder: `decode` is defined as exactly what streaming produces. */
+export function decodeAll(decoder: StreamDecoder, ids: readonly number[]): string {
+  let text = '';
+  for (const id of ids) text += decoder.push(id);
+  return text + decoder.flush();
+}
