@@ -1,10 +1,9 @@
 // `pdserve dummy`: models of realistic shapes with seeded random weights, for performance work
 // (like vLLM's --load-format dummy: the cost of the arithmetic does not depend on the values).
 // Weights are drawn uniformly from ±1/sqrt(fan_in) so activations stay finite through the layers.
-import { mkdirSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { MODEL_FORMAT, type ModelConfig } from './config.ts';
-import { buildLlamaGraph, ONNX_DATA_FILE, ONNX_FILE, type LlamaLayerWeights, type LlamaWeightSource } from './llama-graph.ts';
+import type { ModelConfig } from './config.ts';
+import type { LlamaLayerWeights, LlamaWeightSource } from './llama-graph.ts';
+import { writeLlamaModelDir } from './model-dir.ts';
 
 export interface DummyPreset {
   dim: number;
@@ -104,30 +103,18 @@ export function writeDummyModel(presetName: string, out: string, opts: { seed?: 
   const p = DUMMY_PRESETS[presetName];
   if (!p) throw new Error(`unknown dummy preset ${JSON.stringify(presetName)} (known: ${Object.keys(DUMMY_PRESETS).join(', ')})`);
   const seed = opts.seed ?? 0;
-  mkdirSync(out, { recursive: true });
-  const cfg: ModelConfig = {
-    format: MODEL_FORMAT,
+  return writeLlamaModelDir(out, {
     name: `dummy-${presetName}`,
-    architecture: 'llama',
     dim: p.dim,
     hidden_dim: p.hidden_dim,
     n_layers: p.n_layers,
     n_heads: p.n_heads,
     n_kv_heads: p.n_kv_heads,
-    head_dim: p.dim / p.n_heads,
     vocab_size: p.vocab_size,
     max_seq_len: Math.min(opts.maxSeqLen ?? 4096, p.max_seq_len),
     rope_theta: p.rope_theta,
-    norm_eps: 1e-5,
     tied_embeddings: p.tied_embeddings,
-    dtype: 'float32',
-    onnx: { file: ONNX_FILE, io: 'pdserve-kv-in/1' },
-    tokenizer: { kind: 'llama2c', file: 'tokenizer.bin' },
     generation: { bos_token_id: 1, eos_token_ids: [2], add_bos: true },
     source: { kind: 'dummy', preset: presetName, seed, note: 'random weights: output text is meaningless' },
-  };
-  buildLlamaGraph(cfg, dummyWeights(p, seed), join(out, ONNX_FILE), join(out, ONNX_DATA_FILE));
-  writeFileSync(join(out, 'tokenizer.bin'), byteTokenizer(p.vocab_size));
-  writeFileSync(join(out, 'config.json'), JSON.stringify(cfg, null, 2) + '\n');
-  return cfg;
+  }, dummyWeights(p, seed), byteTokenizer(p.vocab_size));
 }
