@@ -13,8 +13,16 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
-  # Debian's prometheus package starts a server on :9090; pdserve's tests run their own.
-  $SUDO systemctl disable --now prometheus 2>/dev/null || $SUDO pkill -x prometheus 2>/dev/null || true
+  # Debian's prometheus package may start its own service on :9090; pdserve's tests run their own
+  # Prometheus. Stop only that packaged service, and only when this script just installed it (never
+  # a process of the same name that something else runs on this host).
+  if [[ " ${need_apt[*]} " == *" prometheus "* ]]; then
+    if [ -d /run/systemd/system ]; then
+      $SUDO systemctl disable --now prometheus.service 2>/dev/null || true
+    elif [ -x /etc/init.d/prometheus ]; then
+      $SUDO /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+    fi
+  fi
 fi
 
 if ! command -v pnpm >/dev/null || ! pnpm --version | grep -q '^10\.'; then
