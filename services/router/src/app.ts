@@ -55,7 +55,19 @@ export interface RouterAppOptions {
   extraRoutes?: (app: FastifyInstance) => void;
   /** Largest request body, bytes (default 8 MiB); larger ones get 413. */
   bodyLimit?: number;
+  /** Time a client has to send a whole request, headers and body (default 30 s; 0 = none). */
+  requestTimeoutMs?: number;
+  /**
+   * A connection with no bytes either way for this long is closed (default 10 min; 0 = none). A
+   * non-streamed generation sends nothing until it ends, so this is far above any sane one.
+   */
+  connectionTimeoutMs?: number;
 }
+
+export const DEFAULT_REQUEST_TIMEOUT_MS = 30_000;
+export const DEFAULT_CONNECTION_TIMEOUT_MS = 10 * 60_000;
+/** Idle keep-alive connections are closed after this (Node's default is 5 s as well; explicit here). */
+export const KEEP_ALIVE_TIMEOUT_MS = 5_000;
 
 const REQUEST_ID = /^[A-Za-z0-9._:@/+=-]{1,128}$/;
 
@@ -88,6 +100,10 @@ export function buildRouterApp(opts: RouterAppOptions): FastifyInstance {
   const app = Fastify({
     ...(typeof logger === 'object' ? { loggerInstance: logger } : { logger }),
     bodyLimit: opts.bodyLimit ?? DEFAULT_BODY_LIMIT,
+    // Slow or stalled clients (slowloris) must not hold sockets and parsers forever.
+    requestTimeout: opts.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS,
+    connectionTimeout: opts.connectionTimeoutMs ?? DEFAULT_CONNECTION_TIMEOUT_MS,
+    keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS,
     requestIdHeader: false,
     genReqId: requestId,
     // Same key as the workers' log lines, so one grep follows a request across processes.

@@ -76,6 +76,13 @@ export function resolveSlo(body: SloBody | null | undefined, defaults: LatencySl
   return slo;
 }
 
+/**
+ * Below this a temperature is greedy and a top_p keeps the best token only (vLLM's epsilon). It
+ * also keeps both away from values a float32 (their wire type) turns into 0 or a subnormal, which
+ * would make a worker divide by zero or refuse top_p = 0.
+ */
+export const SAMPLING_EPS = 1e-5;
+
 export function buildSampling(
   body: CommonBody,
   opts: { maxTokens: number; logprobs: number | undefined; vocabSize: number },
@@ -83,10 +90,12 @@ export function buildSampling(
   const stopTokenIds = body.stop_token_ids ?? [];
   checkTokenIds(stopTokenIds, opts.vocabSize, 'stop_token_ids');
   const topK = body.top_k ?? 0;
+  const temperature = body.temperature ?? 1;
   const sampling: SamplingRequest = {
-    temperature: body.temperature ?? 1,
-    topP: body.top_p ?? 1,
-    topK: topK <= 0 ? 0 : topK,
+    temperature: temperature < SAMPLING_EPS ? 0 : temperature,
+    topP: Math.max(body.top_p ?? 1, SAMPLING_EPS),
+    // top_k at or above the vocabulary keeps every token: the same as off.
+    topK: topK <= 0 || topK >= opts.vocabSize ? 0 : topK,
     maxTokens: opts.maxTokens,
     minTokens: Math.min(body.min_tokens ?? 0, opts.maxTokens),
     stopTokenIds: [...new Set(stopTokenIds)],

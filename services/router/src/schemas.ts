@@ -2,29 +2,46 @@
 // coercion). Optional fields also accept null (some clients send null for "unset"). Checks that
 // need the model (token id ranges, lengths) or give better messages in code live in the routes.
 
+//
+// Every number has explicit bounds: what passes here must fit the gRPC fields it travels in
+// (int32 / uint32 / float) and mean something, so no value from a client can reach a worker's
+// sampler or scheduler out of range (issue 12, defect 1).
+
 const nullable = (type: string | string[]) => [...(Array.isArray(type) ? type : [type]), 'null'];
+
+/** Largest value of a proto int32 (top_k, logprobs) and, kept below it, of the uint32 counts. */
+export const INT32_MAX = 2 ** 31 - 1;
+/** A day: longer latency SLOs are meaningless. */
+export const MAX_SLO_MS = 86_400_000;
+/** Chat messages per request: no template renders more into one context (each adds tokens). */
+export const MAX_MESSAGES = 4096;
+/** Content parts per message, stop strings' length, and the like: generous but bounded. */
+const MAX_PARTS = 256;
+const MAX_STOP_CHARS = 1024;
+const MAX_NAME_CHARS = 256;
 
 const slo = {
   type: nullable('object'),
   properties: {
-    ttft_ms: { type: nullable('number'), exclusiveMinimum: 0 },
-    tpot_ms: { type: nullable('number'), exclusiveMinimum: 0 },
+    ttft_ms: { type: nullable('number'), exclusiveMinimum: 0, maximum: MAX_SLO_MS },
+    tpot_ms: { type: nullable('number'), exclusiveMinimum: 0, maximum: MAX_SLO_MS },
   },
 };
 
 /** Fields shared by /v1/completions and /v1/chat/completions. */
 const common = {
   model: { type: 'string' },
-  max_tokens: { type: nullable('integer'), minimum: 1 },
+  max_tokens: { type: nullable('integer'), minimum: 1, maximum: INT32_MAX },
   temperature: { type: nullable('number'), minimum: 0, maximum: 2 },
   top_p: { type: nullable('number'), exclusiveMinimum: 0, maximum: 1 },
-  top_k: { type: nullable('integer'), minimum: -1 },
-  seed: { type: nullable('integer') },
-  stop: { type: nullable(['string', 'array']), items: { type: 'string' }, maxItems: 4 },
-  stop_token_ids: { type: nullable('array'), items: { type: 'integer', minimum: 0 }, maxItems: 64 },
+  top_k: { type: nullable('integer'), minimum: -1, maximum: INT32_MAX },
+  // The workers' random streams take any safe integer (proto int64, read as a JS number).
+  seed: { type: nullable('integer'), minimum: Number.MIN_SAFE_INTEGER, maximum: Number.MAX_SAFE_INTEGER },
+  stop: { type: nullable(['string', 'array']), maxLength: MAX_STOP_CHARS, items: { type: 'string', maxLength: MAX_STOP_CHARS }, maxItems: 4 },
+  stop_token_ids: { type: nullable('array'), items: { type: 'integer', minimum: 0, maximum: INT32_MAX }, maxItems: 64 },
   ignore_eos: { type: nullable('boolean') },
-  min_tokens: { type: nullable('integer'), minimum: 0 },
-  n: { type: nullable('integer'), minimum: 1 },
+  min_tokens: { type: nullable('integer'), minimum: 0, maximum: INT32_MAX },
+  n: { type: nullable('integer'), minimum: 1, maximum: 128 },
   stream: { type: nullable('boolean') },
   stream_options: {
     type: nullable('object'),
@@ -46,7 +63,7 @@ export const completionsBodySchema = {
     prompt: { type: ['string', 'array'] },
     logprobs: { type: nullable('integer'), minimum: 0, maximum: 5 },
     echo: { type: nullable('boolean') },
-    best_of: { type: nullable('integer'), minimum: 1 },
+    best_of: { type: nullable('integer'), minimum: 1, maximum: 128 },
     suffix: { type: nullable('string') },
   },
 };
@@ -65,17 +82,18 @@ export const chatBodySchema = {
     messages: {
       type: 'array',
       minItems: 1,
+      maxItems: MAX_MESSAGES,
       items: {
         type: 'object',
         required: ['role'],
         properties: {
           role: { type: 'string', enum: ['system', 'developer', 'user', 'assistant'] },
-          content: { type: nullable(['string', 'array']), items: contentPart },
-          name: { type: nullable('string') },
+          content: { type: nullable(['string', 'array']), items: contentPart, maxItems: MAX_PARTS },
+          name: { type: nullable('string'), maxLength: MAX_NAME_CHARS },
         },
       },
     },
-    max_completion_tokens: { type: nullable('integer'), minimum: 1 },
+    max_completion_tokens: { type: nullable('integer'), minimum: 1, maximum: INT32_MAX },
     logprobs: { type: nullable('boolean') },
     top_logprobs: { type: nullable('integer'), minimum: 0, maximum: 20 },
     add_generation_prompt: { type: nullable('boolean') },
@@ -100,7 +118,7 @@ export const detokenizeBodySchema = {
   required: ['tokens'],
   properties: {
     model: { type: nullable('string') },
-    tokens: { type: 'array', items: { type: 'integer', minimum: 0 } },
+    tokens: { type: 'array', items: { type: 'integer', minimum: 0, maximum: INT32_MAX } },
   },
 };
 
