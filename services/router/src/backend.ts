@@ -60,6 +60,8 @@ export class BackendError extends Error {
     readonly status: number, // 503 no capacity / SLO admission, 500 internal, 400 bad request (e.g. prompt too long)
     readonly code: string, // e.g. 'no_capacity', 'slo_ttft', 'worker_failed'
     readonly retryAfterS?: number,
+    /** For the logs only (worker id, address, the worker's own message); never sent to the client. */
+    readonly detail?: string,
   ) {
     super(message);
   }

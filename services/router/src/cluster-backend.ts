@@ -6,33 +6,69 @@
 //   3. Decode.Generate reserves KV room on the decode worker; once `reserved`, Prefill.Prefill
 //      runs the prompt and pushes the KV blocks straight to that decode worker,
 //   4. the decode worker's stream of tokens is this request's stream. Aborting the request cancels
-//      both calls, which frees the KV blocks on both workers.
+//      both calls, which frees the KV blocks on both workers; so does every other way out (error,
+//      timeout, the consumer stopping early).
+// Bounds: both calls carry gRPC deadlines, and a decode stream silent for tokenIdleTimeoutMs (the
+// prefill's own deadline covers the wait for the first token) ends the request with a 504. A
+// worker that fails fast with UNAVAILABLE is set aside locally (worker-health.ts) and a request
+// that has sent nothing to its client yet is retried once on another worker.
+import { randomBytes } from 'node:crypto';
 import { canDecode, canPrefill, decodeClient, grpc, prefillClient, requestMetadata, WorkerDirectory, type GenerateEventMsg, type PrefillResponseMsg, type SamplingParamsMsg, type WorkerInfo } from '@pdserve/common';
 import type { Logger } from 'pino';
 import { BackendError, type Backend, type GenerateRequest, type GenerationEvent, type WorkerSummary } from './backend.ts';
+import { WorkerHealth } from './worker-health.ts';
 
 export interface ClusterBackendOptions {
   redisUrl: string;
   prefix?: string;
   logger: Logger;
+  /** The model the router serves (config.json `name`); workers registered with another are not used. */
+  model?: string;
   /** How long a decode worker may wait for a request's KV cache. */
   kvTimeoutMs?: number;
   /** Events buffered per request before the decode stream is paused (backpressure from slow clients). */
   maxBufferedEvents?: number;
+  /** gRPC deadline of the whole Decode.Generate stream (default 30 min). */
+  generateTimeoutMs?: number;
+  /** gRPC deadline of Prefill.Prefill: prompt plus KV push (default 5 min). */
+  prefillTimeoutMs?: number;
+  /** Longest silence of a decode stream once its prefill has answered (default 60 s). */
+  tokenIdleTimeoutMs?: number;
+  /** Directory poll interval (tests). */
+  pollMs?: number;
 }
 
+export const DEFAULT_GENERATE_TIMEOUT_MS = 30 * 60_000;
+export const DEFAULT_PREFILL_TIMEOUT_MS = 5 * 60_000;
+export const DEFAULT_TOKEN_IDLE_TIMEOUT_MS = 60_000;
+/** Deadline of a Health probe of a worker set aside after UNAVAILABLE. */
+const PROBE_TIMEOUT_MS = 1000;
+
 type Client = grpc.Client & Record<string, Function>;
+interface Clients { prefill: Client; decode: Client; users: number }
 
 export class ClusterBackend implements Backend {
   readonly directory: WorkerDirectory;
-  private readonly clients = new Map<string, { prefill: Client; decode: Client }>();
-  /** Requests this router has in flight per worker id. */
+  /**
+   * Prefixes the id workers key a request by: random per router process, so routers sharing a
+   * cluster never collide, whatever x-request-id their clients send.
+   */
+  readonly instanceId = randomBytes(6).toString('hex');
+  /** gRPC clients per worker address; closed once the address leaves the registry and no call uses it. */
+  private readonly clients = new Map<string, Clients>();
+  /** Requests this router has in flight per worker id (entries at 0 are removed). */
   private readonly inflight = new Map<string, number>();
-  /** Suffix that makes the id workers key a request by unique, whatever x-request-id the client sent. */
+  private readonly health: WorkerHealth;
+  /** Workers already reported as serving another model (logged once each). */
+  private readonly wrongModel = new Set<string>();
   private counter = 0;
 
   constructor(private readonly opts: ClusterBackendOptions) {
-    this.directory = new WorkerDirectory({ redisUrl: opts.redisUrl, prefix: opts.prefix, logger: opts.logger });
+    this.directory = new WorkerDirectory({
+      redisUrl: opts.redisUrl, prefix: opts.prefix, logger: opts.logger, pollMs: opts.pollMs,
+      onChange: () => this.prune(),
+    });
+    this.health = new WorkerHealth((w) => this.probe(w), opts.logger);
   }
 
   start(): Promise<boolean> {
@@ -42,26 +78,81 @@ export class ClusterBackend implements Backend {
   async stop(): Promise<void> {
     await this.directory.stop();
     for (const c of this.clients.values()) { c.prefill.close(); c.decode.close(); }
+    this.clients.clear();
   }
 
+  /** A prefill-capable and a decode-capable worker this router would route to. */
   ready(): boolean {
-    return this.directory.ready();
+    const usable = this.directory.list().filter((w) => w.healthy && this.servesOurModel(w) && !this.health.suspected(w.id));
+    return usable.some((w) => canPrefill(w.role)) && usable.some((w) => canDecode(w.role));
   }
 
   workers(): WorkerSummary[] {
     return this.directory.list().map((w) => ({
       id: w.id, role: w.role, grpc_address: w.grpc_address, metrics_url: w.metrics_url, load: { ...w.load },
-      last_heartbeat_ms: w.last_heartbeat_ms, healthy: w.healthy, state: w.state,
+      last_heartbeat_ms: w.last_heartbeat_ms, healthy: w.healthy && this.servesOurModel(w) && !this.health.suspected(w.id), state: w.state,
     }));
   }
 
-  private client(address: string): { prefill: Client; decode: Client } {
+  /** Sizes of the per-worker bookkeeping (they must follow the registry, not grow forever). */
+  bookkeeping(): { clients: number; inflight: number; suspects: number } {
+    return { clients: this.clients.size, inflight: this.inflight.size, suspects: this.health.size };
+  }
+
+  private acquire(address: string): Clients {
     let c = this.clients.get(address);
     if (!c) {
-      c = { prefill: prefillClient(address) as Client, decode: decodeClient(address) as Client };
+      c = { prefill: prefillClient(address) as Client, decode: decodeClient(address) as Client, users: 0 };
       this.clients.set(address, c);
     }
+    c.users++;
     return c;
+  }
+
+  private release(address: string): void {
+    const c = this.clients.get(address);
+    if (c) c.users--;
+    this.prune();
+  }
+
+  /** Forgets clients, counts and suspicions of workers that left the registry (or were lost: expired). */
+  private prune(): void {
+    const listed = this.directory.list().filter((w) => w.lost_since === undefined);
+    const ids = new Set(listed.map((w) => w.id));
+    const addresses = new Set(listed.map((w) => w.grpc_address));
+    for (const [address, c] of this.clients) {
+      if (c.users > 0 || addresses.has(address)) continue;
+      c.prefill.close();
+      c.decode.close();
+      this.clients.delete(address);
+    }
+    this.health.retain(ids);
+    for (const id of this.wrongModel) if (!ids.has(id)) this.wrongModel.delete(id);
+  }
+
+  private bump(id: string, d: number): void {
+    const n = (this.inflight.get(id) ?? 0) + d;
+    if (n > 0) this.inflight.set(id, n);
+    else this.inflight.delete(id);
+  }
+
+  private probe(w: WorkerInfo): Promise<boolean> {
+    const c = this.acquire(w.grpc_address);
+    return new Promise<boolean>((resolve) => {
+      const client = canDecode(w.role) ? c.decode : c.prefill;
+      client.Health({}, { deadline: Date.now() + PROBE_TIMEOUT_MS }, (err: grpc.ServiceError | null, res: { worker_id: string; ready: boolean }) => {
+        resolve(!err && res.ready && res.worker_id === w.id);
+      });
+    }).finally(() => this.release(w.grpc_address));
+  }
+
+  private servesOurModel(w: WorkerInfo): boolean {
+    if (this.opts.model === undefined || w.model === this.opts.model) return true;
+    if (!this.wrongModel.has(w.id)) {
+      this.wrongModel.add(w.id);
+      this.opts.logger.error({ worker: w.id, worker_model: w.model, model: this.opts.model }, 'worker serves another model; not routing to it');
+    }
+    return false;
   }
 
   /** Lower is better: queued and running work, per what the worker reported and what we sent since. */
@@ -69,8 +160,9 @@ export class ClusterBackend implements Backend {
     return w.load.queue_len + w.load.running + w.load.waiting + (this.inflight.get(w.id) ?? 0) - w.load.free_kv_blocks / Math.max(1, w.load.total_kv_blocks);
   }
 
-  private pick(req: GenerateRequest): { prefill: WorkerInfo; decode: WorkerInfo } {
-    const healthy = this.directory.list().filter((w) => w.healthy);
+  private pick(req: GenerateRequest, exclude: ReadonlySet<string>): { prefill: WorkerInfo; decode: WorkerInfo } {
+    const fresh = this.directory.staleSince() === undefined;
+    const healthy = this.directory.list().filter((w) => w.healthy && !exclude.has(w.id) && this.servesOurModel(w) && this.health.usable(w, fresh));
     const byScore = (a: WorkerInfo, b: WorkerInfo) => this.score(a) - this.score(b);
     const decoders = healthy.filter((w) => canDecode(w.role)).sort(byScore);
     const prefillers = healthy.filter((w) => canPrefill(w.role)).sort(byScore);
@@ -119,12 +211,27 @@ export class ClusterBackend implements Backend {
     return this.run(req);
   }
 
+  /** One attempt, and a second on other workers when the first met an unavailable one before any token. */
   private async *run(req: GenerateRequest): AsyncGenerator<GenerationEvent> {
+    if (req.signal.aborted) return; // the client left (e.g. during tokenization): no worker work at all
+    const failed = new Set<string>();
+    for (let attempt = 1; ; attempt++) {
+      const progress = { yielded: false };
+      try {
+        yield* this.attempt(req, failed, progress);
+        return;
+      } catch (err) {
+        const retry = attempt === 1 && !progress.yielded && !req.signal.aborted && err instanceof BackendError && err.code === 'worker_unavailable';
+        if (!retry) throw err;
+        this.opts.logger.warn({ request_id: req.requestId, failed: [...failed] }, 'worker unavailable before the first token; retrying on another worker');
+      }
+    }
+  }
+
+  private async *attempt(req: GenerateRequest, failed: Set<string>, progress: { yielded: boolean }): AsyncGenerator<GenerationEvent> {
     const arrived = performance.now();
-    const { prefill, decode } = this.pick(req);
-    const bump = (id: string, d: number) => this.inflight.set(id, (this.inflight.get(id) ?? 0) + d);
-    bump(prefill.id, 1);
-    if (decode.id !== prefill.id) bump(decode.id, 1);
+    const { prefill, decode } = this.pick(req, failed);
+    const log = this.opts.logger;
     const sampling: SamplingParamsMsg = {
       temperature: req.sampling.temperature, top_p: req.sampling.topP, top_k: req.sampling.topK,
       seed: req.sampling.seed ?? Math.floor(Math.random() * 2 ** 48), max_tokens: req.sampling.maxTokens,
@@ -132,13 +239,27 @@ export class ClusterBackend implements Backend {
       logprobs: req.sampling.logprobs ?? -1,
     };
     const md = requestMetadata(req.requestId);
-    const id = `${req.requestId}#${++this.counter}`;
-    const stream = this.client(decode.grpc_address).decode.Generate(
+    const id = `${req.requestId}#${this.instanceId}-${++this.counter}`;
+    const idleMs = this.opts.tokenIdleTimeoutMs ?? DEFAULT_TOKEN_IDLE_TIMEOUT_MS;
+    const onUnavailable = (w: WorkerInfo, err: grpc.ServiceError) => {
+      if (err.code !== grpc.status.UNAVAILABLE) return;
+      failed.add(w.id);
+      this.health.markFailed(w, err.details || err.message);
+    };
+
+    this.bump(prefill.id, 1);
+    if (decode.id !== prefill.id) this.bump(decode.id, 1);
+    const decodeClients = this.acquire(decode.grpc_address);
+    let prefillClients: Clients | undefined;
+    const stream = decodeClients.decode.Generate(
       { request_id: id, prompt_len: req.promptIds.length, sampling, kv_timeout_ms: this.opts.kvTimeoutMs ?? 120_000 }, md,
+      { deadline: Date.now() + (this.opts.generateTimeoutMs ?? DEFAULT_GENERATE_TIMEOUT_MS) },
     ) as grpc.ClientReadableStream<GenerateEventMsg>;
     let prefillCall: grpc.ClientUnaryCall | undefined;
+    let prefillPending = false;
     const onAbort = () => { stream.cancel(); prefillCall?.cancel(); };
     req.signal.addEventListener('abort', onAbort, { once: true });
+    if (req.signal.aborted) onAbort(); // aborted between the check in run() and here
 
     // Decode events, buffered with a bound: past it the gRPC stream is paused until we catch up.
     const buffer: Array<GenerateEventMsg | Error | null> = [];
@@ -150,11 +271,31 @@ export class ClusterBackend implements Backend {
       wake?.();
     };
     stream.on('data', (e: GenerateEventMsg) => push(e));
-    stream.on('error', (err: grpc.ServiceError) => push(err.code === grpc.status.CANCELLED ? null : toBackendError(err, 'decode', decode.id)));
+    stream.on('error', (err: grpc.ServiceError) => {
+      if (err.code === grpc.status.CANCELLED) return push(null);
+      onUnavailable(decode, err);
+      push(toBackendError(err, 'decode', decode, log, req.requestId));
+    });
     stream.on('end', () => push(null));
+    const idle = () => new BackendError(
+      `The decode worker sent nothing for ${idleMs} ms; the request was cancelled.`, 504, 'worker_timeout', undefined, `decode worker ${decode.id} (${decode.grpc_address})`,
+    );
     const next = async (): Promise<GenerateEventMsg | Error | null> => {
-      while (buffer.length === 0) await new Promise<void>((r) => { wake = r; });
-      wake = undefined;
+      while (buffer.length === 0) {
+        // While the prefill runs its own deadline bounds the wait for the first token.
+        const timed = !prefillPending;
+        let timer: NodeJS.Timeout | undefined;
+        const woke = await new Promise<boolean>((r) => {
+          wake = () => r(true);
+          if (timed) timer = setTimeout(() => r(false), idleMs);
+        });
+        clearTimeout(timer);
+        wake = undefined;
+        if (!woke && buffer.length === 0 && !prefillPending) {
+          log.warn({ request_id: req.requestId, worker: decode.id, idle_ms: idleMs }, 'decode stream idle too long; cancelling');
+          return idle();
+        }
+      }
       const e = buffer.shift()!;
       if (buffer.length < max / 2) stream.resume();
       return e;
@@ -166,24 +307,33 @@ export class ClusterBackend implements Backend {
     const prefillDone = new Promise<void>((r) => { prefillSettled = r; });
     const timings: Record<string, number> = {};
     let first = true;
+    let finished = false;
     try {
       for (;;) {
         const e = await next();
         if (e === null) {
           if (req.signal.aborted) return;
-          throw prefillError ?? new BackendError(`decode worker ${decode.id} ended the stream early`, 502, 'worker_failed');
+          throw prefillError ?? new BackendError('The decode worker ended the stream early.', 502, 'worker_failed', undefined, `decode worker ${decode.id}`);
         }
         if (e instanceof Error) throw prefillError ?? e;
         if (e.event === 'reserved') {
           const reservedAt = performance.now();
-          prefillCall = this.client(prefill.grpc_address).prefill.Prefill(
+          prefillClients = this.acquire(prefill.grpc_address);
+          prefillPending = true;
+          prefillCall = prefillClients.prefill.Prefill(
             { request_id: id, prompt_ids: req.promptIds, sampling, decode_address: decode.grpc_address }, md,
+            { deadline: Date.now() + (this.opts.prefillTimeoutMs ?? DEFAULT_PREFILL_TIMEOUT_MS) },
             (err: grpc.ServiceError | null, res: PrefillResponseMsg) => {
+              prefillPending = false;
               prefillSettled();
               if (err) {
-                if (err.code !== grpc.status.CANCELLED) prefillError = toBackendError(err, 'prefill', prefill.id);
+                if (err.code !== grpc.status.CANCELLED) {
+                  onUnavailable(prefill, err);
+                  prefillError = toBackendError(err, 'prefill', prefill, log, req.requestId);
+                }
                 stream.cancel();
               } else prefillResult = res;
+              wake?.(); // re-arms the idle timer now that the prefill has answered
             },
           ) as grpc.ClientUnaryCall;
           timings.reserve = reservedAt - arrived;
@@ -193,10 +343,12 @@ export class ClusterBackend implements Backend {
             timings.first_decode = e.tokens!.admit_ms;
           }
           for (const t of e.tokens!.tokens) {
+            progress.yielded = true;
             yield { type: 'token', id: t.id, logprob: sampling.logprobs >= 0 ? t.logprob : undefined, topLogprobs: sampling.logprobs > 0 ? t.top_logprobs : undefined };
           }
         } else if (e.event === 'finished') {
           const f = e.finished!;
+          finished = true;
           // The prefill's reply (its share of the TTFT) may land just after the last token: the
           // response goes out now, the metrics get the full breakdown when it arrives.
           const complete = (): Record<string, number> => {
@@ -205,7 +357,12 @@ export class ClusterBackend implements Backend {
             if (p) { t.prefill = p.prefill_ms; t.kv_transfer = p.transfer_tail_ms; }
             return t;
           };
-          const timingsLater = prefillResult ? undefined : Promise.race([prefillDone, new Promise((r) => setTimeout(r, 2000))]).then(complete);
+          const wait = prefillResult ? Promise.resolve() : Promise.race([prefillDone, new Promise((r) => setTimeout(r, 2000).unref())]);
+          const call = prefillCall;
+          // Past that wait nobody needs the prefill's reply: cancel whatever is left of it.
+          void wait.then(() => call?.cancel());
+          const timingsLater = prefillResult ? undefined : wait.then(complete);
+          progress.yielded = true;
           yield { type: 'finish', reason: f.reason === 'stop' ? 'stop' : 'length', stopTokenId: f.has_stop_token ? f.stop_token_id : undefined, timings: complete(), timingsLater };
           return;
         }
@@ -213,22 +370,43 @@ export class ClusterBackend implements Backend {
     } finally {
       req.signal.removeEventListener('abort', onAbort);
       stream.cancel();
-      bump(prefill.id, -1);
-      if (decode.id !== prefill.id) bump(decode.id, -1);
+      // A request nobody waits for must not keep a prefill worker busy (the finished case cancels
+      // it after the reply's grace above).
+      if (!finished) prefillCall?.cancel();
+      this.bump(prefill.id, -1);
+      if (decode.id !== prefill.id) this.bump(decode.id, -1);
+      this.release(decode.grpc_address);
+      if (prefillClients) this.release(prefill.grpc_address);
     }
   }
 }
 
-function toBackendError(err: grpc.ServiceError, phase: string, worker: string): BackendError {
-  const msg = `${phase} worker ${worker}: ${err.details || err.message}`;
+/**
+ * A worker's gRPC failure as the client sees it: what went wrong and what to do, without worker
+ * ids or addresses (those go to the log). The worker's own message is kept for INVALID_ARGUMENT,
+ * which is about the request, with anything address-like taken out.
+ */
+function toBackendError(err: grpc.ServiceError, phase: 'prefill' | 'decode', w: WorkerInfo, log: Logger, requestId: string): BackendError {
+  const detail = `${phase} worker ${w.id} (${w.grpc_address}): ${grpc.status[err.code] ?? err.code} ${err.details || err.message}`;
+  log.warn({ request_id: requestId, worker: w.id, address: w.grpc_address, phase, code: err.code, err: err.details || err.message }, 'worker call failed');
   switch (err.code) {
     case grpc.status.RESOURCE_EXHAUSTED:
-      return new BackendError(msg, 503, 'no_capacity', 1);
+      return new BackendError(`The ${phase} worker has no capacity for this request right now; retry later.`, 503, 'no_capacity', 1, detail);
     case grpc.status.UNAVAILABLE:
-      return new BackendError(msg, 503, 'worker_unavailable', 1);
+      return new BackendError(`A ${phase} worker became unavailable; retry the request.`, 503, 'worker_unavailable', 1, detail);
     case grpc.status.INVALID_ARGUMENT:
-      return new BackendError(msg, 400, 'invalid_request');
+      return new BackendError(scrub(err.details || 'The request was refused by a worker.', w), 400, 'invalid_request', undefined, detail);
+    case grpc.status.DEADLINE_EXCEEDED:
+      return new BackendError(`The ${phase} worker did not finish in time; the request was cancelled.`, 504, 'worker_timeout', undefined, detail);
     default:
-      return new BackendError(msg, 502, 'worker_failed');
+      return new BackendError(`The ${phase} worker failed on this request.`, 502, 'worker_failed', undefined, detail);
   }
+}
+
+function scrub(message: string, w: WorkerInfo): string {
+  return message
+    .split(w.id).join('a worker')
+    .split(w.grpc_address).join('a worker')
+    .replace(/\b(?:\d{1,3}\.){3}\d{1,3}(?::\d+)?\b/g, 'a worker')
+    .replace(/\[[0-9a-f:]+\](?::\d+)?/gi, 'a worker');
 }

@@ -18,6 +18,13 @@ export interface RouterOptions {
   maxModelLen?: number;
   sloTtftMs?: number;
   sloTpotMs?: number;
+  /** Worker call bounds (cluster-backend.ts has the defaults). */
+  generateTimeoutMs?: number;
+  prefillTimeoutMs?: number;
+  tokenIdleTimeoutMs?: number;
+  /** HTTP server bounds (app.ts has the defaults). */
+  requestTimeoutMs?: number;
+  connectionTimeoutMs?: number;
   logger?: Logger;
 }
 
@@ -33,7 +40,10 @@ export async function startRouter(o: RouterOptions): Promise<RunningRouter> {
   const tokenizer = loadTokenizer(o.model, { kind: config.tokenizer.kind, vocabSize: config.vocab_size });
   // Hugging Face tokenizers carry a Jinja chat template and the BOS/EOS texts it refers to.
   const hf = tokenizer as { chatTemplate?: string; bosToken?: string; eosToken?: string };
-  const backend = new ClusterBackend({ redisUrl: o.redisUrl, prefix: o.prefix, logger: log });
+  const backend = new ClusterBackend({
+    redisUrl: o.redisUrl, prefix: o.prefix, logger: log, model: config.name,
+    generateTimeoutMs: o.generateTimeoutMs, prefillTimeoutMs: o.prefillTimeoutMs, tokenIdleTimeoutMs: o.tokenIdleTimeoutMs,
+  });
   await backend.start();
   const metrics = createRouterMetrics(undefined, { slo: { ttftSeconds: o.sloTtftMs ? o.sloTtftMs / 1000 : undefined, tpotSeconds: o.sloTpotMs ? o.sloTpotMs / 1000 : undefined } });
   const app = buildRouterApp({
@@ -45,6 +55,8 @@ export async function startRouter(o: RouterOptions): Promise<RunningRouter> {
     chatBosToken: hf.bosToken,
     chatEosToken: hf.eosToken,
     apiKey: o.apiKey,
+    requestTimeoutMs: o.requestTimeoutMs,
+    connectionTimeoutMs: o.connectionTimeoutMs,
     logger: log,
     metrics: metricsObserver(metrics),
     defaultSlo: o.sloTtftMs || o.sloTpotMs ? { ttftMs: o.sloTtftMs, tpotMs: o.sloTpotMs } : undefined,
@@ -60,7 +72,7 @@ export async function startRouter(o: RouterOptions): Promise<RunningRouter> {
   const address = app.server.address();
   const port = typeof address === 'object' && address ? address.port : o.port;
   const url = `http://${o.host === '0.0.0.0' ? '127.0.0.1' : o.host}:${port}`;
-  log.info({ url, model: config.name }, 'router listening');
+  log.info({ url, model: config.name, router_instance: backend.instanceId }, 'router listening');
   return {
     url, port,
     stop: async () => {

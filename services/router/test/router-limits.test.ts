@@ -20,7 +20,7 @@ after(() => app.close());
 
 const post = (url: string, payload: unknown) => app.inject({ method: 'POST', url, payload: payload as object });
 
-function assertParam(res: { statusCode: number; json(): any }, param: string) {
+function assertParam(res: { statusCode: number; body: string; json(): any }, param: string) {
   assert.equal(res.statusCode, 400, res.body);
   const e = res.json().error;
   assert.equal(e.type, 'invalid_request_error');

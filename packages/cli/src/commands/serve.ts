@@ -1,10 +1,27 @@
 // Long-running service commands: `pdserve worker` and `pdserve router`.
 import type { Command } from 'commander';
+import { readFileSync } from 'node:fs';
 import pino from 'pino';
 import { exitWhenParentDies, WORKER_ROLES, type WorkerRole } from '@pdserve/common';
 import { startWorker } from '@pdserve/worker';
 import { startRouter } from '@pdserve/router';
 import { device, positiveInt } from './options.ts';
+
+/**
+ * The router's API key: --api-key, else --api-key-file (its first line), else $PDSERVE_API_KEY,
+ * else $PDSERVE_API_KEY_FILE. More than one of the flags, or an empty key from a file, is an error.
+ */
+export function resolveApiKey(o: { apiKey?: string; apiKeyFile?: string }, env: NodeJS.ProcessEnv = process.env): string | undefined {
+  if (o.apiKey !== undefined && o.apiKeyFile !== undefined) throw new Error('give --api-key or --api-key-file, not both');
+  const file = o.apiKeyFile ?? (o.apiKey === undefined && !env.PDSERVE_API_KEY ? env.PDSERVE_API_KEY_FILE : undefined);
+  if (file !== undefined && file !== '') {
+    const key = (readFileSync(file, 'utf8').split(/\r?\n/)[0] ?? '').trim();
+    if (key === '') throw new Error(`API key file ${file} is empty`);
+    return key;
+  }
+  const key = o.apiKey ?? env.PDSERVE_API_KEY;
+  return key === '' ? undefined : key;
+}
 
 function role(value: string): WorkerRole {
   if (!(WORKER_ROLES as readonly string[]).includes(value)) throw new Error(`--role must be one of ${WORKER_ROLES.join(', ')}`);
@@ -58,13 +75,26 @@ export function register(program: Command): void {
     .option('--host <host>', 'interface to bind', '127.0.0.1')
     .option('--port <n>', 'HTTP port', positiveInt, 8000)
     .option('--served-model-name <name>', 'name clients use in `model` (default: the model directory name)')
-    .option('--api-key <key>', 'require `Authorization: Bearer <key>`', process.env.PDSERVE_API_KEY)
+    .option('--api-key <key>', 'require `Authorization: Bearer <key>` (visible in `ps`: prefer $PDSERVE_API_KEY or --api-key-file)')
+    .option('--api-key-file <path>', 'read the API key from this file (first line; e.g. a Docker secret)')
+    .option('--generate-timeout-s <s>', 'deadline of a whole decode stream', positiveInt, 1800)
+    .option('--prefill-timeout-s <s>', 'deadline of a prefill call (prompt and KV push)', positiveInt, 300)
+    .option('--token-timeout-s <s>', 'a decode stream silent this long (after its prefill answered) ends with 504', positiveInt, 60)
+    .option('--request-timeout-s <s>', 'time a client has to send its whole request (0 = none)', positiveInt, 30)
+    .option('--connection-timeout-s <s>', 'close connections idle this long (0 = none)', positiveInt, 600)
     .option('--max-model-len <n>', 'context limit (default: the model\'s)', positiveInt)
     .option('--slo-ttft-ms <ms>', 'default time-to-first-token SLO for admission and metrics', positiveInt)
     .option('--slo-tpot-ms <ms>', 'default time-per-output-token SLO for admission and metrics', positiveInt)
     .action(async (o) => {
       const log = pino({ name: 'pdserve-router', level: process.env.PDSERVE_LOG_LEVEL ?? 'info' });
-      const r = await startRouter({ ...o, logger: log });
+      const { apiKeyFile: _file, generateTimeoutS, prefillTimeoutS, tokenTimeoutS, requestTimeoutS, connectionTimeoutS, ...rest } = o;
+      const r = await startRouter({
+        ...rest,
+        apiKey: resolveApiKey(o),
+        generateTimeoutMs: generateTimeoutS * 1000, prefillTimeoutMs: prefillTimeoutS * 1000, tokenIdleTimeoutMs: tokenTimeoutS * 1000,
+        requestTimeoutMs: requestTimeoutS * 1000, connectionTimeoutMs: connectionTimeoutS * 1000,
+        logger: log,
+      });
       runUntilSignalled(r.stop, log);
     });
 }

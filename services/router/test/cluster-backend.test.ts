@@ -1,0 +1,303 @@
+// ClusterBackend against a real Redis registry and real gRPC servers whose handlers are scripted
+// fakes of a worker (one module under test: what the router does with calls, deadlines, failures
+// and registry changes). Issue 12, router side of defects 5, 6, 7, 8, 12, 16, 17.
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import pino from 'pino';
+import {
+  bindServer, createGrpcServer, decodeService, emptyLoad, grpc, prefillService, startRedisServer, WorkerRegistration,
+  type GenerateEventMsg, type RedisServerHandle, type WorkerLoad, type WorkerRole,
+} from '@pdserve/common';
+import { BackendError, type GenerateRequest, type GenerationEvent } from '../src/backend.ts';
+import { ClusterBackend, type ClusterBackendOptions } from '../src/cluster-backend.ts';
+import { until } from './fakes.ts';
+
+const MODEL_NAME = 'test-model';
+const silent = pino({ level: 'silent' });
+
+type GenerateCall = grpc.ServerWritableStream<{ request_id: string }, GenerateEventMsg>;
+type PrefillCall = grpc.ServerUnaryCall<{ request_id: string }, unknown>;
+
+interface Script {
+  /** Decode side: default reserves, then streams `tokens` once the prefill answered, then finishes. */
+  generate?: (call: GenerateCall, w: FakeWorker) => void;
+  /** Prefill side: default answers at once. */
+  prefill?: (call: PrefillCall, cb: grpc.sendUnaryData<unknown>, w: FakeWorker) => void;
+}
+
+class FakeWorker {
+  generateCalls: GenerateCall[] = [];
+  prefillCalls: PrefillCall[] = [];
+  cancelledGenerate = 0;
+  cancelledPrefill = 0;
+  server!: grpc.Server;
+  port = 0;
+  registration!: WorkerRegistration;
+  load: WorkerLoad = { ...emptyLoad(), free_kv_blocks: 10, total_kv_blocks: 10 };
+
+  constructor(readonly id: string, readonly role: WorkerRole, readonly script: Script, readonly model = MODEL_NAME) {}
+
+  get address(): string {
+    return `127.0.0.1:${this.port}`;
+  }
+
+  async listen(port = 0): Promise<void> {
+    this.server = createGrpcServer();
+    const self = this;
+    const health = (_c: unknown, cb: grpc.sendUnaryData<unknown>) => cb(null, { worker_id: self.id, role: self.role, ready: true });
+    this.server.addService(decodeService(), {
+      Generate(call: GenerateCall) {
+        self.generateCalls.push(call);
+        call.on('cancelled', () => { self.cancelledGenerate++; });
+        (self.script.generate ?? defaultGenerate)(call, self);
+      },
+      PushKv() {},
+      Cancel(_c: unknown, cb: grpc.sendUnaryData<unknown>) { cb(null, { found: false }); },
+      Health: health,
+    });
+    this.server.addService(prefillService(), {
+      Prefill(call: PrefillCall, cb: grpc.sendUnaryData<unknown>) {
+        self.prefillCalls.push(call);
+        call.on('cancelled', () => { self.cancelledPrefill++; });
+        (self.script.prefill ?? ((_c, done) => done(null, { queue_ms: 1, prefill_ms: 1, transfer_tail_ms: 0 })))(call, cb, self);
+      },
+      Cancel(_c: unknown, cb: grpc.sendUnaryData<unknown>) { cb(null, { found: false }); },
+      Health: health,
+    });
+    this.port = await bindServer(this.server, `127.0.0.1:${port}`);
+  }
+
+  async register(redisUrl: string, prefix: string): Promise<void> {
+    this.registration = new WorkerRegistration({
+      redisUrl, prefix, heartbeatMs: 100, ttlMs: 1000,
+      worker: { id: this.id, role: this.role, grpc_address: this.address, metrics_url: '', model: this.model },
+      getLoad: () => this.load,
+    });
+    await this.registration.start();
+  }
+
+  async stop(): Promise<void> {
+    await this.registration?.stop();
+    this.server?.forceShutdown();
+  }
+}
+
+function defaultGenerate(call: GenerateCall, w: FakeWorker, tokens = 3): void {
+  call.write({ event: 'reserved', reserved: true });
+  // Tokens once "the KV arrived": here, once the prefill call for this id reached the worker pair.
+  const go = () => {
+    for (let i = 0; i < tokens; i++) call.write({ event: 'tokens', tokens: { tokens: [{ id: 5 + i, logprob: 0, top_logprobs: [] }], admit_ms: 1 } });
+    call.write({ event: 'finished', finished: { reason: 'length', stop_token_id: 0, has_stop_token: false } });
+    call.end();
+  };
+  setTimeout(go, 10);
+  void w;
+}
+
+let redis: RedisServerHandle;
+let n = 0;
+const workers: FakeWorker[] = [];
+const backends: ClusterBackend[] = [];
+
+before(async () => { redis = await startRedisServer(); });
+after(async () => {
+  await Promise.all(backends.map((b) => b.stop()));
+  await Promise.all(workers.map((w) => w.stop()));
+  await redis?.stop();
+});
+
+async function cluster(specs: Array<{ id: string; role?: WorkerRole; script?: Script; model?: string }>, opts: Partial<ClusterBackendOptions> = {}) {
+  const prefix = `cb${++n}`;
+  const ws: FakeWorker[] = [];
+  for (const s of specs) {
+    const w = new FakeWorker(`${s.id}`, s.role ?? 'unified', s.script ?? {}, s.model);
+    await w.listen();
+    await w.register(redis.url, prefix);
+    ws.push(w);
+    workers.push(w);
+  }
+  const backend = new ClusterBackend({ redisUrl: redis.url, prefix, logger: silent, model: MODEL_NAME, pollMs: 50, ...opts });
+  backends.push(backend);
+  await backend.start();
+  await until(() => backend.workers().length === specs.length, 5000);
+  return { backend, workers: ws, prefix };
+}
+
+function request(id = 'r1', signal = new AbortController().signal): GenerateRequest {
+  return {
+    requestId: id, promptIds: [1, 2, 3], signal,
+    sampling: { temperature: 0, topP: 1, topK: 0, maxTokens: 3, minTokens: 0, stopTokenIds: [], ignoreEos: false },
+  };
+}
+
+async function collect(it: AsyncIterable<GenerationEvent>): Promise<GenerationEvent[]> {
+  const out: GenerationEvent[] = [];
+  for await (const e of it) out.push(e);
+  return out;
+}
+
+async function rejection(p: Promise<unknown>): Promise<BackendError> {
+  try {
+    await p;
+  } catch (err) {
+    assert.ok(err instanceof BackendError, `expected a BackendError, got ${String(err)}`);
+    return err;
+  }
+  assert.fail('expected the generation to fail');
+}
+
+/** Each test's own bound, so one hang (the defects) fails that test only. */
+const T = { timeout: 8000 };
+
+describe('ClusterBackend', () => {
+  test('defect 5: a consumer that stops early cancels the prefill call too', T, async () => {
+    const { backend, workers: [w] } = await cluster([{
+      id: 'u-early',
+      script: {
+        generate: (call) => {
+          call.write({ event: 'reserved', reserved: true });
+          call.write({ event: 'tokens', tokens: { tokens: [{ id: 7, logprob: 0, top_logprobs: [] }], admit_ms: 1 } });
+        },
+        prefill: () => { /* still computing: never answers */ },
+      },
+    }]);
+    const it = backend.generate(request())[Symbol.asyncIterator]();
+    const first = await it.next();
+    assert.equal((first.value as GenerationEvent).type, 'token');
+    await until(() => w!.prefillCalls.length === 1, 5000);
+    await it.return!(undefined);
+    await until(() => w!.cancelledGenerate === 1, 5000);
+    await until(() => w!.cancelledPrefill === 1, 5000);
+    await until(() => backend.bookkeeping().inflight === 0, 5000);
+  });
+
+  test('defect 5: a request whose client already left does no worker work', T, async () => {
+    const { backend, workers: [w] } = await cluster([{ id: 'u-gone' }]);
+    const ac = new AbortController();
+    ac.abort('client_disconnected');
+    const events = await collect(backend.generate(request('r-gone', ac.signal)));
+    assert.deepEqual(events.filter((e) => e.type === 'token'), []);
+    assert.equal(w!.generateCalls.length, 0);
+  });
+
+  test('defect 6: a decode stream that goes silent ends with 504 and is cancelled', T, async () => {
+    const { backend, workers: [w] } = await cluster([{
+      id: 'u-silent',
+      script: { generate: (call) => call.write({ event: 'reserved', reserved: true }) },
+    }], { tokenIdleTimeoutMs: 300 });
+    const err = await rejection(collect(backend.generate(request())));
+    assert.equal(err.status, 504);
+    assert.equal(err.code, 'worker_timeout');
+    await until(() => w!.cancelledGenerate === 1, 5000);
+  });
+
+  test('defect 6: a prefill that never answers hits its deadline (504), and both calls are cancelled', T, async () => {
+    const { backend, workers: [w] } = await cluster([{
+      id: 'u-hung-prefill',
+      script: { generate: (call) => call.write({ event: 'reserved', reserved: true }), prefill: () => {} },
+    }], { prefillTimeoutMs: 300, tokenIdleTimeoutMs: 60_000 });
+    const err = await rejection(collect(backend.generate(request())));
+    assert.equal(err.status, 504);
+    assert.equal(err.code, 'worker_timeout');
+    const deadline = w!.prefillCalls[0]!.getDeadline();
+    assert.ok(deadline instanceof Date || (typeof deadline === 'number' && Number.isFinite(deadline)), 'Prefill carries a deadline');
+    assert.ok(Number.isFinite(Number(w!.generateCalls[0]!.getDeadline())), 'Generate carries a deadline');
+    await until(() => w!.cancelledGenerate === 1, 5000);
+  });
+
+  test('defect 7: during a Redis outage a dead worker is set aside, the request retried elsewhere, and it comes back', T, async () => {
+    const outage = await startRedisServer();
+    const prefix = `cb${++n}`;
+    const a = new FakeWorker('a-dies', 'unified', {});
+    const b = new FakeWorker('b-lives', 'unified', {});
+    b.load = { ...b.load, queue_len: 5 }; // a looks better, so it is picked first
+    for (const w of [a, b]) { await w.listen(); await w.register(outage.url, prefix); workers.push(w); }
+    const backend = new ClusterBackend({ redisUrl: outage.url, prefix, logger: silent, model: MODEL_NAME, pollMs: 50 });
+    backends.push(backend);
+    await backend.start();
+    await until(() => backend.workers().filter((w) => w.healthy).length === 2, 5000);
+    await outage.stop();
+    await until(() => backend.directory.staleSince() !== undefined, 5000);
+    const port = a.port;
+    a.server.forceShutdown(); // a dies while the registry cannot say so
+    assert.equal(backend.workers().find((w) => w.id === a.id)?.healthy, true, 'the stale snapshot still calls it healthy');
+
+    for (let i = 0; i < 3; i++) {
+      const events = await collect(backend.generate(request(`r${i}`)));
+      assert.equal(events.at(-1)?.type, 'finish', `request ${i} succeeded`);
+    }
+    assert.equal(b.generateCalls.length, 3, 'every request ended on b');
+    assert.equal(backend.workers().find((w) => w.id === a.id)?.healthy, false, 'a is marked unhealthy locally');
+
+    // a returns on the same address: the Health probe (backoff 1 s) lets it be chosen again.
+    a.generateCalls = [];
+    await a.listen(port);
+    const end = Date.now() + 10_000;
+    while (a.generateCalls.length === 0) {
+      assert.ok(Date.now() < end, 'a was never used again');
+      await collect(backend.generate(request('probe')));
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    a.registration.stop().catch(() => {});
+    b.registration.stop().catch(() => {});
+  });
+
+  test('defect 8: two routers sending the same x-request-id give workers distinct ids', T, async () => {
+    const { backend, workers: [w], prefix } = await cluster([{ id: 'u-ids' }]);
+    const other = new ClusterBackend({ redisUrl: redis.url, prefix, logger: silent, model: MODEL_NAME, pollMs: 50 });
+    backends.push(other);
+    await other.start();
+    await collect(backend.generate(request('same')));
+    await collect(other.generate(request('same')));
+    const ids = w!.generateCalls.map((c) => c.request.request_id);
+    assert.equal(ids.length, 2);
+    assert.notEqual(ids[0], ids[1]);
+    assert.ok(ids.every((id) => id.startsWith('same#')), ids.join(', '));
+  });
+
+  test('defect 12: clients, in-flight counts and suspicions shrink when workers leave', T, async () => {
+    const { backend, workers: [w1, w2] } = await cluster([{ id: 'u-leave-1' }, { id: 'u-leave-2' }]);
+    await collect(backend.generate(request('x1')));
+    w1!.load = { ...w1!.load, queue_len: 9 };
+    await until(() => backend.workers().find((w) => w.id === w1!.id)?.load.queue_len === 9, 5000);
+    await collect(backend.generate(request('x2')));
+    assert.equal(backend.bookkeeping().clients, 2);
+    await w1!.stop();
+    await w2!.stop();
+    // Gone (deregistered) or lost (expired): either way nothing of theirs is kept.
+    await until(() => backend.workers().every((w) => !w.healthy), 5000);
+    await until(() => backend.bookkeeping().clients === 0, 5000);
+    assert.deepEqual(backend.bookkeeping(), { clients: 0, inflight: 0, suspects: 0 });
+  });
+
+  test('defect 16: a worker serving another model gets no requests', T, async () => {
+    const { backend, workers: [w] } = await cluster([{ id: 'u-other-model', model: 'another-model' }]);
+    assert.equal(backend.ready(), false);
+    assert.equal(backend.workers()[0]!.healthy, false);
+    const err = await rejection(collect(backend.generate(request())));
+    assert.equal(err.status, 503);
+    assert.equal(w!.generateCalls.length, 0);
+  });
+
+  test('defect 17: worker failures reach the client without worker ids or addresses', T, async () => {
+    const { backend, workers: [w] } = await cluster([{
+      id: 'u-secret-id',
+      script: {
+        generate: (call) => call.emit('error', { code: grpc.status.INTERNAL, details: `worker u-secret-id at 10.1.2.3:50051 broke` }),
+      },
+    }]);
+    const err = await rejection(collect(backend.generate(request())));
+    assert.equal(err.status, 502);
+    assert.doesNotMatch(err.message, /u-secret-id|10\.1\.2\.3|127\.0\.0\.1|:\d{4,5}/);
+    assert.match(err.detail ?? '', /u-secret-id/, 'the log detail keeps them');
+    const bad = await cluster([{
+      id: 'u-secret-2',
+      script: { generate: (call) => call.emit('error', { code: grpc.status.INVALID_ARGUMENT, details: 'worker u-secret-2 (10.9.9.9:1): top_k out of range' }) },
+    }]);
+    const e2 = await rejection(collect(bad.backend.generate(request())));
+    assert.equal(e2.status, 400);
+    assert.match(e2.message, /top_k out of range/);
+    assert.doesNotMatch(e2.message, /u-secret-2|10\.9\.9\.9/);
+    void w;
+  });
+});
