@@ -1,27 +1,11 @@
 // Long-running service commands: `pdserve worker` and `pdserve router`.
 import type { Command } from 'commander';
-import { readFileSync } from 'node:fs';
 import pino from 'pino';
 import { exitWhenParentDies, WORKER_ROLES, type WorkerRole } from '@pdserve/common';
 import { startWorker } from '@pdserve/worker';
 import { startRouter } from '@pdserve/router';
+import { resolveApiKey } from './api-key.ts';
 import { device, positiveInt } from './options.ts';
-
-/**
- * The router's API key: --api-key, else --api-key-file (its first line), else $PDSERVE_API_KEY,
- * else $PDSERVE_API_KEY_FILE. More than one of the flags, or an empty key from a file, is an error.
- */
-export function resolveApiKey(o: { apiKey?: string; apiKeyFile?: string }, env: NodeJS.ProcessEnv = process.env): string | undefined {
-  if (o.apiKey !== undefined && o.apiKeyFile !== undefined) throw new Error('give --api-key or --api-key-file, not both');
-  const file = o.apiKeyFile ?? (o.apiKey === undefined && !env.PDSERVE_API_KEY ? env.PDSERVE_API_KEY_FILE : undefined);
-  if (file !== undefined && file !== '') {
-    const key = (readFileSync(file, 'utf8').split(/\r?\n/)[0] ?? '').trim();
-    if (key === '') throw new Error(`API key file ${file} is empty`);
-    return key;
-  }
-  const key = o.apiKey ?? env.PDSERVE_API_KEY;
-  return key === '' ? undefined : key;
-}
 
 function role(value: string): WorkerRole {
   if (!(WORKER_ROLES as readonly string[]).includes(value)) throw new Error(`--role must be one of ${WORKER_ROLES.join(', ')}`);
