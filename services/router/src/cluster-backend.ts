@@ -28,7 +28,7 @@ export interface ClusterBackendOptions {
   kvTimeoutMs?: number;
   /** Events buffered per request before the decode stream is paused (backpressure from slow clients). */
   maxBufferedEvents?: number;
-  /** gRPC deadline of the whole Decode.Generate stream (default 30 min). */
+  /** gRPC deadline of the whole Decode.Generate stream (default 30 min; 0 = none, as for the next two). */
   generateTimeoutMs?: number;
   /** gRPC deadline of Prefill.Prefill: prompt plus KV push (default 5 min). */
   prefillTimeoutMs?: number;
@@ -253,7 +253,7 @@ export class ClusterBackend implements Backend {
     let prefillClients: Clients | undefined;
     const stream = decodeClients.decode.Generate(
       { request_id: id, prompt_len: req.promptIds.length, sampling, kv_timeout_ms: this.opts.kvTimeoutMs ?? 120_000 }, md,
-      { deadline: Date.now() + (this.opts.generateTimeoutMs ?? DEFAULT_GENERATE_TIMEOUT_MS) },
+      { deadline: deadline(this.opts.generateTimeoutMs ?? DEFAULT_GENERATE_TIMEOUT_MS) },
     ) as grpc.ClientReadableStream<GenerateEventMsg>;
     let prefillCall: grpc.ClientUnaryCall | undefined;
     let prefillPending = false;
@@ -283,7 +283,7 @@ export class ClusterBackend implements Backend {
     const next = async (): Promise<GenerateEventMsg | Error | null> => {
       while (buffer.length === 0) {
         // While the prefill runs its own deadline bounds the wait for the first token.
-        const timed = !prefillPending;
+        const timed = !prefillPending && idleMs > 0;
         let timer: NodeJS.Timeout | undefined;
         const woke = await new Promise<boolean>((r) => {
           wake = () => r(true);
@@ -322,7 +322,7 @@ export class ClusterBackend implements Backend {
           prefillPending = true;
           prefillCall = prefillClients.prefill.Prefill(
             { request_id: id, prompt_ids: req.promptIds, sampling, decode_address: decode.grpc_address }, md,
-            { deadline: Date.now() + (this.opts.prefillTimeoutMs ?? DEFAULT_PREFILL_TIMEOUT_MS) },
+            { deadline: deadline(this.opts.prefillTimeoutMs ?? DEFAULT_PREFILL_TIMEOUT_MS) },
             (err: grpc.ServiceError | null, res: PrefillResponseMsg) => {
               prefillPending = false;
               prefillSettled();
@@ -401,6 +401,11 @@ function toBackendError(err: grpc.ServiceError, phase: 'prefill' | 'decode', w: 
     default:
       return new BackendError(`The ${phase} worker failed on this request.`, 502, 'worker_failed', undefined, detail);
   }
+}
+
+/** A gRPC deadline `ms` from now; 0 = none. */
+function deadline(ms: number): number {
+  return ms > 0 ? Date.now() + ms : Infinity;
 }
 
 function scrub(message: string, w: WorkerInfo): string {
