@@ -57,6 +57,31 @@ describe('Supervisor', () => {
     assert.throws(() => sup.spawn({ name: 'late', command: process.execPath }), /stopping/);
   });
 
+  test('stop() never signals the pid or group of a child that exited before (pid reuse); its group was reaped at exit', async () => {
+    const out = capture();
+    const sup = new Supervisor({ graceMs: 300, stdout: out.stream, stderr: out.stream });
+    // Exits at once, leaving a grandchild in its process group.
+    const quick = sup.spawn({ name: 'quick', command: 'sh', args: ['-c', 'sleep 1000 & echo "grandchild $!"'] });
+    const calls: Array<[number, string | number | undefined]> = [];
+    const realKill = process.kill;
+    process.kill = ((pid: number, signal?: string | number) => {
+      calls.push([pid, signal]);
+      return realKill.call(process, pid, signal);
+    }) as typeof process.kill;
+    try {
+      await quick.exited;
+      const grandchild = Number(/grandchild (\d+)/.exec(out.text())?.[1]);
+      if (grandchild) leftovers.push(grandchild);
+      await waitFor('the exited child\'s grandchild is reaped', () => !grandchild || !pidAlive(grandchild));
+      const before = calls.length;
+      await sup.stop();
+      const late = calls.slice(before).filter(([pid]) => Math.abs(pid) === quick.pid);
+      assert.deepEqual(late, [], 'signals sent to a pid that may belong to someone else by now');
+    } finally {
+      process.kill = realKill;
+    }
+  });
+
   test('an unexpected child exit is reported; output modes prefix / passthrough / auto', async () => {
     const out = capture();
     const unexpected: ChildExit[] = [];

@@ -3,7 +3,9 @@
 //
 // - Each child runs in its own process group (spawn `detached`, i.e. setsid), so stop() signals the
 //   whole group (grandchildren included) and a terminal Ctrl-C reaches only the supervisor, which
-//   then stops the children in order: SIGTERM to every group, up to graceMs, then SIGKILL.
+//   then stops the children in order: SIGTERM to every group, up to graceMs, then SIGKILL. When a
+//   child exits (for any reason) what is left of its group is SIGKILLed at once, and its pid is
+//   never signalled again (it may have been reused by then).
 // - Each child gets an IPC channel and $PDSERVE_SUPERVISOR_PID; a child that calls
 //   exitWhenParentDies() (process/parent-watch.ts) exits even if the supervisor is SIGKILLed.
 // - On normal process exit (process.exit, uncaught exception) every child group still running gets
@@ -70,6 +72,8 @@ const MAX_LINE = 1024 * 1024;
 class Child implements SupervisedChild {
   readonly exited: Promise<ChildExit>;
   running = true;
+  /** Its group got the final SIGKILL when it exited; its pid must not be signalled any more. */
+  groupReaped = false;
   constructor(
     readonly name: string,
     readonly pid: number,
@@ -135,6 +139,11 @@ export class Supervisor {
     const exited = new Promise<ChildExit>((resolve) => {
       proc.once('exit', (code, signal) => {
         child.running = false;
+        // Reap what is left in its process group now, while the group id can only be this group's:
+        // once the pid is free it may be reused (even as another group's id), so the group is never
+        // signalled again after this.
+        signalGroup(child, 'SIGKILL');
+        child.groupReaped = true;
         const exit: ChildExit = { name: spec.name, pid, code, signal, expected: this.#stopping !== undefined };
         this.#logger[exit.expected ? 'info' : 'error'](
           { child: spec.name, pid, code, signal },
@@ -180,8 +189,9 @@ export class Supervisor {
           'children did not exit in time; sending SIGKILL',
         );
       }
-      // Also reaps grandchildren left in the groups of children that did exit.
-      this.#killGroups('SIGKILL');
+      // Children still running get SIGKILL (their groups with them); children that exited had their
+      // groups reaped at exit.
+      this.#killAll('SIGKILL');
       const exits = await all;
       this.#unhook();
       return exits;
@@ -221,10 +231,6 @@ export class Supervisor {
 
   #killAll(signal: NodeJS.Signals): void {
     for (const c of this.#children) if (c.running) signalGroup(c, signal);
-  }
-
-  #killGroups(signal: NodeJS.Signals): void {
-    for (const c of this.#children) signalGroup(c, signal);
   }
 
   #hook(): void {
@@ -267,6 +273,7 @@ export class Supervisor {
 }
 
 function signalGroup(child: Child, signal: NodeJS.Signals): void {
+  if (child.groupReaped) return;
   try {
     process.kill(-child.pid, signal);
     return;
