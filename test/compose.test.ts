@@ -30,10 +30,64 @@ function missing(t: TestContext, what: string, failUnderCi: boolean): void {
   t.skip(message);
 }
 
+/** The secrets docker-compose.yml requires (it has no defaults for them). */
+const SECRETS = { PDSERVE_API_KEY: 'sk-test', PDSERVE_REDIS_PASSWORD: 'redis-test', PDSERVE_GRAFANA_ADMIN_PASSWORD: 'grafana-test' };
+
+/** Runs docker-compose with `env` added; undefined when it is not installed. */
+function compose(env: Record<string, string>, args: string[]): { status: number | null; output: string } | undefined {
+  const r = spawnSync('docker-compose', ['-f', 'docker-compose.yml', ...args], { cwd: root, encoding: 'utf8', timeout: 30_000, env: { ...process.env, ...env } });
+  if (r.error && (r.error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+  if (r.error) throw r.error;
+  return { status: r.status, output: `${r.stdout}${r.stderr}` };
+}
+
 test('docker-compose.yml is accepted by docker-compose config', (t) => {
-  const r = tool('docker-compose', ['-f', 'docker-compose.yml', 'config', '-q']);
+  const r = compose(SECRETS, ['config', '-q']);
   if (!r) return missing(t, 'docker-compose', true);
   assert.equal(r.status, 0, r.output);
+});
+
+test('docker-compose.yml refuses to start without each secret', (t) => {
+  for (const name of Object.keys(SECRETS)) {
+    const env: Record<string, string> = { ...SECRETS, [name]: '' };
+    const r = compose(env, ['config', '-q']);
+    if (!r) return missing(t, 'docker-compose', true);
+    assert.notEqual(r.status, 0, `config passed without ${name}`);
+    assert.match(r.output, new RegExp(name));
+  }
+});
+
+/** The text of one service's block in docker-compose.yml. */
+function serviceBlock(text: string, name: string): string {
+  const m = new RegExp(`^  ${name}:\\n((?:    .*\\n|\\s*\\n)*)`, 'm').exec(text);
+  assert.ok(m, `no service ${name}`);
+  return m[1]!;
+}
+
+test('deployment defaults are safe: Grafana login, Prometheus private, router key, Redis password (issue 12, defect 10)', () => {
+  const text = readFileSync(join(root, 'docker-compose.yml'), 'utf8');
+  const grafana = serviceBlock(text, 'grafana');
+  assert.doesNotMatch(grafana, /GF_AUTH_ANONYMOUS_ENABLED:\s*"?true/i, 'Grafana is anonymous');
+  assert.match(grafana, /GF_SECURITY_ADMIN_PASSWORD:\s*\$\{PDSERVE_GRAFANA_ADMIN_PASSWORD:\?/, 'Grafana admin password must come from the environment, with no default');
+  assert.match(grafana, /- "127\.0\.0\.1:|PDSERVE_GRAFANA_BIND:-127\.0\.0\.1/, 'Grafana is published on every interface by default');
+
+  const prometheus = serviceBlock(text, 'prometheus');
+  assert.doesNotMatch(prometheus, /--web\.enable-lifecycle/);
+  for (const port of prometheus.matchAll(/^\s+- "([^"]+)"$/gm)) assert.match(port[1]!, /^127\.0\.0\.1:/, `Prometheus published as ${port[1]}`);
+
+  const router = serviceBlock(text, 'router');
+  assert.match(router, /PDSERVE_API_KEY:\s*\$\{PDSERVE_API_KEY:\?/, 'the router needs an API key');
+
+  const redis = serviceBlock(text, 'redis');
+  assert.match(redis, /--requirepass/);
+  assert.doesNotMatch(redis, /^\s+ports:/m, 'Redis must not be published');
+  assert.doesNotMatch(text, /redis:\/\/redis:6379/, 'a service connects to Redis without the password');
+  const urls = [...text.matchAll(/PDSERVE_REDIS_URL:\s*(.+)$/gm)].map((m) => m[1]);
+  assert.ok(urls.length >= 2);
+  for (const u of urls) assert.equal(u, 'redis://:${PDSERVE_REDIS_PASSWORD:?set PDSERVE_REDIS_PASSWORD}@redis:6379');
+  // Each service that needs Redis gets the URL (workers through the shared anchor).
+  assert.match(router, /PDSERVE_REDIS_URL/);
+  for (const w of ['prefill', 'decode']) assert.match(serviceBlock(text, w), /<<: \*worker-env/);
 });
 
 test('deploy/prometheus.yml passes promtool check config', (t) => {
