@@ -32,7 +32,7 @@ export function register(program: Command): void {
     .description('run a prefill, decode or unified worker')
     .requiredOption('--role <role>', 'prefill, decode or unified', role)
     .requiredOption('--model <dir>', 'model directory')
-    .requiredOption('--redis-url <url>', 'Redis for the worker registry')
+    .requiredOption('--redis-url <url>', 'Redis for the worker registry (default: $PDSERVE_REDIS_URL; a password belongs there, not in `ps`)', process.env.PDSERVE_REDIS_URL)
     .option('--host <host>', 'interface to bind', '127.0.0.1')
     .option('--grpc-port <n>', 'gRPC port (0 = any free one)', positiveInt, 0)
     .option('--metrics-port <n>', 'Prometheus /metrics and /health port (0 = any free one)', positiveInt, 0)
@@ -45,9 +45,11 @@ export function register(program: Command): void {
     .option('--block-tokens <n>', 'tokens per KV block', positiveInt, 16)
     .option('--prefill-chunk <n>', 'prompt tokens per prefill pass', positiveInt, 256)
     .option('--id <id>', 'worker id (default: role-host-pid-random)')
+    .option('--drain-timeout-s <s>', 'on SIGTERM, how long to finish the requests held before exiting', positiveInt, 30)
     .action(async (o) => {
       const log = pino({ name: 'pdserve-worker', level: process.env.PDSERVE_LOG_LEVEL ?? 'info' });
-      const w = await startWorker({ ...o, logger: log });
+      const { drainTimeoutS, ...rest } = o;
+      const w = await startWorker({ ...rest, drainTimeoutMs: drainTimeoutS * 1000, logger: log });
       runUntilSignalled(w.stop, log);
     });
 
@@ -55,7 +57,7 @@ export function register(program: Command): void {
     .command('router')
     .description('run the OpenAI-compatible router')
     .requiredOption('--model <dir>', 'model directory (tokenizer, context length, served name)')
-    .requiredOption('--redis-url <url>', 'Redis with the worker registry')
+    .requiredOption('--redis-url <url>', 'Redis with the worker registry (default: $PDSERVE_REDIS_URL)', process.env.PDSERVE_REDIS_URL)
     .option('--host <host>', 'interface to bind', '127.0.0.1')
     .option('--port <n>', 'HTTP port', positiveInt, 8000)
     .option('--served-model-name <name>', 'name clients use in `model` (default: the model directory name)')

@@ -1,6 +1,12 @@
 // `pdserve up` (also `pnpm start`): a whole local cluster in one command. Starts redis-server on a
 // free port (unless --redis-url), the router and the workers as child processes, prints
 // `ready http://HOST:PORT` once /ready answers, and on Ctrl-C or SIGTERM stops every child.
+//
+// Stopping: SIGTERM to every child, then up to the workers' drain bound (--drain-timeout-s, passed
+// to every worker) plus STOP_MARGIN_MS before SIGKILL, so a draining worker is never cut short.
+// Failure: any child, or the redis-server `up` started, exiting on its own stops the whole cluster
+// and exits 1 with a message naming it. A cluster on a dead registry cannot admit new workers or
+// see failed ones, and `up` restarts nothing, so it says so and stops rather than stay "ready".
 import type { Command } from 'commander';
 import { existsSync } from 'node:fs';
 import { availableParallelism, homedir } from 'node:os';
@@ -12,6 +18,11 @@ import { writeDummyModel } from '@pdserve/engine';
 import { device, positiveInt } from './options.ts';
 
 const MAIN = fileURLToPath(new URL('../main.ts', import.meta.url));
+
+/** Time past the workers' drain bound for deregistration and exit. */
+export const STOP_MARGIN_MS = 10_000;
+/** One readiness probe's bound: a router that accepts the connection but never answers is not ready. */
+export const READY_PROBE_TIMEOUT_MS = 2_000;
 
 export function modelCacheDir(): string {
   return process.env.PDSERVE_CACHE_DIR ?? join(homedir(), '.cache', 'pdserve', 'models');
@@ -42,6 +53,7 @@ interface UpFlags {
   maxSequences: number;
   kvBudgetMb?: number;
   readyTimeoutS: number;
+  drainTimeoutS: number;
   pin?: boolean;
 }
 
@@ -51,9 +63,9 @@ async function waitReady(url: string, timeoutMs: number, failed: () => string | 
     const why = failed();
     if (why) throw new Error(why);
     try {
-      const res = await fetch(`${url}/ready`);
+      const res = await fetch(`${url}/ready`, { signal: AbortSignal.timeout(READY_PROBE_TIMEOUT_MS) });
       if (res.ok) return;
-    } catch { /* not listening yet */ }
+    } catch { /* not listening yet, or the probe timed out */ }
     await new Promise((r) => setTimeout(r, 200));
   }
   throw new Error(`cluster not ready after ${timeoutMs / 1000} s`);
@@ -75,6 +87,7 @@ export function register(program: Command): void {
     .option('--max-sequences <n>', 'sequences per worker', positiveInt, 16)
     .option('--kv-budget-mb <n>', 'KV cache budget per worker, MiB', positiveInt)
     .option('--ready-timeout-s <n>', 'give up if the cluster is not ready by then', positiveInt, 120)
+    .option('--drain-timeout-s <n>', 'how long a stopping worker may finish its requests (the stop grace is this plus 10 s)', positiveInt, 30)
     .option('--pin', 'pin worker i to CPU core i mod cores (taskset), e.g. 1 prefill + 1 decode on their own cores')
     .action(async (o: UpFlags) => {
       const log = pino({ name: 'pdserve-up' });
@@ -82,10 +95,15 @@ export function register(program: Command): void {
       const redis = o.redisUrl ? undefined : await startRedisServer();
       const redisUrl = o.redisUrl ?? redis!.url;
       let failure: string | undefined;
+      let stopping = false;
       const supervisor = new Supervisor({
         output: 'inherit',
         logger: log,
-        onUnexpectedExit: (e) => { failure = `${e.name} exited unexpectedly (code ${e.code}, signal ${e.signal})`; },
+        graceMs: o.drainTimeoutS * 1000 + STOP_MARGIN_MS,
+        onUnexpectedExit: (e) => { failure ??= `${e.name} exited unexpectedly (code ${e.code}, signal ${e.signal})`; },
+      });
+      void redis?.exited.then(({ code, signal }) => {
+        if (!stopping) failure ??= `redis-server (the cluster's registry) exited unexpectedly (code ${code}, signal ${signal})`;
       });
       const cores = availableParallelism();
       let nextCore = 0;
@@ -95,13 +113,15 @@ export function register(program: Command): void {
         const pinned = pin ? ['taskset', '-c', String(nextCore++ % cores), ...argv] : argv;
         return supervisor.spawn({ name, command: pinned[0], args: pinned.slice(1), env: { [SUPERVISOR_PID_ENV]: String(process.pid) } });
       };
-      const common = ['--model', model, '--redis-url', redisUrl, '--device', o.device, '--threads', String(o.threads), '--max-sequences', String(o.maxSequences)];
+      const common = ['--model', model, '--redis-url', redisUrl, '--device', o.device, '--threads', String(o.threads), '--max-sequences', String(o.maxSequences), '--drain-timeout-s', String(o.drainTimeoutS)];
       if (o.kvBudgetMb !== undefined) common.push('--kv-budget-mb', String(o.kvBudgetMb));
       const roles: Array<['prefill' | 'decode' | 'unified', number]> = o.unified ? [['unified', o.unified]] : [['prefill', o.prefill], ['decode', o.decode]];
       for (const [role, count] of roles) for (let i = 0; i < count; i++) node(`${role}-${i}`, ['worker', '--role', role, ...common], o.pin);
       const port = o.port || (await freePort());
       node('router', ['router', '--model', model, '--redis-url', redisUrl, '--host', o.host, '--port', String(port)]);
       const shutdown = async (code: number) => {
+        if (stopping) return;
+        stopping = true;
         await supervisor.stop();
         await redis?.stop();
         process.exit(code);
@@ -113,8 +133,15 @@ export function register(program: Command): void {
       } catch (err) {
         log.error({ err: (err as Error).message }, 'cluster failed to start');
         await shutdown(1);
+        return;
       }
       process.stdout.write(`ready ${url}\n`);
-      const watch = setInterval(() => { if (failure) { log.error({ failure }, 'a cluster process died'); clearInterval(watch); void shutdown(1); } }, 500);
+      const watch = setInterval(() => {
+        if (!failure || stopping) return;
+        clearInterval(watch);
+        log.error({ failure }, 'a cluster process died; stopping the cluster');
+        process.stderr.write(`pdserve up: ${failure}; stopping the cluster\n`);
+        void shutdown(1);
+      }, 200);
     });
 }

@@ -1,0 +1,50 @@
+// `pdserve up` as a user runs it (issue 12, defect 11): the redis-server it started dying is noticed
+// (the cluster stops with a message naming it and exits 1, instead of staying "ready" on a frozen
+// registry), and the workers get the drain bound the stop grace is sized from.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { writeDummyModel } from '../packages/engine/src/index.ts';
+import { startCluster, waitFor } from './support/cluster.ts';
+
+/** Direct children of `pid` as [pid, command name]. */
+function children(pid: number): Array<[number, string]> {
+  const out = execFileSync('ps', ['-o', 'pid=,comm=', '--ppid', String(pid)], { encoding: 'utf8' });
+  return out.trim().split('\n').filter(Boolean).map((l) => {
+    const [p, ...name] = l.trim().split(/\s+/);
+    return [Number(p), name.join(' ')];
+  });
+}
+
+test('pdserve up stops and exits 1 when its redis-server dies', { timeout: 120_000 }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'pdserve-up-'));
+  const model = join(dir, 'dummy');
+  writeDummyModel('tiny', model);
+  const cluster = await startCluster(model, ['--unified', '1']);
+  try {
+    const upPid = cluster.proc.pid!;
+    const kids = children(upPid);
+    const redis = kids.find(([, name]) => name.startsWith('redis-server'));
+    assert.ok(redis, `no redis-server among ${JSON.stringify(kids)}`);
+    // Every worker is told the drain bound the stop grace is sized from.
+    const workers = kids.filter(([, name]) => name.startsWith('node'));
+    assert.ok(workers.length >= 2);
+    const worker = workers.map(([p]) => readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0')).find((argv) => argv.includes('worker'));
+    assert.ok(worker, 'a worker process');
+    assert.equal(worker[worker.indexOf('--drain-timeout-s') + 1], '30');
+
+    const exited = new Promise<number | null>((r) => cluster.proc.once('exit', (code) => r(code)));
+    process.kill(redis[0], 'SIGKILL');
+    const code = await exited;
+    assert.equal(code, 1, cluster.output().slice(-3000));
+    assert.match(cluster.output(), /redis-server \(the cluster's registry\) exited unexpectedly/);
+    // Nothing of the cluster is left behind.
+    await waitFor(async () => (workers.every(([p]) => { try { process.kill(p, 0); return false; } catch { return true; } }) ? true : undefined), 20_000, 'cluster processes gone');
+  } finally {
+    await cluster.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
