@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Sampler, argmax, selectTop, validateSamplingParams, type SamplingParams } from '../src/sampling/sampler.ts';
+import { InvalidSamplingParamsError, Sampler, argmax, selectTop, validateSamplingParams, type SamplingParams } from '../src/sampling/sampler.ts';
 import { Rng, createRng, randomSeed } from '../src/sampling/rng.ts';
 
 const GREEDY: SamplingParams = { temperature: 0, topK: 0, topP: 1 };
@@ -234,9 +234,14 @@ test('fast enough for a 49152 vocabulary', () => {
 
 test('invalid parameters are rejected with the parameter named', () => {
   const bad = (p: Partial<SamplingParams>, pattern: RegExp): void => {
-    assert.throws(() => new Sampler({ ...GREEDY, ...p }), (err: unknown) => err instanceof RangeError && pattern.test(err.message));
+    assert.throws(() => new Sampler({ ...GREEDY, ...p }), (err: unknown) => err instanceof InvalidSamplingParamsError && err instanceof RangeError && pattern.test(err.message));
   };
   bad({ temperature: -1 }, /temperature/);
+  bad({ temperature: Infinity }, /temperature/);
+  bad({ topK: -2147483648 }, /top_k/); // an int32 overflow from the wire (issue 12)
+  bad({ topP: NaN }, /top_p/);
+  bad({ seed: 2 ** 60 }, /seed/);
+  bad({ logprobs: 1.5 }, /logprobs/);
   bad({ temperature: NaN }, /temperature/);
   bad({ topK: 1.5 }, /top_k/);
   bad({ topK: -2 }, /top_k/);

@@ -27,15 +27,19 @@ export interface SampledToken {
   topLogprobs?: Array<{ id: number; logprob: number }>;
 }
 
-/** Throws a RangeError that names the bad parameter (the router turns it into a 400). */
+/** Bad sampling parameters: the message names the parameter (the router and workers answer 400 / INVALID_ARGUMENT). */
+export class InvalidSamplingParamsError extends RangeError {
+  override name = 'InvalidSamplingParamsError';
+}
+
+/** Throws an InvalidSamplingParamsError that names the first bad parameter. */
 export function validateSamplingParams(p: SamplingParams): void {
-  if (!Number.isFinite(p.temperature) || p.temperature < 0) throw new RangeError(`temperature must be >= 0, got ${p.temperature}`);
-  if (!Number.isInteger(p.topK) || p.topK < -1) throw new RangeError(`top_k must be an integer >= -1, got ${p.topK}`);
-  if (!(p.topP > 0 && p.topP <= 1)) throw new RangeError(`top_p must be in (0, 1], got ${p.topP}`);
-  if (p.seed !== undefined && !Number.isSafeInteger(p.seed)) throw new RangeError(`seed must be an integer, got ${p.seed}`);
-  if (p.logprobs !== undefined && (!Number.isInteger(p.logprobs) || p.logprobs < 0)) {
-    throw new RangeError(`logprobs must be an integer >= 0, got ${p.logprobs}`);
-  }
+  const bad = (m: string): never => { throw new InvalidSamplingParamsError(m); };
+  if (!Number.isFinite(p.temperature) || p.temperature < 0) bad(`temperature must be a finite number >= 0, got ${p.temperature}`);
+  if (!Number.isSafeInteger(p.topK) || p.topK < -1) bad(`top_k must be an integer >= -1, got ${p.topK}`);
+  if (!(p.topP > 0 && p.topP <= 1)) bad(`top_p must be in (0, 1], got ${p.topP}`);
+  if (p.seed !== undefined && !Number.isSafeInteger(p.seed)) bad(`seed must be a safe integer, got ${p.seed}`);
+  if (p.logprobs !== undefined && (!Number.isInteger(p.logprobs) || p.logprobs < 0)) bad(`logprobs must be an integer >= 0, got ${p.logprobs}`);
 }
 
 /** selectTop keeps up to this many best in a heap; more use quickselect. */
