@@ -2,9 +2,16 @@
 // and callbacks per request, and owns the gRPC side of KV pushes (GrpcKvPush).
 import { Worker } from 'node:worker_threads';
 import type { SampledToken } from '@pdserve/engine';
-import type { SamplingParamsMsg, WorkerLoad } from '@pdserve/common';
+import { KV_MESSAGE_BYTES, type KvChunkMsg, type SamplingParamsMsg, type WorkerLoad } from '@pdserve/common';
 import type { EngineInfo, EngineThreadData, FailureKind, FromEngine, ToEngine } from './engine-protocol.ts';
 import { GrpcKvPush } from './kv-sinks.ts';
+import { kvChunkProblem, type KvReceiveState } from './validate.ts';
+
+/**
+ * Received KV bytes handed to the engine thread and not yet written into the cache, per request,
+ * before the PushKv stream is paused (HTTP/2 flow control then holds the sender back).
+ */
+export const KV_BACKLOG_BYTES = 2 * KV_MESSAGE_BYTES;
 
 export class EngineError extends Error {
   constructor(message: string, readonly kind: FailureKind) {
@@ -25,7 +32,23 @@ export interface DecodeHandlers {
   tokens(tokens: SampledToken[], admitMs?: number): void;
   finished(reason: 'stop' | 'length', stopTokenId: number | undefined, generated: number): void;
   failed(err: EngineError): void;
+  /** A KV chunk for this request arrived (the KV wait restarts). */
+  kvProgress?(): void;
 }
+
+/** A decode request the engine thread holds: its stream handlers and its KV receive state. */
+interface DecodeEntry {
+  handlers: DecodeHandlers;
+  kv: KvReceiveState;
+  /** KV bytes posted to the engine thread and not yet applied there. */
+  kvBacklog: number;
+  /** PushKv streams paused on the backlog, resumed as the engine applies it. */
+  kvWaiters: Array<() => void>;
+}
+
+export type KvPushOutcome =
+  | { ok: true; drained?: Promise<void> }
+  | { ok: false; kind: 'not_found' | 'invalid' | 'precondition'; message: string };
 
 interface PendingPrefill {
   resolve(r: PrefillResult): void;
@@ -37,13 +60,15 @@ export class EngineHost {
   load: WorkerLoad & Record<string, unknown>;
   onStep?: (s: { phase: 'prefill' | 'decode'; ms: number; tokens: number; batch: number }) => void;
   private readonly prefills = new Map<string, PendingPrefill>();
-  private readonly reservations = new Map<string, { resolve(): void; reject(e: EngineError): void; handlers: DecodeHandlers }>();
-  private readonly decodes = new Map<string, DecodeHandlers>();
+  private readonly reservations = new Map<string, { resolve(): void; reject(e: EngineError): void; handlers: DecodeHandlers; promptLen: number }>();
+  private readonly decodes = new Map<string, DecodeEntry>();
   private stopped?: () => void;
+  /** performance.now() of the last message from the engine thread (it reports its load every 200 ms). */
+  lastProgressAt = performance.now();
 
   private constructor(private readonly worker: Worker, readonly info: EngineInfo) {
     this.load = { queue_len: 0, running: 0, waiting: 0, free_kv_blocks: 0, total_kv_blocks: 0, kv_block_tokens: info.blockTokens };
-    worker.on('message', (m: FromEngine) => this.onMessage(m));
+    worker.on('message', (m: FromEngine) => { this.lastProgressAt = performance.now(); this.onMessage(m); });
     // A dead engine thread leaves a worker that can only lie about its health: fail loudly and exit
     // so `pdserve up` (or the container runtime) sees it.
     worker.on('error', (err) => {
@@ -81,9 +106,25 @@ export class EngineHost {
     return this.decodes.has(requestId);
   }
 
+  /** Work the engine thread owes an answer for (the watchdog only judges a busy engine). */
+  get busy(): boolean {
+    return this.prefills.size > 0 || this.reservations.size > 0 || this.decodes.size > 0;
+  }
+
+  /** True while this id has a prefill here, or a decode side (reserved or waiting for room). */
+  hasPrefill(requestId: string): boolean {
+    return this.prefills.has(requestId);
+  }
+
+  hasDecodeOrReservation(requestId: string): boolean {
+    return this.decodes.has(requestId) || this.reservations.has(requestId);
+  }
+
   /** Queues a prompt; its KV goes to `decodeAddress` over gRPC, or stays here when `local`. */
   prefill(requestId: string, promptIds: number[], sampling: SamplingParamsMsg, target: { local: true } | { local: false; address: string }): Promise<PrefillResult> {
     return new Promise((resolve, reject) => {
+      // Two prefills under one id would share every map entry: refuse the second.
+      if (this.prefills.has(requestId)) return reject(new EngineError(`request ${requestId} is already being prefilled here`, 'exists'));
       const pending: PendingPrefill = { resolve, reject };
       if (!target.local) {
         pending.push = new GrpcKvPush(requestId, target.address, (error) => this.send({ type: 'kvAck', requestId, error }));
@@ -96,16 +137,48 @@ export class EngineHost {
   /** Holds KV room for a request whose cache will arrive; resolves once held. */
   reserve(requestId: string, promptLen: number, sampling: SamplingParamsMsg, handlers: DecodeHandlers): Promise<void> {
     return new Promise((resolve, reject) => {
-      this.reservations.set(requestId, { resolve, reject, handlers });
+      if (this.hasDecodeOrReservation(requestId)) return reject(new EngineError(`request ${requestId} is already decoding here`, 'exists'));
+      this.reservations.set(requestId, { resolve, reject, handlers, promptLen });
       this.send({ type: 'reserve', requestId, promptLen, sampling });
     });
   }
 
-  /** Hands a received KV chunk to the engine; false when no sequence here waits for it. */
-  pushKv(requestId: string, chunk: import('@pdserve/common').KvChunkMsg): boolean {
-    if (!this.decodes.has(requestId)) return false;
+  /**
+   * Hands a received KV chunk to the engine after checking it against the request's transfer so
+   * far (order, range, done). A refused chunk fails that request only. `drained`, when set, resolves
+   * once the engine has worked off the request's backlog: the caller pauses its stream until then.
+   */
+  pushKv(requestId: string, chunk: KvChunkMsg): KvPushOutcome {
+    const d = this.decodes.get(requestId);
+    if (!d) return { ok: false, kind: 'not_found', message: `no sequence ${requestId} is waiting for KV here` };
+    const problem = kvChunkProblem(d.kv, chunk, this.info.vocabSize);
+    if (problem) {
+      // The request fails here and now (its Generate stream ends with the reason); its slot is
+      // freed on the engine thread.
+      const kind = /first_token/.test(problem) ? 'invalid' : 'precondition';
+      this.cancelDecode(requestId);
+      this.dropDecode(requestId)?.handlers.failed(new EngineError(problem, kind));
+      return { ok: false, kind, message: problem };
+    }
+    d.kv.nextBlock += chunk.block_count;
+    d.kv.done = chunk.done;
+    d.kvBacklog += chunk.data.byteLength;
+    d.handlers.kvProgress?.();
     this.send({ type: 'kv', requestId, chunk });
-    return true;
+    if (d.kvBacklog <= KV_BACKLOG_BYTES) return { ok: true };
+    return { ok: true, drained: new Promise((resolve) => d.kvWaiters.push(resolve)) };
+  }
+
+  /** Stops (paused) or resumes decode steps of a request whose client is not reading. */
+  pauseDecode(requestId: string, paused: boolean): void {
+    this.send({ type: 'pause', requestId, paused });
+  }
+
+  private dropDecode(requestId: string): DecodeEntry | undefined {
+    const d = this.decodes.get(requestId);
+    this.decodes.delete(requestId);
+    for (const w of d?.kvWaiters.splice(0) ?? []) w();
+    return d;
   }
 
   cancelPrefill(requestId: string): void {
@@ -152,7 +225,10 @@ export class EngineHost {
         const r = this.reservations.get(m.requestId);
         this.reservations.delete(m.requestId);
         if (!r) break;
-        this.decodes.set(m.requestId, r.handlers);
+        this.decodes.set(m.requestId, {
+          handlers: r.handlers, kvBacklog: 0, kvWaiters: [],
+          kv: { promptLen: r.promptLen, blockTokens: this.info.blockTokens, blockBytes: this.info.blockBytes, nextBlock: 0, done: false },
+        });
         r.resolve();
         break;
       }
@@ -163,20 +239,24 @@ export class EngineHost {
         break;
       }
       case 'tokens':
-        this.decodes.get(m.requestId)?.tokens(m.tokens, m.admitMs);
+        this.decodes.get(m.requestId)?.handlers.tokens(m.tokens, m.admitMs);
         break;
-      case 'finished': {
-        const h = this.decodes.get(m.requestId);
-        this.decodes.delete(m.requestId);
-        h?.finished(m.reason, m.stopTokenId, m.generated);
-        break;
-      }
-      case 'decodeFailed': {
-        const h = this.decodes.get(m.requestId);
-        this.decodes.delete(m.requestId);
-        h?.failed(new EngineError(m.message, m.kind));
+      case 'kvApplied': {
+        const d = this.decodes.get(m.requestId);
+        if (!d) break;
+        d.kvBacklog -= m.bytes;
+        if (d.kvBacklog <= KV_BACKLOG_BYTES) for (const w of d.kvWaiters.splice(0)) w();
         break;
       }
+      case 'kvProgress':
+        this.decodes.get(m.requestId)?.handlers.kvProgress?.();
+        break;
+      case 'finished':
+        this.dropDecode(m.requestId)?.handlers.finished(m.reason, m.stopTokenId, m.generated);
+        break;
+      case 'decodeFailed':
+        this.dropDecode(m.requestId)?.handlers.failed(new EngineError(m.message, m.kind));
+        break;
       case 'step':
         this.onStep?.(m);
         break;
@@ -191,7 +271,7 @@ export class EngineHost {
 
   /** Forgets a request the client gave up on (its engine-side state is cancelled separately). */
   forget(requestId: string): void {
-    this.decodes.delete(requestId);
+    this.dropDecode(requestId);
     this.reservations.delete(requestId);
   }
 }

@@ -23,7 +23,7 @@ export interface EngineInfo {
 }
 
 /** Why an engine-side operation failed, so the gRPC layer can pick a status code. */
-export type FailureKind = 'queue_full' | 'too_long' | 'invalid' | 'cancelled' | 'checksum' | 'internal';
+export type FailureKind = 'queue_full' | 'too_long' | 'invalid' | 'cancelled' | 'checksum' | 'exists' | 'precondition' | 'internal';
 
 export type ToEngine =
   | { type: 'prefill'; requestId: string; promptIds: number[]; sampling: SamplingParamsMsg; local: boolean }
@@ -32,6 +32,8 @@ export type ToEngine =
   | { type: 'kvAck'; requestId: string; error?: string }
   /** Cancels the request's prefill or its decode side (on a unified worker both share the id). */
   | { type: 'cancel'; requestId: string; scope: 'prefill' | 'decode' }
+  /** A decode stream whose client stopped reading: its sequence sits out decode steps until resumed. */
+  | { type: 'pause'; requestId: string; paused: boolean }
   | { type: 'stop' };
 
 export type FromEngine =
@@ -46,6 +48,10 @@ export type FromEngine =
   | { type: 'tokens'; requestId: string; tokens: SampledToken[]; admitMs?: number }
   | { type: 'finished'; requestId: string; reason: 'stop' | 'length'; stopTokenId?: number; generated: number }
   | { type: 'decodeFailed'; requestId: string; message: string; kind: FailureKind }
+  /** KV bytes of a request written into the cache (the main thread's backlog shrinks). */
+  | { type: 'kvApplied'; requestId: string; bytes: number }
+  /** A unified worker's local prefill completed a chunk for this decode request (its KV wait restarts). */
+  | { type: 'kvProgress'; requestId: string }
   | { type: 'step'; phase: 'prefill' | 'decode'; ms: number; tokens: number; batch: number }
   | { type: 'load'; load: WorkerLoad & Record<string, unknown> }
   | { type: 'stopped' };

@@ -2,11 +2,11 @@
 // It talks to the main thread only through messages (engine-protocol.ts): requests in; tokens, KV
 // blocks to send and step statistics out.
 import { parentPort, workerData } from 'node:worker_threads';
-import { Engine, InvalidTokenError, KvChecksumError, PromptTooLongError, type SampledToken } from '@pdserve/engine';
+import { Engine, InvalidSamplingParamsError, InvalidTokenError, KvChecksumError, PromptTooLongError, type SampledToken } from '@pdserve/engine';
 import type { SamplingParamsMsg } from '@pdserve/common';
 import type { EngineThreadData, FailureKind, FromEngine, ToEngine } from './engine-protocol.ts';
 import { LocalKvSink, ThreadKvSink } from './kv-sinks.ts';
-import type { DecodeRequest, PrefillJob } from './requests.ts';
+import { RequestFailure, type DecodeRequest, type PrefillJob } from './requests.ts';
 import { QueueFullError, samplerFor, Scheduler } from './scheduler.ts';
 
 const port = parentPort!;
@@ -14,7 +14,9 @@ const data = workerData as EngineThreadData;
 const post = (m: FromEngine, transfer: ArrayBuffer[] = []) => port.postMessage(m, transfer);
 
 function kindOf(err: Error): FailureKind {
+  if (err instanceof RequestFailure) return err.kind;
   if (err instanceof QueueFullError) return 'queue_full';
+  if (err instanceof InvalidSamplingParamsError) return 'invalid';
   if (err instanceof PromptTooLongError) return 'too_long';
   if (err instanceof InvalidTokenError) return 'invalid';
   if (err instanceof KvChecksumError) return 'checksum';
@@ -57,53 +59,89 @@ async function main(): Promise<void> {
     });
   }
 
+  // Everything a message handler does is about one request: an error in it fails that request
+  // (its caller gets a status), never the thread (an uncaught error here would exit the worker).
   port.on('message', (m: ToEngine) => {
+    try {
+      handle(m);
+    } catch (err) {
+      failRequest(m, err as Error);
+    }
+  });
+
+  function failRequest(m: ToEngine, err: Error): void {
+    const failure = { message: err.message, kind: kindOf(err) };
+    if (m.type === 'prefill') post({ type: 'prefillFailed', requestId: m.requestId, ...failure });
+    else if (m.type === 'reserve') post({ type: 'reserveFailed', requestId: m.requestId, ...failure });
+    else if (m.type === 'kv' || m.type === 'pause') {
+      if (scheduler.cancelDecode(m.requestId)) post({ type: 'decodeFailed', requestId: m.requestId, ...failure });
+    }
+    postLoad();
+  }
+
+  function handle(m: ToEngine): void {
     switch (m.type) {
       case 'prefill': {
+        if (m.local && !scheduler.decodes.has(m.requestId)) {
+          // The decode side went away (cancelled, timed out) after the main thread looked.
+          throw new RequestFailure(`the decode side of request ${m.requestId} is gone (cancelled or timed out)`, 'precondition');
+        }
+        if (scheduler.hasPrefill(m.requestId) || sinks.has(m.requestId)) throw new RequestFailure(`request ${m.requestId} is already being prefilled here`, 'exists');
+        engine.checkTokenIds(m.promptIds);
+        const sampler = samplerFor(m.sampling);
         const local = m.local ? scheduler.decodes.get(m.requestId) : undefined;
         const sink = local
-          ? new LocalKvSink(local, () => scheduler.notify())
+          ? new LocalKvSink(local, () => scheduler.notify(), () => post({ type: 'kvProgress', requestId: m.requestId }))
           : new ThreadKvSink(engine.runner, m.requestId, {
             out: (chunks, final) => post({ type: 'kvOut', requestId: m.requestId, chunks, final }, chunks.map((c) => c.data.buffer as ArrayBuffer)),
             abort: () => post({ type: 'kvAbort', requestId: m.requestId }),
           });
-        if (sink instanceof ThreadKvSink) sinks.set(m.requestId, sink);
         const job: PrefillJob = {
-          requestId: m.requestId, promptIds: m.promptIds, sampling: m.sampling, sink,
+          requestId: m.requestId, promptIds: m.promptIds, sampling: m.sampling, sampler, sink, local: m.local,
           enqueuedAt: performance.now(), computeMs: 0, sentBlocks: 0, cancelled: false,
           done: (r) => { sinks.delete(m.requestId); post({ type: 'prefillDone', requestId: m.requestId, ...r }); postLoad(); },
           fail: (err) => { sinks.delete(m.requestId); post({ type: 'prefillFailed', requestId: m.requestId, message: err.message, kind: kindOf(err) }); postLoad(); },
         };
-        try {
-          engine.checkTokenIds(m.promptIds);
-          scheduler.enqueuePrefill(job);
-        } catch (err) {
-          sinks.delete(m.requestId);
-          job.fail(err as Error);
-        }
+        scheduler.enqueuePrefill(job);
+        if (sink instanceof ThreadKvSink) sinks.set(m.requestId, sink);
         postLoad();
         break;
       }
-      case 'reserve':
+      case 'reserve': {
+        if (scheduler.hasDecodeOrWaiter(m.requestId)) throw new RequestFailure(`request ${m.requestId} is already decoding here`, 'exists');
+        const sampler = samplerFor(m.sampling); // bad parameters fail before a slot is taken
         scheduler.reserve(m.requestId).then(
           (seq) => {
-            // Registered at once, waiting for its cache, so a KV chunk or a cancel finds it.
-            scheduler.addDecode(decodeRequest(m.requestId, seq, m.promptLen, m.sampling));
+            try {
+              // Registered at once, waiting for its cache, so a KV chunk or a cancel finds it.
+              scheduler.addDecode(decodeRequest(m.requestId, seq, m.promptLen, m.sampling, sampler));
+            } catch (err) {
+              scheduler.giveBack(seq);
+              failRequest(m, err as Error);
+              return;
+            }
             post({ type: 'reserved', requestId: m.requestId });
             postLoad();
           },
           (err: Error) => post({ type: 'reserveFailed', requestId: m.requestId, message: err.message, kind: kindOf(err) }),
         );
         break;
+      }
       case 'kv': {
         const req = scheduler.decodes.get(m.requestId);
-        if (!req || req.status !== 'waiting_kv') break;
+        if (!req || req.status !== 'waiting_kv') {
+          post({ type: 'kvApplied', requestId: m.requestId, bytes: m.chunk.data.byteLength });
+          break;
+        }
         req.pendingKv.push(m.chunk);
         scheduler.notify();
         break;
       }
       case 'kvAck':
         sinks.get(m.requestId)?.acknowledged(m.error);
+        break;
+      case 'pause':
+        scheduler.pauseDecode(m.requestId, m.paused);
         break;
       case 'cancel':
         if (m.scope === 'prefill') scheduler.cancelPrefill(m.requestId);
@@ -113,17 +151,28 @@ async function main(): Promise<void> {
         void scheduler.stop().then(() => post({ type: 'stopped' }));
         break;
     }
-  });
+  }
 
-  function decodeRequest(requestId: string, seq: DecodeRequest['seq'], promptLen: number, sampling: SamplingParamsMsg): DecodeRequest {
-    const sampler = samplerFor(sampling);
+  function decodeRequest(requestId: string, seq: DecodeRequest['seq'], promptLen: number, sampling: SamplingParamsMsg, sampler: DecodeRequest['sampler']): DecodeRequest {
     sampler.skip(1); // the prefill drew the first token from the same stream
+    let over = false; // finished or failed: reported to the main thread once
     const req: DecodeRequest = {
       requestId, seq, sampling, sampler, promptLen,
       status: 'waiting_kv', pendingKv: [], generated: 0, cancelled: false,
+      kvApplied: (bytes) => post({ type: 'kvApplied', requestId, bytes }),
       emit: (tokens: SampledToken[], admitMs?: number) => post({ type: 'tokens', requestId, tokens, admitMs }),
-      finish: (reason, stopTokenId) => { post({ type: 'finished', requestId, reason, stopTokenId, generated: req.generated }); postLoad(); },
-      fail: (err) => { post({ type: 'decodeFailed', requestId, message: err.message, kind: kindOf(err) }); postLoad(); },
+      finish: (reason, stopTokenId) => {
+        if (over) return;
+        over = true;
+        post({ type: 'finished', requestId, reason, stopTokenId, generated: req.generated });
+        postLoad();
+      },
+      fail: (err) => {
+        if (over) return;
+        over = true;
+        post({ type: 'decodeFailed', requestId, message: err.message, kind: kindOf(err) });
+        postLoad();
+      },
     };
     return req;
   }

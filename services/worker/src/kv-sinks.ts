@@ -7,6 +7,7 @@
 import { checksumBlocks, type KvSequence, type ModelRunner, type SampledToken } from '@pdserve/engine';
 import { decodeClient, grpc, KV_MESSAGE_BYTES, requestMetadata, type KvChunkMsg, type TokenMsg } from '@pdserve/common';
 import type { DecodeRequest, KvSink } from './requests.ts';
+import { ClientPool } from './client-pool.ts';
 
 export function toTokenMsg(t: SampledToken): TokenMsg {
   return { id: t.id, logprob: t.logprob ?? 0, top_logprobs: t.topLogprobs ?? [] };
@@ -66,9 +67,12 @@ export class ThreadKvSink implements KvSink {
 }
 
 export class LocalKvSink implements KvSink {
-  constructor(private readonly req: DecodeRequest, private readonly onReady: () => void) {}
+  constructor(private readonly req: DecodeRequest, private readonly onReady: () => void, private readonly onProgress: () => void = () => {}) {}
 
-  send(): void {}
+  /** Nothing to copy; the decode side only hears that its KV is progressing (its KV wait restarts). */
+  send(): void {
+    this.onProgress();
+  }
 
   finish(_seq: KvSequence, _first: number, _count: number, firstToken: SampledToken): Promise<void> {
     this.req.lastToken = firstToken;
@@ -81,28 +85,27 @@ export class LocalKvSink implements KvSink {
   abort(): void {}
 }
 
-const clients = new Map<string, grpc.Client>();
-function clientFor(address: string): grpc.Client {
-  let c = clients.get(address);
-  if (!c) {
-    c = decodeClient(address);
-    clients.set(address, c);
-  }
-  return c;
-}
+/** Decode clients by address, closed 30 s after their last push ended. */
+export const decodeClients = new ClientPool<grpc.Client>(decodeClient);
 
 /** Main thread: one Decode.PushKv call carrying one sequence's blocks to the decode worker. */
 export class GrpcKvPush {
   private readonly call: grpc.ClientWritableStream<KvChunkMsg>;
+  /** Chunks not yet handed to gRPC: written one at a time, waiting for 'drain' when gRPC's buffer is full. */
+  private readonly queue: KvChunkMsg[] = [];
+  private waitingDrain = false;
+  private ending = false;
   bytes = 0;
   /** When the first block went to gRPC, and when the decode worker acknowledged the last. */
   startedAt?: number;
   finishedAt?: number;
 
   constructor(requestId: string, address: string, onEnd: (error?: string) => void) {
-    const client = clientFor(address) as grpc.Client & { PushKv: Function };
+    const client = decodeClients.acquire(address) as grpc.Client & { PushKv: Function };
     this.call = client.PushKv(requestMetadata(requestId), (err: grpc.ServiceError | null) => {
       this.finishedAt = performance.now();
+      this.queue.length = 0;
+      decodeClients.release(address);
       onEnd(err ? `KV push to ${address} failed: ${err.details || err.message}` : undefined);
     });
   }
@@ -111,9 +114,23 @@ export class GrpcKvPush {
     this.startedAt ??= performance.now();
     for (const c of chunks) {
       this.bytes += c.data.byteLength;
-      this.call.write(c);
+      this.queue.push(c);
     }
-    if (final) this.call.end();
+    if (final) this.ending = true;
+    this.flush();
+  }
+
+  private flush(): void {
+    while (!this.waitingDrain && this.queue.length > 0) {
+      if (!this.call.write(this.queue.shift()!)) {
+        this.waitingDrain = true;
+        this.call.once('drain', () => { this.waitingDrain = false; this.flush(); });
+      }
+    }
+    if (this.ending && !this.waitingDrain && this.queue.length === 0) {
+      this.ending = false;
+      this.call.end();
+    }
   }
 
   cancel(): void {

@@ -2,6 +2,14 @@
 // request state, scheduling and the KV-cache manager apart in the same way).
 import type { KvSequence, Sampler, SampledToken } from '@pdserve/engine';
 import type { KvChunkMsg, SamplingParamsMsg } from '@pdserve/common';
+import type { FailureKind } from './engine-protocol.ts';
+
+/** A failure of one request, with the kind the gRPC layer turns into a status code. */
+export class RequestFailure extends Error {
+  constructor(message: string, readonly kind: FailureKind) {
+    super(message);
+  }
+}
 
 /** Where a prefill's KV blocks go: a remote decode worker, or this worker's own decode batch. */
 export interface KvSink {
@@ -17,7 +25,13 @@ export interface PrefillJob {
   requestId: string;
   promptIds: number[];
   sampling: SamplingParamsMsg;
+  /** Built when the job is queued, so bad parameters fail it before the prompt runs. */
+  sampler: Sampler;
   sink: KvSink;
+  /** Its KV stays here for the request's own decode side (a unified worker). */
+  local: boolean;
+  /** The job writes into its request's decode sequence (a unified worker): that side owns the slot. */
+  sharesDecodeSeq?: boolean;
   enqueuedAt: number;
   startedAt?: number;
   computeMs: number;
@@ -45,6 +59,10 @@ export interface DecodeRequest {
   generated: number;
   kvDoneAt?: number;
   cancelled: boolean;
+  /** Its client is not reading: it sits out decode steps until resumed (the stream's buffer stays bounded). */
+  paused?: boolean;
+  /** Called with the bytes of each received KV chunk once it is written (or dropped). */
+  kvApplied?(bytes: number): void;
   emit(tokens: SampledToken[], admitMs?: number): void;
   finish(reason: 'stop' | 'length', stopTokenId?: number): void;
   fail(err: Error): void;

@@ -4,7 +4,7 @@
 // window handed to ONNX Runtime never moves under it.
 import { blocksFor, Sampler, verifyBlocks, type Engine, type KvSequence, type SampledToken } from '@pdserve/engine';
 import type { SamplingParamsMsg } from '@pdserve/common';
-import type { DecodeRequest, PrefillJob } from './requests.ts';
+import { RequestFailure, type DecodeRequest, type PrefillJob } from './requests.ts';
 
 export interface SchedulerOptions {
   /** Prompts waiting for prefill at most; more are refused (the router tries elsewhere). */
@@ -64,10 +64,20 @@ export class Scheduler {
   // ---- prefill side ----
 
   enqueuePrefill(job: PrefillJob): void {
+    if (this.hasPrefill(job.requestId)) throw new RequestFailure(`request ${job.requestId} is already being prefilled here`, 'exists');
     if (this.prefillQueue.length >= this.opts.maxPrefillQueue) throw new QueueFullError(`prefill queue full (${this.opts.maxPrefillQueue} prompts waiting)`);
     this.engine.checkLength(job.promptIds.length);
     this.prefillQueue.push(job);
     this.notify();
+  }
+
+  hasPrefill(requestId: string): boolean {
+    return this.prefillQueue.some((j) => j.requestId === requestId);
+  }
+
+  /** A decode side under this id exists: registered, or waiting for a slot. */
+  hasDecodeOrWaiter(requestId: string): boolean {
+    return this.decodes.has(requestId) || this.reserveQueue.some((w) => w.requestId === requestId);
   }
 
   cancelPrefill(requestId: string): boolean {
@@ -108,6 +118,7 @@ export class Scheduler {
   }
 
   addDecode(req: DecodeRequest): void {
+    if (this.decodes.has(req.requestId)) throw new RequestFailure(`request ${req.requestId} is already decoding here`, 'exists');
     this.decodes.set(req.requestId, req);
     this.notify();
   }
@@ -118,6 +129,18 @@ export class Scheduler {
     req.cancelled = true;
     this.notify();
     return true;
+  }
+
+  /** Frees a slot that was reserved but never registered (its request failed on the way). */
+  giveBack(seq: KvSequence): void {
+    this.releaseSeq(seq);
+  }
+
+  pauseDecode(requestId: string, paused: boolean): void {
+    const req = this.decodes.get(requestId);
+    if (!req) return;
+    req.paused = paused;
+    if (!paused) this.notify();
   }
 
   get waitingCount(): number {
@@ -171,18 +194,28 @@ export class Scheduler {
 
   /** Removes cancelled work and frees its KV room. */
   private reap(): void {
-    for (let i = this.prefillQueue.length - 1; i >= 0; i--) {
-      const job = this.prefillQueue[i];
-      if (!job.cancelled) continue;
-      this.prefillQueue.splice(i, 1);
-      if (job.seq && !this.decodes.has(job.requestId)) this.releaseSeq(job.seq);
-      job.sink.abort();
-      job.fail(new Error('cancelled'));
-    }
     for (const [id, req] of this.decodes) {
       if (!req.cancelled) continue;
       this.decodes.delete(id);
       this.releaseSeq(req.seq);
+      // Its stream ends (CANCELLED) unless it already ended with a reason; fail() reports once.
+      req.fail(new RequestFailure('cancelled', 'cancelled'));
+      // On a unified worker the request's own prefill may be mid-prompt in that very sequence: it
+      // must stop writing there (the slot may go to another request at once) and fail.
+      const local = this.prefillQueue.find((j) => j.requestId === id && j.local);
+      if (local) {
+        local.cancelled = true;
+        if (local.sharesDecodeSeq) local.seq = undefined;
+      }
+    }
+    for (let i = this.prefillQueue.length - 1; i >= 0; i--) {
+      const job = this.prefillQueue[i];
+      if (!job.cancelled) continue;
+      this.prefillQueue.splice(i, 1);
+      if (job.seq && !job.sharesDecodeSeq) this.releaseSeq(job.seq);
+      job.seq = undefined;
+      job.sink.abort();
+      job.fail(new Error('cancelled'));
     }
   }
 
@@ -190,22 +223,27 @@ export class Scheduler {
   private applyKv(): void {
     const blockBytes = this.engine.runner.blockBytes;
     for (const req of this.decodes.values()) {
-      while (req.pendingKv.length > 0) {
+      while (req.pendingKv.length > 0 && !req.cancelled) {
         const chunk = req.pendingKv.shift()!;
+        req.kvApplied?.(chunk.data.byteLength);
         try {
           if (chunk.block_count > 0) {
             verifyBlocks({ firstBlock: chunk.first_block, blockCount: chunk.block_count, tokenCount: chunk.token_count, data: chunk.data, checksums: chunk.checksums }, blockBytes);
             this.engine.runner.writeBlocks(req.seq, chunk.first_block, chunk.data, chunk.token_count);
           }
+          // The main thread checks chunks as they arrive (validate.ts); this is the last line, so a
+          // bad first token fails its own request rather than the next decode step of the batch.
+          if (chunk.done && !chunk.first_token) throw new RequestFailure('KV chunk with done carries no first_token', 'invalid');
+          if (chunk.done) this.engine.checkTokenIds([chunk.first_token!.id]);
         } catch (err) {
-          req.pendingKv.length = 0;
+          for (const rest of req.pendingKv.splice(0)) req.kvApplied?.(rest.data.byteLength);
           req.fail(err as Error);
           req.cancelled = true;
           break;
         }
         if (chunk.done) {
           if (req.seq.length !== req.promptLen) {
-            req.fail(new Error(`KV transfer ended with ${req.seq.length} of ${req.promptLen} positions`));
+            req.fail(new RequestFailure(`KV transfer ended with ${req.seq.length} of ${req.promptLen} positions`, 'precondition'));
             req.cancelled = true;
             break;
           }
@@ -260,10 +298,17 @@ export class Scheduler {
   /** Gives a job its KV sequence (the local decode sequence on a unified worker); false when the cache is full. */
   private startJob(job: PrefillJob): boolean {
     if (job.seq) return true;
-    const local = this.decodes.get(job.requestId);
+    const local = job.local ? this.decodes.get(job.requestId) : undefined;
+    if (job.local && !local) {
+      // Its decode side left before the prompt started: nothing to prefill for.
+      job.cancelled = true;
+      this.notify();
+      return false;
+    }
     const seq = local ? local.seq : this.engine.runner.allocate(job.requestId);
     if (!seq) return false; // no room yet: decode steps or finished transfers will free some
     job.seq = seq;
+    job.sharesDecodeSeq = !!local;
     job.startedAt = performance.now();
     return true;
   }
@@ -281,12 +326,12 @@ export class Scheduler {
       return;
     }
     this.prefillQueue.splice(this.prefillQueue.indexOf(job), 1);
-    const firstToken = samplerFor(job.sampling).sample(logits, 0, this.engine.vocabSize);
+    const firstToken = job.sampler.sample(logits, 0, this.engine.vocabSize);
     const total = blocksFor(seq.length, B);
     const prefillEnd = performance.now();
     const queueMs = job.startedAt! - job.enqueuedAt;
     const finishing = job.sink.finish(seq, job.sentBlocks, total - job.sentBlocks, firstToken);
-    if (!this.decodes.has(job.requestId)) this.releaseSeq(seq); // blocks are read; a remote sink owns the bytes now
+    if (!job.sharesDecodeSeq) this.releaseSeq(seq); // blocks are read; a remote sink owns the bytes now
     finishing.then(
       () => job.done({ firstToken, queueMs, prefillMs: job.computeMs, transferTailMs: performance.now() - prefillEnd }),
       (err: Error) => job.fail(err),
@@ -306,7 +351,7 @@ export class Scheduler {
     }
     // Let the event loop send those first tokens before a forward pass blocks it for a whole step.
     if (admitted) return true;
-    const batch = [...this.decodes.values()].filter((r) => r.status === 'running' && !r.cancelled);
+    const batch = [...this.decodes.values()].filter((r) => r.status === 'running' && !r.cancelled && !r.paused);
     if (batch.length === 0) return false;
     const t0 = performance.now();
     const logits = await this.engine.decode(batch.map((r) => ({ seq: r.seq, token: r.lastToken!.id })));
@@ -353,7 +398,7 @@ export class Scheduler {
     for (const job of this.prefillQueue.splice(0)) {
       job.sink.abort();
       job.fail(err);
-      if (job.seq && !this.decodes.has(job.requestId)) this.releaseSeq(job.seq);
+      if (job.seq && !job.sharesDecodeSeq) this.releaseSeq(job.seq);
     }
     for (const [id, req] of this.decodes) {
       req.fail(err);

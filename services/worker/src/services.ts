@@ -7,6 +7,7 @@ import {
 import type { Logger } from 'pino';
 import { EngineError, type EngineHost } from './engine-host.ts';
 import { toTokenMsg } from './kv-sinks.ts';
+import { generateProblem, kvTimeoutMs, prefillProblem } from './validate.ts';
 
 export interface ServiceContext {
   host: EngineHost;
@@ -16,6 +17,11 @@ export interface ServiceContext {
   canPrefill: boolean;
   canDecode: boolean;
   isDraining(): boolean;
+  /**
+   * Whether a prefill may push KV to this address: a decode-capable worker of this cluster's
+   * registry. Without it (tests of one worker) any address is dialled.
+   */
+  isDecodeAddress?(address: string): Promise<boolean>;
   workerId: string;
   role: string;
   onKvTransfer?(t: { seconds: number; bytes: number }): void;
@@ -32,7 +38,8 @@ function errorStatus(err: Error): Partial<grpc.StatusObject> {
   const kind = err instanceof EngineError ? err.kind : 'internal';
   const code = {
     queue_full: grpc.status.RESOURCE_EXHAUSTED, too_long: grpc.status.INVALID_ARGUMENT, invalid: grpc.status.INVALID_ARGUMENT,
-    cancelled: grpc.status.CANCELLED, checksum: grpc.status.DATA_LOSS, internal: grpc.status.INTERNAL,
+    cancelled: grpc.status.CANCELLED, checksum: grpc.status.DATA_LOSS, exists: grpc.status.ALREADY_EXISTS,
+    precondition: grpc.status.FAILED_PRECONDITION, internal: grpc.status.INTERNAL,
   }[kind];
   return status(code, err.message);
 }
@@ -47,12 +54,35 @@ export function prefillHandlers(ctx: ServiceContext): grpc.UntypedServiceImpleme
       const req = call.request;
       const log = ctx.log.child({ request_id: requestIdOf(call, req.request_id) });
       if (!ctx.canPrefill || ctx.isDraining()) return callback(status(grpc.status.UNAVAILABLE, `worker ${ctx.workerId} takes no prefill work`));
-      if (req.prompt_ids.length === 0) return callback(status(grpc.status.INVALID_ARGUMENT, 'empty prompt'));
-      if (req.prompt_ids.length > ctx.host.info.maxModelLen) {
-        return callback(status(grpc.status.INVALID_ARGUMENT, `prompt of ${req.prompt_ids.length} tokens exceeds the context of ${ctx.host.info.maxModelLen} tokens`));
+      const problem = prefillProblem(req, ctx.host.info);
+      if (problem) return callback(status(grpc.status.INVALID_ARGUMENT, problem));
+      if (ctx.host.hasPrefill(req.request_id)) return callback(status(grpc.status.ALREADY_EXISTS, `request ${req.request_id} is already being prefilled here`));
+      const local = req.decode_address === ctx.selfAddress;
+      if (local && !ctx.host.hasDecode(req.request_id)) {
+        return callback(status(grpc.status.FAILED_PRECONDITION, `no decode side of request ${req.request_id} is waiting here (cancelled, timed out, or never reserved)`));
       }
-      const local = req.decode_address === ctx.selfAddress && ctx.host.hasDecode(req.request_id);
-      call.on('cancelled', () => ctx.host.cancelPrefill(req.request_id));
+      let answered = false;
+      const answer = (err: Partial<grpc.StatusObject> | null, value?: PrefillResponseMsg) => {
+        if (answered) return;
+        answered = true;
+        callback(err, value);
+      };
+      const start = () => {
+        if (call.cancelled) return answer(status(grpc.status.CANCELLED, 'cancelled by the caller'));
+        // The call has no say over another request's prefill: only cancel what this call started.
+        call.on('cancelled', () => ctx.host.cancelPrefill(req.request_id));
+        run();
+      };
+      if (local || !ctx.isDecodeAddress) return start();
+      ctx.isDecodeAddress(req.decode_address).then(
+        (ok) => {
+          if (!ok) return answer(status(grpc.status.FAILED_PRECONDITION, `decode_address ${req.decode_address} is not a decode worker of this cluster`));
+          if (ctx.host.hasPrefill(req.request_id)) return answer(status(grpc.status.ALREADY_EXISTS, `request ${req.request_id} is already being prefilled here`));
+          start();
+        },
+        (err: Error) => answer(status(grpc.status.UNAVAILABLE, `cannot check decode_address: ${err.message}`)),
+      );
+      function run(): void {
       ctx.host.prefill(req.request_id, req.prompt_ids, req.sampling, local ? { local: true } : { local: false, address: req.decode_address }).then(
         (r) => {
           if (r.transfer) ctx.onKvTransfer?.({ seconds: r.transfer.ms / 1000, bytes: r.transfer.bytes });
@@ -60,7 +90,7 @@ export function prefillHandlers(ctx: ServiceContext): grpc.UntypedServiceImpleme
             prompt_tokens: req.prompt_ids.length, queue_ms: round(r.queueMs), prefill_ms: round(r.prefillMs), transfer_tail_ms: round(r.transferTailMs),
             kv_bytes: r.transfer?.bytes ?? 0, kv_transfer_ms: round(r.transfer?.ms ?? 0), decode: local ? 'local' : req.decode_address,
           }, 'prefill done');
-          callback(null, {
+          answer(null, {
             first_token: toTokenMsg(r.firstToken), queue_ms: r.queueMs, prefill_ms: r.prefillMs,
             transfer_tail_ms: r.transferTailMs, kv_bytes: r.transfer?.bytes ?? 0,
           });
@@ -68,9 +98,10 @@ export function prefillHandlers(ctx: ServiceContext): grpc.UntypedServiceImpleme
         (err: EngineError) => {
           if (!local && err.kind === 'internal' && /KV push/.test(err.message)) ctx.onKvFailure?.('peer_lost');
           if (err.kind !== 'cancelled') log.warn({ err: err.message }, 'prefill failed');
-          callback(errorStatus(err));
+          answer(errorStatus(err));
         },
       );
+      }
     },
     Cancel(call: grpc.ServerUnaryCall<{ request_id: string }, { found: boolean }>, callback: grpc.sendUnaryData<{ found: boolean }>) {
       ctx.host.cancelPrefill(call.request.request_id);
@@ -89,13 +120,19 @@ export function decodeHandlers(ctx: ServiceContext): grpc.UntypedServiceImplemen
         call.emit('error', status(grpc.status.UNAVAILABLE, `worker ${ctx.workerId} takes no decode work`));
         return;
       }
-      if (r.prompt_len + 1 > ctx.host.info.maxModelLen) {
-        call.emit('error', status(grpc.status.INVALID_ARGUMENT, `prompt of ${r.prompt_len} tokens leaves no room in the context of ${ctx.host.info.maxModelLen} tokens`));
+      const problem = generateProblem(r, ctx.host.info);
+      if (problem) {
+        call.emit('error', status(grpc.status.INVALID_ARGUMENT, problem));
+        return;
+      }
+      if (ctx.host.hasDecodeOrReservation(r.request_id)) {
+        call.emit('error', status(grpc.status.ALREADY_EXISTS, `request ${r.request_id} is already decoding here`));
         return;
       }
       let ended = false;
       let kvTimer: NodeJS.Timeout | undefined;
       let waitingKv = true;
+      let paused = false;
       const end = (err?: Error) => {
         if (ended) return;
         ended = true;
@@ -104,15 +141,43 @@ export function decodeHandlers(ctx: ServiceContext): grpc.UntypedServiceImplemen
         else call.end();
       };
       call.on('cancelled', () => {
+        if (ended) return; // this call's request is over (or never was: refused as a duplicate)
         ended = true;
         clearTimeout(kvTimer);
         ctx.host.cancelDecode(r.request_id);
         ctx.host.forget(r.request_id);
       });
+      // The KV wait is an inactivity bound: armed at the reservation, re-armed whenever KV data (or,
+      // on a unified worker, a local prefill chunk) arrives, stopped at the first token. A long
+      // prompt whose blocks keep streaming never times out; a prefill that never starts does
+      // (its queue wait counts until the first chunk).
+      const waitMs = kvTimeoutMs(r.kv_timeout_ms);
+      const armKvTimer = () => {
+        clearTimeout(kvTimer);
+        kvTimer = setTimeout(() => {
+          if (!waitingKv || ended) return;
+          ctx.onKvFailure?.('timeout');
+          ctx.host.cancelDecode(r.request_id);
+          ctx.host.forget(r.request_id);
+          end(new Error(`no KV data arrived for ${waitMs} ms`));
+        }, waitMs);
+      };
       ctx.host.reserve(r.request_id, r.prompt_len, r.sampling, {
+        kvProgress: () => { if (waitingKv && !ended && kvTimer) armKvTimer(); },
         tokens: (tokens, admitMs) => {
           waitingKv = false;
-          if (!ended) call.write({ tokens: { tokens: tokens.map(toTokenMsg), admit_ms: admitMs ?? 0 } });
+          clearTimeout(kvTimer);
+          if (ended) return;
+          // A client that does not read: stop decoding this sequence until the stream drains, so
+          // its buffer stays bounded (a few steps in flight at most).
+          if (!call.write({ tokens: { tokens: tokens.map(toTokenMsg), admit_ms: admitMs ?? 0 } }) && !paused) {
+            paused = true;
+            ctx.host.pauseDecode(r.request_id, true);
+            call.once('drain', () => {
+              paused = false;
+              if (!ended) ctx.host.pauseDecode(r.request_id, false);
+            });
+          }
         },
         finished: (reason, stopTokenId, generated) => {
           log.info({ reason, generated, prompt_tokens: r.prompt_len }, 'decode finished');
@@ -133,13 +198,7 @@ export function decodeHandlers(ctx: ServiceContext): grpc.UntypedServiceImplemen
             ctx.host.forget(r.request_id);
             return;
           }
-          kvTimer = setTimeout(() => {
-            if (!waitingKv) return;
-            ctx.onKvFailure?.('timeout');
-            ctx.host.cancelDecode(r.request_id);
-            ctx.host.forget(r.request_id);
-            end(new Error(`KV cache did not arrive within ${r.kv_timeout_ms} ms`));
-          }, r.kv_timeout_ms || 60_000);
+          if (waitingKv) armKvTimer();
           call.write({ reserved: true });
         },
         (err: Error) => end(err),
@@ -163,10 +222,21 @@ export function decodeHandlers(ctx: ServiceContext): grpc.UntypedServiceImplemen
           ctx.host.cancelDecode(chunk.request_id);
           return fail(status(grpc.status.FAILED_PRECONDITION, `KV layout mismatch: sender blocks are ${chunk.block_tokens} tokens/${chunk.block_bytes} bytes, here ${blockTokens}/${blockBytes}`));
         }
-        if (!ctx.host.pushKv(chunk.request_id, chunk)) return fail(status(grpc.status.NOT_FOUND, `no sequence ${chunk.request_id} is waiting for KV here`));
+        const outcome = ctx.host.pushKv(chunk.request_id, chunk);
+        if (!outcome.ok) {
+          if (outcome.kind !== 'not_found') ctx.onKvFailure?.('rejected');
+          const code = { not_found: grpc.status.NOT_FOUND, invalid: grpc.status.INVALID_ARGUMENT, precondition: grpc.status.FAILED_PRECONDITION }[outcome.kind];
+          return fail(status(code, outcome.message));
+        }
         bytes += chunk.data.byteLength;
         chunks++;
         firstAt ??= performance.now();
+        if (outcome.drained) {
+          // The engine has not written this request's earlier chunks yet: stop reading (HTTP/2 flow
+          // control holds the sender) until it has.
+          call.pause();
+          void outcome.drained.then(() => call.resume());
+        }
       });
       call.on('end', () => {
         if (failed) return;

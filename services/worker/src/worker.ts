@@ -6,10 +6,11 @@ import { randomBytes } from 'node:crypto';
 import pino, { type Logger } from 'pino';
 import type { Device } from '@pdserve/engine';
 import {
-  bindServer, createGrpcServer, createWorkerMetrics, decodeService, prefillService, startMetricsServer,
-  WorkerRegistration, type WorkerRole,
+  bindServer, canDecode, createGrpcServer, createWorkerMetrics, decodeService, prefillService, startMetricsServer,
+  WorkerDirectory, WorkerRegistration, type WorkerRole,
 } from '@pdserve/common';
 import { EngineHost } from './engine-host.ts';
+import { ENGINE_STALL_MS, engineStall } from './engine-watchdog.ts';
 import { decodeHandlers, prefillHandlers } from './services.ts';
 
 export interface WorkerOptions {
@@ -32,6 +33,8 @@ export interface WorkerOptions {
   prefix?: string;
   heartbeatMs?: number;
   drainTimeoutMs?: number;
+  /** How long the engine thread may stay silent while work is pending before the worker reports itself unhealthy. */
+  engineStallMs?: number;
   logger?: Logger;
 }
 
@@ -75,6 +78,12 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
   };
 
   let draining = false;
+  const stalledMs = () => engineStall(host, performance.now(), o.engineStallMs ?? ENGINE_STALL_MS);
+  // Which addresses a prefill may push KV to: decode-capable workers in this cluster's registry.
+  // A miss re-reads Redis once (a decode worker that registered since the last poll).
+  const directory = o.role === 'decode' ? undefined : new WorkerDirectory({ redisUrl: o.redisUrl, prefix: o.prefix, logger: log });
+  const knownDecode = (address: string) => directory!.list().some((w) => canDecode(w.role) && w.grpc_address === address && w.lost_since === undefined);
+  const isDecodeAddress = async (address: string) => knownDecode(address) || (await directory!.refresh(), knownDecode(address));
   const server = createGrpcServer();
   const publicHost = advertisedHost(o.advertiseHost);
   const port = await bindServer(server, `${o.host}:${o.grpcPort}`);
@@ -82,6 +91,7 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
   const ctx = {
     host, log, selfAddress: grpcAddress, workerId: id, role: o.role,
     canPrefill: o.role !== 'decode', canDecode: o.role !== 'prefill', isDraining: () => draining,
+    isDecodeAddress: directory ? isDecodeAddress : undefined,
     onKvTransfer: (t: { seconds: number; bytes: number }) => metrics.observeKvTransfer(t),
     onKvFailure: (r: 'checksum' | 'timeout' | 'peer_lost' | 'rejected') => metrics.kvTransferFailed(r),
   };
@@ -98,7 +108,10 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
   };
   const metricsServer = await startMetricsServer({
     host: o.host, port: o.metricsPort, registry: metrics.registry,
-    health: () => ({ ok: !draining, worker_id: id, role: o.role, load: load() }),
+    health: () => {
+      const stall = stalledMs();
+      return { ok: !draining && stall === undefined, worker_id: id, role: o.role, ...(stall !== undefined ? { engine_stalled_ms: Math.round(stall) } : {}), load: load() };
+    },
   });
   const metricsUrl = `http://${publicHost}:${metricsServer.port}/metrics`;
   const registration = new WorkerRegistration({
@@ -107,15 +120,30 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
     getLoad: load, logger: log,
   });
   await registration.start();
+  await directory?.start();
+  // The watchdog: a stalled engine thread turns the advertised state to `unhealthy` (the router
+  // stops choosing this worker) and back to `ready` once the thread speaks again.
+  const watchdog = setInterval(() => {
+    if (draining) return;
+    const stall = stalledMs();
+    const want = stall === undefined ? 'ready' : 'unhealthy';
+    if (registration.state === want) return;
+    if (stall !== undefined) log.error({ engine_stalled_ms: Math.round(stall) }, 'engine thread stalled with work pending');
+    else log.info('engine thread responsive again');
+    void registration.setState(want);
+  }, 1000);
+  watchdog.unref();
   log.info({ grpc: grpcAddress, metrics: metricsUrl }, 'worker ready');
 
   let stopping: Promise<void> | undefined;
   const stop = () => (stopping ??= (async () => {
     draining = true;
+    clearInterval(watchdog);
     await registration.setState('draining');
     const deadline = Date.now() + (o.drainTimeoutMs ?? 30_000);
     while (!host.idle && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     await registration.stop();
+    await directory?.stop();
     await host.stop();
     server.forceShutdown();
     await metricsServer.close();

@@ -17,9 +17,10 @@ export const DEFAULT_PREFIX = 'pdserve';
 export const SCHEMA_VERSION = 1;
 
 export type WorkerRole = 'prefill' | 'decode' | 'unified';
-export type WorkerState = 'ready' | 'draining';
+/** `unhealthy`: alive but unable to serve (its engine thread stalled); it recovers to `ready` by itself. */
+export type WorkerState = 'ready' | 'draining' | 'unhealthy';
 export const WORKER_ROLES: readonly WorkerRole[] = ['prefill', 'decode', 'unified'];
-export const WORKER_STATES: readonly WorkerState[] = ['ready', 'draining'];
+export const WORKER_STATES: readonly WorkerState[] = ['ready', 'draining', 'unhealthy'];
 
 /** Load report a worker publishes with each heartbeat. */
 export interface WorkerLoad {

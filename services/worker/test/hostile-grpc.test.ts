@@ -1,0 +1,261 @@
+// Issue 12, worker side: hostile or racing gRPC messages fail only their own request. Real worker
+// processes (prefill, decode, unified) on stories260K, raw gRPC messages, and after each case: the
+// processes are alive and every KV block is free again.
+import { after, before, test, type TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { grpc, type RedisServerHandle } from '../../../packages/common/src/index.ts';
+import { stories260K } from '../../../test/support/cluster.ts';
+import { sharedPath } from '../../../test/support/shared.ts';
+import {
+  allBlocksFree, assertAlive, blockBytesOf, generate, prefill, pushKv, sampling, startRedis, startWorkerProc, zeroChunk, type WorkerProc,
+} from './support/workers.ts';
+
+const haveModel = existsSync(sharedPath('models', 'stories260K'));
+let model: { dir: string; cleanup(): void } | undefined;
+let redis: RedisServerHandle | undefined;
+let P: WorkerProc; // prefill
+let D: WorkerProc; // decode
+let U: WorkerProc; // unified
+let blockBytes = 0;
+let n = 0;
+const id = (what: string) => `${what}-${++n}`;
+
+before(async () => {
+  if (!haveModel) return;
+  model = stories260K();
+  blockBytes = blockBytesOf(model.dir);
+  redis = await startRedis();
+  [P, D, U] = await Promise.all([
+    startWorkerProc(model.dir, redis.url, 'prefill', ['--max-sequences', '4']),
+    startWorkerProc(model.dir, redis.url, 'decode', ['--max-sequences', '4']),
+    startWorkerProc(model.dir, redis.url, 'unified', ['--max-sequences', '4', '--prefill-chunk', '16']),
+  ]);
+});
+
+after(async () => {
+  await Promise.all([P?.stop(), D?.stop(), U?.stop()]);
+  await redis?.stop();
+  model?.cleanup();
+});
+
+function need(t: TestContext): boolean {
+  if (haveModel) return true;
+  if (process.env.CI === 'true') throw new Error('../shared/models/stories260K is missing');
+  t.skip('../shared/models/stories260K is missing: put the shared model folder beside the repository');
+  return false;
+}
+
+async function allHealthy(): Promise<void> {
+  for (const w of [P, D, U]) {
+    await assertAlive(w);
+    await allBlocksFree(w);
+  }
+}
+
+/** A full disaggregated request P -> D; resolves with the Generate end. */
+async function fullRequest(requestId: string, maxTokens: number, promptLen = 5) {
+  const g = generate(D, { request_id: requestId, prompt_len: promptLen, sampling: sampling({ max_tokens: maxTokens }) });
+  await g.reserved;
+  const p = await prefill(P, { request_id: requestId, prompt_ids: Array.from({ length: promptLen }, (_, i) => 1 + (i % 300)), sampling: sampling({ max_tokens: maxTokens }), decode_address: D.address });
+  assert.equal(p.code, grpc.status.OK, p.details);
+  return g.ended;
+}
+
+const tokensOf = (events: any[]) => events.filter((e) => e.event === 'tokens').flatMap((e) => e.tokens.tokens);
+
+test('defect 1: out-of-range, NaN or missing sampling over Generate is INVALID_ARGUMENT, and the worker lives', async (t) => {
+  if (!need(t)) return;
+  const cases: Array<[string, any]> = [
+    ['top_k -2^31 (an HTTP 2^31 overflowed to int32)', sampling({ top_k: -2147483648 })],
+    ['sampling unset', null],
+    ['temperature NaN', sampling({ temperature: NaN })],
+    ['temperature -1', sampling({ temperature: -1 })],
+    ['top_p NaN', sampling({ top_p: NaN })],
+    ['top_p 2', sampling({ top_p: 2 })],
+    ['logprobs 1e6', sampling({ logprobs: 1_000_000 })],
+    ['logprobs -5', sampling({ logprobs: -5 })],
+    ['seed 2^60', sampling({ seed: 2 ** 60 })],
+    ['max_tokens 0', sampling({ max_tokens: 0 })],
+    ['min_tokens > max_tokens', sampling({ max_tokens: 4, min_tokens: 10 })],
+  ];
+  for (const w of [D, U]) {
+    for (const [what, s] of cases) {
+      const g = generate(w, { request_id: id('gen-bad'), sampling: s });
+      const end = await g.ended;
+      assert.equal(end.code, grpc.status.INVALID_ARGUMENT, `${w.role}: ${what}: ${end.code} ${end.details}`);
+      assert.match(end.details, /sampling/, what);
+    }
+    const g = generate(w, { request_id: id('gen-len'), prompt_len: 0 });
+    assert.equal((await g.ended).code, grpc.status.INVALID_ARGUMENT, 'prompt_len 0');
+  }
+  await allHealthy();
+  // The workers still serve a good request.
+  const end = await fullRequest(id('after-bad'), 4);
+  assert.equal(end.code, grpc.status.OK, end.details);
+  assert.equal(tokensOf(end.events).length, 4);
+});
+
+test('defect 1: out-of-range sampling or token ids over Prefill is INVALID_ARGUMENT before anything is queued', async (t) => {
+  if (!need(t)) return;
+  const cases: Array<[string, any]> = [
+    ['token id >= vocab', { prompt_ids: [1, 2, 600] }],
+    ['sampling unset', { sampling: null }],
+    ['top_k -2^31', { sampling: sampling({ top_k: -2147483648 }) }],
+    ['temperature NaN', { sampling: sampling({ temperature: NaN }) }],
+    ['logprobs 1e6', { sampling: sampling({ logprobs: 1_000_000 }) }],
+  ];
+  for (const [what, extra] of cases) {
+    const r = await prefill(P, { request_id: id('pre-bad'), decode_address: D.address, ...extra }, 10_000);
+    assert.equal(r.code, grpc.status.INVALID_ARGUMENT, `${what}: ${r.code} ${r.details}`);
+  }
+  await allHealthy();
+});
+
+test('defect 4: bad sampling over Prefill answers at once, leaks no slot (it used to run the prompt, then hang)', async (t) => {
+  if (!need(t)) return;
+  for (let i = 0; i < 6; i++) { // more than --max-sequences 4: a leaked slot per call would show
+    const r = await prefill(P, { request_id: id('pre-topk'), sampling: sampling({ temperature: 1, top_k: -5 }), decode_address: D.address }, 10_000);
+    assert.equal(r.code, grpc.status.INVALID_ARGUMENT, `${r.code} ${r.details}`);
+  }
+  await allHealthy();
+});
+
+test('defect 3: KvChunk done without first_token, or with first_token >= vocab, fails that request only', async (t) => {
+  if (!need(t)) return;
+  for (const firstToken of [null, 600]) {
+    // A long good request runs on the decode worker meanwhile; it must finish untouched.
+    const good = fullRequest(id('good'), 120);
+    const badId = id('kv-bad');
+    const bad = generate(D, { request_id: badId, prompt_len: 5 });
+    await bad.reserved;
+    const push = await pushKv(D, badId, [zeroChunk(badId, blockBytes, 5, 0, 1, true, firstToken)]);
+    assert.equal(push.code, grpc.status.INVALID_ARGUMENT, `first_token ${firstToken}: ${push.code} ${push.details}`);
+    const badEnd = await bad.ended;
+    assert.equal(badEnd.code, grpc.status.INVALID_ARGUMENT, badEnd.details);
+    const goodEnd = await good;
+    assert.equal(goodEnd.code, grpc.status.OK, goodEnd.details);
+    assert.equal(tokensOf(goodEnd.events).length, 120);
+  }
+  await allHealthy();
+});
+
+test('defect 9: repeated, gapped, out-of-range blocks and chunks after done are refused, the request fails alone', async (t) => {
+  if (!need(t)) return;
+  const promptLen = 40; // 3 blocks of 16
+  const cases: Array<[string, (rid: string) => any[]]> = [
+    ['repeated block', (rid) => [zeroChunk(rid, blockBytes, promptLen, 0, 1, false), zeroChunk(rid, blockBytes, promptLen, 0, 1, false)]],
+    ['gap', (rid) => [zeroChunk(rid, blockBytes, promptLen, 1, 1, false)]],
+    ['out of range', (rid) => [zeroChunk(rid, blockBytes, promptLen, 0, 3, false), zeroChunk(rid, blockBytes, promptLen, 3, 40, false)]],
+    ['after done', (rid) => [zeroChunk(rid, blockBytes, promptLen, 0, 3, true), zeroChunk(rid, blockBytes, promptLen, 3, 1, false)]],
+  ];
+  for (const [what, chunks] of cases) {
+    const rid = id('kv9');
+    const g = generate(D, { request_id: rid, prompt_len: promptLen, sampling: sampling({ max_tokens: 400 }) });
+    await g.reserved;
+    const push = await pushKv(D, rid, chunks(rid));
+    assert.equal(push.code, grpc.status.FAILED_PRECONDITION, `${what}: ${push.code} ${push.details}`);
+    const end = await g.ended;
+    if (what !== 'after done') assert.equal(end.code, grpc.status.FAILED_PRECONDITION, `${what}: ${end.details}`);
+    else g.call.cancel();
+  }
+  await allHealthy();
+});
+
+test('defect 9: a prefill worker pushes KV only to a registered decode worker', async (t) => {
+  if (!need(t)) return;
+  const r = await prefill(P, { request_id: id('dial'), decode_address: '127.0.0.1:1' }, 10_000);
+  assert.equal(r.code, grpc.status.FAILED_PRECONDITION, `${r.code} ${r.details}`);
+  assert.match(r.details, /not a decode worker/);
+  // The prefill worker's own address is no decode worker either.
+  const self = await prefill(P, { request_id: id('dial-self'), decode_address: P.address }, 10_000);
+  assert.notEqual(self.code, grpc.status.OK);
+  await allHealthy();
+});
+
+test('defect 8: a duplicate request id is refused with ALREADY_EXISTS; the first request is unharmed', async (t) => {
+  if (!need(t)) return;
+  const rid = id('dup');
+  const first = generate(D, { request_id: rid, sampling: sampling({ max_tokens: 6 }) });
+  await first.reserved;
+  const second = generate(D, { request_id: rid, sampling: sampling({ max_tokens: 6 }) });
+  const secondEnd = await second.ended;
+  assert.equal(secondEnd.code, grpc.status.ALREADY_EXISTS, secondEnd.details);
+  // Two prefills under one id at once: the second is refused.
+  const [a, b] = await Promise.all([
+    prefill(P, { request_id: rid, decode_address: D.address, sampling: sampling({ max_tokens: 6 }) }),
+    prefill(P, { request_id: rid, decode_address: D.address, sampling: sampling({ max_tokens: 6 }) }),
+  ]);
+  assert.deepEqual([a.code, b.code].sort(), [grpc.status.OK, grpc.status.ALREADY_EXISTS].sort(), `${a.details} / ${b.details}`);
+  const end = await first.ended;
+  assert.equal(end.code, grpc.status.OK, end.details);
+  assert.equal(tokensOf(end.events).length, 6);
+  await allHealthy();
+});
+
+test('defect 14: kv_timeout_ms >= 2^31 does not overflow into an immediate timeout', async (t) => {
+  if (!need(t)) return;
+  const rid = id('kvt-max');
+  const g = generate(D, { request_id: rid, kv_timeout_ms: 4294967295, sampling: sampling({ max_tokens: 3 }) });
+  await g.reserved;
+  await new Promise((r) => setTimeout(r, 100)); // an overflowed timer fires after 1 ms
+  const p = await prefill(P, { request_id: rid, decode_address: D.address, sampling: sampling({ max_tokens: 3 }) });
+  assert.equal(p.code, grpc.status.OK, p.details);
+  const end = await g.ended;
+  assert.equal(end.code, grpc.status.OK, end.details);
+  await allHealthy();
+});
+
+test('defect 14: the KV wait restarts with every KV chunk (a slow but steady transfer does not time out)', async (t) => {
+  if (!need(t)) return;
+  const rid = id('kvt-idle');
+  const promptLen = 64; // 4 blocks
+  const g = generate(D, { request_id: rid, prompt_len: promptLen, kv_timeout_ms: 1500, sampling: sampling({ max_tokens: 3 }) });
+  await g.reserved;
+  // 4 chunks 700 ms apart: 2.8 s in all, more than the 1.5 s bound, never 1.5 s without data.
+  const push = await pushKv(D, rid, [0, 1, 2, 3].map((b) => zeroChunk(rid, blockBytes, promptLen, b, 1, b === 3)), 700);
+  assert.equal(push.code, grpc.status.OK, push.details);
+  const end = await g.ended;
+  assert.equal(end.code, grpc.status.OK, end.details);
+  await allHealthy();
+});
+
+test('defect 2: cancelling a unified request mid-prompt fails it alone; the running batch goes on', async (t) => {
+  if (!need(t)) return;
+  // A long-running request holds a place in the unified worker's batch.
+  const runner = id('u-run');
+  const rg = generate(U, { request_id: runner, prompt_len: 5, sampling: sampling({ max_tokens: 300 }) });
+  await rg.reserved;
+  const rp = await prefill(U, { request_id: runner, decode_address: U.address, sampling: sampling({ max_tokens: 300 }) });
+  assert.equal(rp.code, grpc.status.OK, rp.details);
+  for (let i = 0; i < 4; i++) {
+    const rid = id('u-cancel');
+    const promptLen = 480; // 30 chunks of 16: the cancel lands mid-prompt
+    const g = generate(U, { request_id: rid, prompt_len: promptLen, sampling: sampling({ max_tokens: 4 }) });
+    await g.reserved;
+    const p = prefill(U, { request_id: rid, prompt_ids: Array.from({ length: promptLen }, (_, k) => 1 + (k % 400)), decode_address: U.address, sampling: sampling({ max_tokens: 4 }) });
+    await new Promise((r) => setTimeout(r, 5 + 15 * i));
+    await new Promise<void>((resolve) => (U.decode as any).Cancel({ request_id: rid }, () => resolve()));
+    const pr = await p;
+    assert.notEqual(pr.code, grpc.status.INTERNAL, pr.details);
+    const end = await g.ended;
+    assert.notEqual(end.code, grpc.status.INTERNAL, end.details);
+  }
+  const runEnd = await rg.ended;
+  assert.equal(runEnd.code, grpc.status.OK, runEnd.details);
+  assert.equal(tokensOf(runEnd.events).length, 300);
+  await allHealthy();
+});
+
+test('defect 2: a Prefill for a decode side that was cancelled answers (FAILED_PRECONDITION) instead of hanging', async (t) => {
+  if (!need(t)) return;
+  const rid = id('u-gone');
+  const g = generate(U, { request_id: rid, prompt_len: 5 });
+  await g.reserved;
+  await new Promise<void>((resolve) => (U.decode as any).Cancel({ request_id: rid }, () => resolve()));
+  const end = await g.ended;
+  assert.equal(end.code, grpc.status.CANCELLED, `the cancelled Generate stream ends: ${end.details}`);
+  const p = await prefill(U, { request_id: rid, decode_address: U.address }, 10_000);
+  assert.equal(p.code, grpc.status.FAILED_PRECONDITION, `${p.code} ${p.details}`);
+  await allHealthy();
+});
