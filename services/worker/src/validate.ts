@@ -19,7 +19,7 @@ export interface ModelLimits {
 }
 
 /** Returns why the parameters are unusable, or undefined when they are fine. */
-export function samplingProblem(s: SamplingParamsMsg | null | undefined, vocabSize: number): string | undefined {
+export function samplingProblem(s: SamplingParamsMsg | null | undefined): string | undefined {
   if (!s) return 'sampling is required';
   if (!Number.isFinite(s.temperature) || s.temperature < 0) return `sampling.temperature must be a finite number >= 0, got ${s.temperature}`;
   // 0 is proto3's "unset": no top-p.
@@ -27,15 +27,12 @@ export function samplingProblem(s: SamplingParamsMsg | null | undefined, vocabSi
   if (!Number.isInteger(s.top_k) || s.top_k < -1) return `sampling.top_k must be an integer >= -1, got ${s.top_k}`;
   if (!Number.isSafeInteger(s.seed)) return `sampling.seed must be a safe integer (|seed| < 2^53), got ${s.seed}`;
   if (!Number.isInteger(s.max_tokens) || s.max_tokens < 1) return `sampling.max_tokens must be >= 1, got ${s.max_tokens}`;
-  if (!Number.isInteger(s.min_tokens) || s.min_tokens < 0 || s.min_tokens > s.max_tokens) {
-    return `sampling.min_tokens must be in [0, max_tokens = ${s.max_tokens}], got ${s.min_tokens}`;
-  }
+  // min_tokens above max_tokens is harmless (max_tokens ends the request) and the router passes it on.
+  if (!Number.isInteger(s.min_tokens) || s.min_tokens < 0) return `sampling.min_tokens must be an integer >= 0, got ${s.min_tokens}`;
   if (!Number.isInteger(s.logprobs) || s.logprobs < -1 || s.logprobs > MAX_LOGPROBS) {
     return `sampling.logprobs must be an integer in [-1, ${MAX_LOGPROBS}] (-1 = none), got ${s.logprobs}`;
   }
   if (s.stop_token_ids.length > MAX_STOP_TOKEN_IDS) return `sampling.stop_token_ids holds ${s.stop_token_ids.length} ids, at most ${MAX_STOP_TOKEN_IDS} are allowed`;
-  const badStop = s.stop_token_ids.find((id) => !Number.isInteger(id) || id < 0 || id >= vocabSize);
-  if (badStop !== undefined) return `sampling.stop_token_ids: ${badStop} is outside the vocabulary of ${vocabSize} ids`;
   return undefined;
 }
 
@@ -52,7 +49,7 @@ export function prefillProblem(r: PrefillRequestMsg, m: ModelLimits): string | u
   if (r.prompt_ids.length > m.maxModelLen) return `prompt of ${r.prompt_ids.length} tokens exceeds the context of ${m.maxModelLen} tokens`;
   const bad = r.prompt_ids.findIndex((id) => !Number.isInteger(id) || id < 0 || id >= m.vocabSize);
   if (bad >= 0) return `token id ${r.prompt_ids[bad]} at position ${bad} is outside the model's vocabulary of ${m.vocabSize} ids`;
-  return samplingProblem(r.sampling, m.vocabSize);
+  return samplingProblem(r.sampling);
 }
 
 export function generateProblem(r: GenerateRequestMsg, m: ModelLimits): string | undefined {
@@ -60,7 +57,7 @@ export function generateProblem(r: GenerateRequestMsg, m: ModelLimits): string |
   if (idProblem) return idProblem;
   if (!Number.isInteger(r.prompt_len) || r.prompt_len < 1) return `prompt_len must be >= 1, got ${r.prompt_len}`;
   if (r.prompt_len + 1 > m.maxModelLen) return `prompt of ${r.prompt_len} tokens leaves no room in the context of ${m.maxModelLen} tokens`;
-  return samplingProblem(r.sampling, m.vocabSize);
+  return samplingProblem(r.sampling);
 }
 
 /** The KV wait in ms: kv_timeout_ms, 0 meaning the default, clamped to what setTimeout can hold. */

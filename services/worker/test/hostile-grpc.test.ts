@@ -77,7 +77,7 @@ test('defect 1: out-of-range, NaN or missing sampling over Generate is INVALID_A
     ['logprobs -5', sampling({ logprobs: -5 })],
     ['seed 2^60', sampling({ seed: 2 ** 60 })],
     ['max_tokens 0', sampling({ max_tokens: 0 })],
-    ['min_tokens > max_tokens', sampling({ max_tokens: 4, min_tokens: 10 })],
+    ['2000 stop ids', sampling({ stop_token_ids: Array.from({ length: 2000 }, (_, i) => i % 500) })],
   ];
   for (const w of [D, U]) {
     for (const [what, s] of cases) {
