@@ -73,7 +73,7 @@ try {
           const seed = baseSeed + round * 1000 + i;
           const target = await cluster.whole();
           const mark = cluster.mark();
-          const r = await runProperty(target, p, { seed, numRuns: 1_000_000, timeLimitMs: Math.min(roundMs, modeEnd - Date.now()), shrinkMs: 30_000 });
+          const r = await runProperty(target, p, { seed, numRuns: 100_000, timeLimitMs: Math.min(roundMs, modeEnd - Date.now()), shrinkMs: 30_000 });
           totals.propertyRuns++;
           totals.inputs += r.runs;
           if (r.failures.length > 0) {

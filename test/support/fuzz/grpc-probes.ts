@@ -159,8 +159,9 @@ export async function decodeProbe(t: FuzzTarget, s: DecodeScenario): Promise<voi
       }
     }
     if (s.completeTransfer) {
-      expectAnswered('Decode.PushKv (complete transfer)', await c.pushKv(completeTransfer(t, id, s.promptLen), CALL_DEADLINE_MS));
-      await Promise.race([gen.end, sleep(3_000)]); // let the decode loop run with this sampling
+      const pushed = await c.pushKv(completeTransfer(t, id, s.promptLen), CALL_DEADLINE_MS);
+      expectAnswered('Decode.PushKv (complete transfer)', pushed);
+      if (pushed.code === grpc.status.OK) await Promise.race([gen.end, sleep(3_000)]); // let the decode loop run with this sampling
     }
   } finally {
     const intact = s.generate.mangle.kind === 'none' || s.generate.mangle.kind === 'unknown-field';
@@ -202,7 +203,7 @@ export async function prefillProbe(t: FuzzTarget, s: PrefillScenario): Promise<v
     }
     const [end] = await Promise.all([call.end, race]);
     expectAnswered('Prefill.Prefill', end);
-    if (gen) await Promise.race([gen.end, sleep(3_000)]); // a good transfer: let the decode finish
+    if (gen && end.code === grpc.status.OK) await Promise.race([gen.end, sleep(3_000)]); // a good transfer: let the decode finish
   } finally {
     if (gen) await closeReservation(t, 'Decode.Generate (reserved for the prefill)', dc, gen, id);
   }

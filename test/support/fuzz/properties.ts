@@ -18,10 +18,12 @@ export interface FuzzProperty {
   make(t: FuzzTarget): LiveProperty<any>;
 }
 
+const SKIP = Symbol('time is up');
+
 /**
  * Wraps a probe as a property. Time-bounded without cutting a run short (fast-check's interrupt
  * would abandon a run mid-flight, leaving its calls to the next property): once the time is up the
- * remaining runs pass without sending anything. After the first failure, shrinking gets its own
+ * remaining runs pass without generating or sending anything. After the first failure, shrinking gets its own
  * time. Once the cluster is dead, runs are skipped: shrinking would otherwise "reproduce" the crash
  * with any input, so a crash is reported with the input that caused it.
  */
@@ -33,16 +35,18 @@ class LiveProperty<T> {
 
   constructor(private readonly t: FuzzTarget, private readonly arb: fc.Arbitrary<T>, private readonly probe: (input: T) => Promise<void>) {}
 
-  property(limits: { runMs: number; shrinkMs: number }): fc.IAsyncProperty<[T]> {
+  property(limits: { runMs: number; shrinkMs: number }): fc.IAsyncProperty<[T | typeof SKIP]> {
     this.stopAt = performance.now() + limits.runMs;
-    return fc.asyncProperty(this.arb, async (input) => {
+    const expired = () => performance.now() > (this.failedAt === undefined ? this.stopAt : this.failedAt + limits.shrinkMs);
+    // Past the time limit, inputs are not even generated: the remaining runs cost microseconds.
+    const arb = fc.constant(null).chain((): fc.Arbitrary<T | typeof SKIP> => (expired() ? fc.constant(SKIP) : this.arb));
+    return fc.asyncProperty(arb, async (input) => {
       fc.pre(this.dead === undefined);
-      const now = performance.now();
-      if (now > (this.failedAt === undefined ? this.stopAt : this.failedAt + limits.shrinkMs)) return;
+      if (input === SKIP || expired()) return;
       this.executed++;
       let failure: unknown;
       try {
-        await this.probe(input);
+        await this.probe(input as T);
         const leak = await liveKvLeak(this.t);
         if (leak) throw new Error(leak);
       } catch (err) {
