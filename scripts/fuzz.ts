@@ -46,9 +46,18 @@ interface Finding {
   first: PropertyResult;
 }
 
-/** What makes two failures the same finding: the message without numbers, ids and addresses. */
+/**
+ * What makes two failures the same finding: the property and the message without numbers, ids,
+ * paths and which process was noticed dead first (a dead worker takes `pdserve up` down with it).
+ */
 function signature(property: string, r: PropertyResult): string {
-  const msg = (r.failures[0] ?? '').replace(/\{.*$/s, '').replace(/[0-9a-f]{8,}|\d+(\.\d+)?/gi, 'N').replace(/pid N \([^)]*\)/g, 'pid N').slice(0, 160);
+  const msg = (r.failures[0] ?? '')
+    .replace(/^(pdserve up exited \([^)]*\)|process exited: .*?)(; the probe saw: |$)/, 'a process exited$2')
+    .replace(/KV still held .*$/, 'KV still held')
+    .replace(/\{.*$/s, '')
+    .replace(/(decode|prefill) worker \S+:/g, '$1 worker W:')
+    .replace(/[0-9a-f]{8,}|\d+(\.\d+)?/gi, 'N')
+    .slice(0, 160);
   return `${property} :: ${msg}`;
 }
 

@@ -62,10 +62,11 @@ export const requestId: fc.Arbitrary<IdSpec> = fc.oneof(
   ).map((value) => ({ kind: 'bytes', value }) as IdSpec) },
 );
 
+/** Field numbers from 16 up are unknown to every message (a known one would overwrite, e.g., the id). */
 export const mangleSpec: fc.Arbitrary<Mangle> = fc.oneof(
   { weight: 12, arbitrary: fc.constant({ kind: 'none' } as Mangle) },
   { weight: 1, arbitrary: fc.integer({ min: 0, max: 999 }).map((keep) => ({ kind: 'truncate', keep }) as Mangle) },
-  { weight: 1, arbitrary: fc.tuple(fc.integer({ min: 1, max: 2 ** 29 - 1 }), fc.uint8Array({ maxLength: 32 })).map(([field, payload]) => ({ kind: 'unknown-field', field, payload }) as Mangle) },
+  { weight: 1, arbitrary: fc.tuple(fc.integer({ min: 16, max: 2 ** 29 - 1 }), fc.uint8Array({ maxLength: 32 })).map(([field, payload]) => ({ kind: 'unknown-field', field, payload }) as Mangle) },
   { weight: 1, arbitrary: fc.uint8Array({ maxLength: 48 }).map((bytes) => ({ kind: 'garbage', bytes }) as Mangle) },
 );
 

@@ -208,18 +208,26 @@ export class FuzzCluster {
     return this.cluster?.output().length ?? 0;
   }
 
-  /** Error and fatal log lines printed since the mark (what a worker said before it died), abbreviated. */
+  /**
+   * What the cluster said went wrong since the mark: error and fatal log lines (not the router's
+   * SLO refusals, which are the fuzzer's doing) and a worker's dying words on stderr, abbreviated.
+   */
   errorsSince(mark: number, max = 6): string[] {
     const text = this.cluster?.output().slice(mark) ?? '';
-    const lines = text.split('\n').filter((l) => /"level":(50|60)/.test(l) || /^\s*(Error|TypeError|RangeError)\b/.test(l));
-    return lines.slice(-max).map((l) => {
-      try {
-        const j = JSON.parse(l);
-        return `${j.name ?? ''} ${j.msg ?? ''}: ${JSON.stringify(j.err ?? j.failure ?? j.error ?? '').slice(0, 400)}`;
-      } catch {
-        return l.slice(0, 400);
+    const out: string[] = [];
+    for (const line of text.split('\n')) {
+      let j: any;
+      try { j = JSON.parse(line); } catch { j = undefined; }
+      if (j && typeof j === 'object') {
+        if (j.level < 50) continue;
+        const err = j.err?.message ?? j.failure ?? j.error ?? '';
+        if (j.msg === 'request failed' && /SLO|exceeds the/.test(String(err))) continue;
+        out.push(`${j.name ?? ''}: ${j.msg ?? ''}${j.child ? ` ${j.child} (code ${j.code}, signal ${j.signal})` : ''}${err ? `: ${String(err).slice(0, 300)}` : ''}`);
+      } else if (/engine thread failed|Error|rror:|at .*\.ts:\d+/.test(line)) {
+        out.push(line.trim().slice(0, 400));
       }
-    });
+    }
+    return out.slice(-max);
   }
 
   async stop(): Promise<void> {
