@@ -30,8 +30,14 @@ export interface ServiceContext {
 
 const round = (ms: number) => Math.round(ms * 100) / 100;
 
+/**
+ * Status details travel in an HTTP/2 trailer: one that echoes a huge client-supplied value (a
+ * 100 KB request id) overflows the peer's header-list limit and the caller never sees the status.
+ */
+const MAX_STATUS_DETAILS = 1024;
+
 function status(code: grpc.status, details: string): Partial<grpc.StatusObject> {
-  return { code, details };
+  return { code, details: details.length > MAX_STATUS_DETAILS ? `${details.slice(0, MAX_STATUS_DETAILS)}...` : details };
 }
 
 function errorStatus(err: Error): Partial<grpc.StatusObject> {

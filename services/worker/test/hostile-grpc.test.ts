@@ -140,6 +140,20 @@ test('defect 3: KvChunk done without first_token, or with first_token >= vocab, 
   await allHealthy();
 });
 
+test('a PushKv naming a 100 KB request id gets its status (details are bounded to fit an HTTP/2 trailer)', async (t) => {
+  if (!need(t)) return;
+  // Found by test/fuzz.test.ts: the NOT_FOUND details echoed the whole id, the trailer overflowed
+  // the client's header-list limit and the call never ended.
+  const huge = 'x'.repeat(100_000);
+  const push = await Promise.race([
+    pushKv(D, 'short-metadata-id', [zeroChunk(huge, blockBytes, 5, 0, 1, true)]),
+    new Promise<{ code: number; details: string }>((r) => setTimeout(() => r({ code: -1, details: 'no status within 10 s' }), 10_000)),
+  ]);
+  assert.equal(push.code, grpc.status.NOT_FOUND, push.details);
+  assert.ok(push.details.length <= 1100, `details of ${push.details.length} characters`);
+  await allHealthy();
+});
+
 test('defect 9: repeated, gapped, out-of-range blocks and chunks after done are refused, the request fails alone', async (t) => {
   if (!need(t)) return;
   const promptLen = 40; // 3 blocks of 16
