@@ -22,8 +22,9 @@
 //
 //   A split's capacity λmax: with dedicated prefill workers, they prefill every prompt and every
 //   decode-capable worker decodes: min(prefill side, decode side); with no dedicated prefill
-//   worker the unified ones prefill too. score = min(λ·(1+headroom), λmax): among splits that
-//   all serve the load, the one with room to spare wins.
+//   worker the unified ones prefill too. Demand = λ plus the prompt backlog queued on the workers
+//   as the rate that clears it within one TTFT (queued tokens / Lp / TTFT). score = min(demand ·
+//   (1+headroom), λmax): among splits that all serve the load, the one with room to spare wins.
 //
 // Anti-flapping: the split changes only when the best split's score beats the current one's by
 // more than `hysteresis` (relative), never within `minDwellMs` of the last change, and never on
@@ -48,6 +49,8 @@ export interface LoadStats {
   requests: number;
   /** Fraction that met their SLOs, when known (reported in the reason only). */
   attainment?: number;
+  /** Prompt tokens queued on the workers right now (a backlog the split must also clear). */
+  queuedPromptTokens?: number;
 }
 
 export interface PerfModel {
@@ -252,9 +255,11 @@ export function decide(input: PlannerInput): Decision {
   const seqs = input.workers.map((w) => w.maxSequences ?? cfg.maxSequences);
   const maxSeq = Math.min(...seqs);
   const pinned = countRoles(input.workers.filter((w) => w.pinned).map((w) => w.role));
+  const backlog = (s.queuedPromptTokens ?? 0) / m.lp / (input.slo.ttftMs / 1000);
+  const demand = s.arrivalRate + backlog;
   const estimate = (counts: RoleCounts): SplitEstimate => {
     const capacity = splitCapacity(counts, m, maxSeq);
-    return { counts, capacity: round(capacity, 3), score: Math.min(s.arrivalRate * (1 + cfg.headroom), capacity) };
+    return { counts, capacity: round(capacity, 3), score: Math.min(demand * (1 + cfg.headroom), capacity) };
   };
   const current = estimate(currentCounts);
   // Moves a split needs from the current one; among equal scores the fewest moves win.
@@ -265,7 +270,7 @@ export function decide(input: PlannerInput): Decision {
     const eps = 1e-9 * Math.max(1, best.score);
     if (e.score > best.score + eps || (Math.abs(e.score - best.score) <= eps && moves(e.counts) < moves(best.counts))) best = e;
   }
-  const load = `load ${round(s.arrivalRate)} req/s x ${Math.round(m.lp)} prompt + ${Math.round(m.lo)} output tokens; prefill ${Math.round(rp)} tok/s/worker, decode step ${round(step.baseMs)}+${round(step.perSeqMs, 3)}*b ms; SLO TTFT ${input.slo.ttftMs} ms TPOT ${input.slo.tpotMs} ms` +
+  const load = `load ${round(s.arrivalRate)} req/s${backlog > 0 ? ` + backlog ${Math.round(s.queuedPromptTokens!)} tokens (${round(backlog)} req/s)` : ''} x ${Math.round(m.lp)} prompt + ${Math.round(m.lo)} output tokens; prefill ${Math.round(rp)} tok/s/worker, decode step ${round(step.baseMs)}+${round(step.perSeqMs, 3)}*b ms; SLO TTFT ${input.slo.ttftMs} ms TPOT ${input.slo.tpotMs} ms` +
     (s.attainment !== undefined ? `; attainment ${round(s.attainment * 100, 1)}%` : '');
   const versus = `${formatCounts(current.counts)} serves ${round(current.capacity)} req/s, ${formatCounts(best.counts)} ${round(best.capacity)} req/s`;
   if (same(best.counts, current.counts) || best.score <= current.score * (1 + cfg.hysteresis)) {
@@ -276,7 +281,7 @@ export function decide(input: PlannerInput): Decision {
   }
   const roles = assignRoles(input.workers, best.counts);
   const changes = input.workers.filter((w) => roles[w.id] !== w.role).map((w) => ({ id: w.id, from: w.role, to: roles[w.id]! }));
-  const bound = current.capacity < s.arrivalRate ? 'the current split is overloaded' : 'more headroom';
+  const bound = current.capacity < demand ? 'the current split is overloaded' : 'more headroom';
   return {
     action: 'change', roles, counts: best.counts, changes, current, best,
     reason: `${formatCounts(current.counts)} -> ${formatCounts(best.counts)}: ${bound} (${versus}; ${load})`,

@@ -201,7 +201,7 @@ export class Planner {
     return decide({
       now: Date.now(),
       workers: workers.map((w) => ({ id: w.id, role: w.role, pinned: w.pinned === true, maxSequences: w.load.max_sequences })),
-      stats: aggregateStats(routers),
+      stats: withBacklog(aggregateStats(routers), workers),
       perf: { prefillTokensPerS: this.#perf.prefillTokensPerS, decodeStep: this.#perf.decodeStep, prefillChunk: this.#o.prefillChunk ?? 256 },
       slo,
       lastChangeMs: this.#lastChangeMs,
@@ -281,6 +281,11 @@ export function aggregateStats(routers: RouterStats[]): LoadStats | undefined {
     requests: finished,
     attainment: finished > 0 ? w((r) => r.slo_attainment) : undefined,
   };
+}
+
+function withBacklog(stats: LoadStats | undefined, workers: WorkerRecord[]): LoadStats | undefined {
+  if (!stats) return undefined;
+  return { ...stats, queuedPromptTokens: workers.reduce((n, w) => n + (w.load.queued_prompt_tokens ?? 0), 0) };
 }
 
 /** Reads the decision stream, oldest first. */

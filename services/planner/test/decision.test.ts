@@ -105,3 +105,12 @@ test('assignRoles keeps workers in their role where the target allows', () => {
   assert.deepEqual(assignRoles(ws, { prefill: 1, decode: 1, unified: 1 }), { a: 'prefill', b: 'decode', c: 'unified' });
   assert.deepEqual(assignRoles(ws, { prefill: 2, decode: 1, unified: 0 }), { a: 'prefill', b: 'decode', c: 'prefill' });
 });
+
+test('a prompt backlog on the workers counts as demand: an idle-looking arrival rate with a deep queue moves the split', () => {
+  const stats = { arrivalRate: 0.5, promptTokens: 800, outputTokens: 20, requests: 100 };
+  assert.equal(decide(input({ stats })).action, 'keep');
+  // 40 prompts' worth of tokens queued: clearing them within one TTFT needs 40 req/s more.
+  const d = decide(input({ stats: { ...stats, queuedPromptTokens: 32_000 } }));
+  assert.equal(d.action, 'change');
+  assert.match(d.reason, /backlog 32000 tokens \(40 req\/s\)/);
+});
