@@ -50,7 +50,7 @@ export interface LoadStats {
   /** Fraction that met their SLOs, when known (reported in the reason only). */
   attainment?: number;
   /** Prompt tokens queued on the workers right now (a backlog the split must also clear). */
-  queuedPromptTokens?: number;
+  queuedPrefillTokens?: number;
 }
 
 export interface PerfModel {
@@ -255,7 +255,7 @@ export function decide(input: PlannerInput): Decision {
   const seqs = input.workers.map((w) => w.maxSequences ?? cfg.maxSequences);
   const maxSeq = Math.min(...seqs);
   const pinned = countRoles(input.workers.filter((w) => w.pinned).map((w) => w.role));
-  const backlog = (s.queuedPromptTokens ?? 0) / m.lp / (input.slo.ttftMs / 1000);
+  const backlog = (s.queuedPrefillTokens ?? 0) / m.lp / (input.slo.ttftMs / 1000);
   const demand = s.arrivalRate + backlog;
   const estimate = (counts: RoleCounts): SplitEstimate => {
     const capacity = splitCapacity(counts, m, maxSeq);
@@ -270,7 +270,7 @@ export function decide(input: PlannerInput): Decision {
     const eps = 1e-9 * Math.max(1, best.score);
     if (e.score > best.score + eps || (Math.abs(e.score - best.score) <= eps && moves(e.counts) < moves(best.counts))) best = e;
   }
-  const load = `load ${round(s.arrivalRate)} req/s${backlog > 0 ? ` + backlog ${Math.round(s.queuedPromptTokens!)} tokens (${round(backlog)} req/s)` : ''} x ${Math.round(m.lp)} prompt + ${Math.round(m.lo)} output tokens; prefill ${Math.round(rp)} tok/s/worker, decode step ${round(step.baseMs)}+${round(step.perSeqMs, 3)}*b ms; SLO TTFT ${input.slo.ttftMs} ms TPOT ${input.slo.tpotMs} ms` +
+  const load = `load ${round(s.arrivalRate)} req/s${backlog > 0 ? ` + backlog ${Math.round(s.queuedPrefillTokens!)} tokens (${round(backlog)} req/s)` : ''} x ${Math.round(m.lp)} prompt + ${Math.round(m.lo)} output tokens; prefill ${Math.round(rp)} tok/s/worker, decode step ${round(step.baseMs)}+${round(step.perSeqMs, 3)}*b ms; SLO TTFT ${input.slo.ttftMs} ms TPOT ${input.slo.tpotMs} ms` +
     (s.attainment !== undefined ? `; attainment ${round(s.attainment * 100, 1)}%` : '');
   const versus = `${formatCounts(current.counts)} serves ${round(current.capacity)} req/s, ${formatCounts(best.counts)} ${round(best.capacity)} req/s`;
   if (same(best.counts, current.counts) || best.score <= current.score * (1 + cfg.hysteresis)) {

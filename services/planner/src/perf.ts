@@ -23,9 +23,16 @@ export class PerfEstimator {
       this.#prefill = this.#prefill === undefined ? median : this.#prefill + this.#alpha * (median - this.#prefill);
     }
     for (const l of loads) {
-      if (!(l.decode_step_ms! > 0) || !(l.decode_batch! >= 1)) continue;
-      this.#points.push({ batch: l.decode_batch!, ms: l.decode_step_ms! });
-      if (this.#points.length > this.#maxPoints) this.#points.shift();
+      // A per-batch-size table, where the worker reports one, gives several points at once.
+      const table = (l as { decode_step_ms_by_batch?: Record<string, number> }).decode_step_ms_by_batch;
+      const points = table && typeof table === 'object'
+        ? Object.entries(table).map(([b, ms]) => ({ batch: Number(b), ms }))
+        : [{ batch: l.decode_batch ?? 0, ms: l.decode_step_ms ?? 0 }];
+      for (const p of points) {
+        if (!(p.ms > 0) || !(p.batch >= 1)) continue;
+        this.#points.push(p);
+        if (this.#points.length > this.#maxPoints) this.#points.shift();
+      }
     }
   }
 

@@ -285,7 +285,7 @@ export function aggregateStats(routers: RouterStats[]): LoadStats | undefined {
 
 function withBacklog(stats: LoadStats | undefined, workers: WorkerRecord[]): LoadStats | undefined {
   if (!stats) return undefined;
-  return { ...stats, queuedPromptTokens: workers.reduce((n, w) => n + (w.load.queued_prompt_tokens ?? 0), 0) };
+  return { ...stats, queuedPrefillTokens: workers.reduce((n, w) => n + (w.load.queued_prefill_tokens ?? 0), 0) };
 }
 
 /** Reads the decision stream, oldest first. */

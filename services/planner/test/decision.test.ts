@@ -110,7 +110,7 @@ test('a prompt backlog on the workers counts as demand: an idle-looking arrival 
   const stats = { arrivalRate: 0.5, promptTokens: 800, outputTokens: 20, requests: 100 };
   assert.equal(decide(input({ stats })).action, 'keep');
   // 40 prompts' worth of tokens queued: clearing them within one TTFT needs 40 req/s more.
-  const d = decide(input({ stats: { ...stats, queuedPromptTokens: 32_000 } }));
+  const d = decide(input({ stats: { ...stats, queuedPrefillTokens: 32_000 } }));
   assert.equal(d.action, 'change');
   assert.match(d.reason, /backlog 32000 tokens \(40 req\/s\)/);
 });

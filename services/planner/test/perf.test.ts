@@ -38,3 +38,10 @@ test('router statistics: rates add up, means are weighted by finished requests',
   assert.equal(s.promptTokens, 175);
   assert.equal(s.requests, 40);
 });
+
+test('a per-batch-size step table in a load report gives several points at once', () => {
+  const e = new PerfEstimator();
+  e.observe([{ ...load({}), decode_step_ms_by_batch: { 1: 8, 2: 10, 4: 14, 8: 22 } } as WorkerLoad]);
+  const s = e.decodeStep!;
+  assert.ok(Math.abs(s.baseMs - 6) < 1e-9 && Math.abs(s.perSeqMs - 2) < 1e-9, JSON.stringify(s));
+});

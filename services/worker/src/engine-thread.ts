@@ -59,7 +59,7 @@ async function main(): Promise<void> {
         prefill_tokens_per_s: scheduler.prefillTokensPerS || undefined,
         decode_step_ms: decodeMs.length ? Math.round(decodeMs[Math.floor(decodeMs.length / 2)] * 100) / 100 : undefined,
         decode_batch: decodes.length ? Math.round((decodes.reduce((n, d) => n + d.batch, 0) / decodes.length) * 100) / 100 : undefined,
-        queued_prompt_tokens: scheduler.queuedPromptTokens,
+        queued_prefill_tokens: scheduler.queuedPrefillTokens,
       },
     });
   }

@@ -145,10 +145,10 @@ export class Scheduler {
     if (!paused) this.notify();
   }
 
-  /** Prompt tokens queued here and not yet computed. */
-  get queuedPromptTokens(): number {
+  /** Prompt tokens not yet prefilled: queued prompts and the unfinished part of those under way. */
+  get queuedPrefillTokens(): number {
     let n = 0;
-    for (const j of this.prefillQueue) n += j.promptIds.length - (j.seq?.length ?? 0);
+    for (const job of this.prefillQueue) if (!job.cancelled) n += job.promptIds.length - (job.seq?.length ?? 0);
     return n;
   }
 

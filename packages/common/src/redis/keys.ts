@@ -51,7 +51,7 @@ export interface WorkerLoad {
   /** Mean batch size of those decode steps. */
   decode_batch?: number;
   /** Prompt tokens waiting for prefill here (queued and not yet computed). */
-  queued_prompt_tokens?: number;
+  queued_prefill_tokens?: number;
   /** Sequences this worker holds at most. */
   max_sequences?: number;
 }
