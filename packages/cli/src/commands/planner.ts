@@ -10,7 +10,7 @@ export function register(program: Command): void {
   program
     .command('planner')
     .description('run the planner: sets the prefill:decode split from measured load (one leads per cluster)')
-    .requiredOption('--redis-url <url>', 'Redis with the worker registry')
+    .requiredOption('--redis-url <url>', 'Redis with the worker registry (default: $PDSERVE_REDIS_URL; a password belongs there, not in `ps`)', process.env.PDSERVE_REDIS_URL)
     .option('--prefix <prefix>', 'cluster key prefix', 'pdserve')
     .option('--id <id>', 'planner id (default: planner-host-pid-random)')
     .option('--host <host>', 'interface for /metrics and /health', '127.0.0.1')
