@@ -192,7 +192,10 @@ for (const mode of modes) {
         return t.skip('prometheus is not installed (apt-get install prometheus)');
       }
       const workers = ((await (await fetch(`${cluster.url}/workers`)).json()) as any).workers as any[];
-      const targets = [new URL(cluster.url).host, ...workers.map((w) => new URL(w.metrics_url).host)];
+      // `pdserve up` runs a planner; its log line says where its metrics are.
+      const plannerMetrics = /"metrics":"(http:[^"]+)","msg":"planner started"/.exec(cluster.output())?.[1];
+      assert.ok(plannerMetrics, 'the planner logged its metrics URL');
+      const targets = [new URL(cluster.url).host, ...workers.map((w) => new URL(w.metrics_url).host), new URL(plannerMetrics).host];
       const dir = mkdtempSync(join(tmpdir(), 'pdserve-prom-'));
       const port = await freePort();
       // The shipped deploy/prometheus.yml pattern (one job per service kind), with this cluster's ports.
@@ -200,7 +203,8 @@ for (const mode of modes) {
         'global: { scrape_interval: 1s, evaluation_interval: 1s }',
         'scrape_configs:',
         `  - job_name: router\n    static_configs: [{ targets: ["${targets[0]}"] }]`,
-        `  - job_name: workers\n    static_configs: [{ targets: [${targets.slice(1).map((x) => `"${x}"`).join(', ')}] }]`,
+        `  - job_name: workers\n    static_configs: [{ targets: [${targets.slice(1, -1).map((x) => `"${x}"`).join(', ')}] }]`,
+        `  - job_name: planner\n    static_configs: [{ targets: ["${targets.at(-1)}"] }]`,
       ].join('\n'));
       const prom = spawn('prometheus', [`--config.file=${join(dir, 'prometheus.yml')}`, `--storage.tsdb.path=${join(dir, 'data')}`, `--web.listen-address=127.0.0.1:${port}`], { stdio: 'ignore' });
       t.after(() => { prom.kill('SIGKILL'); rmSync(dir, { recursive: true, force: true }); });

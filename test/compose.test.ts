@@ -11,6 +11,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createRouterMetrics } from '../packages/common/src/metrics/router-metrics.ts';
 import { createWorkerMetrics } from '../packages/common/src/metrics/worker-metrics.ts';
+import { createPlannerMetrics } from '../packages/common/src/metrics/planner-metrics.ts';
 import { dashboardExpressions, exportedMetricNames, metricNamesInExpr } from '../packages/common/src/metrics/dashboard.ts';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -105,6 +106,7 @@ test('dashboard expressions only read metrics the registries export', () => {
   const known = exportedMetricNames(
     createRouterMetrics().registry,
     createWorkerMetrics({ role: 'decode', workerId: 'test' }).registry,
+    createPlannerMetrics({ collectDefault: false }).registry,
   );
   const unknown: string[] = [];
   const used = new Set<string>();
@@ -125,6 +127,7 @@ test('dashboard expressions only read metrics the registries export', () => {
     'pdserve_kv_transfer_failures_total', 'pdserve_num_requests_running', 'pdserve_num_requests_waiting',
     'pdserve_num_sequences_running', 'pdserve_num_sequences_waiting', 'pdserve_kv_cache_usage_perc',
     'pdserve_batch_size_bucket', 'pdserve_workers', 'nodejs_eventloop_lag_p99_seconds',
+    'pdserve_planner_desired_workers', 'pdserve_role_changes_total',
   ]) assert.ok(used.has(name), `no panel reads ${name}`);
 });
 

@@ -114,6 +114,7 @@ export async function runBenchCommand(o: BenchCommandOptions, io: BenchCommandIo
   const base: Omit<BenchmarkOptions, 'rate'> = {
     url: o.url,
     workload: o.workload,
+    phases: o.phases,
     requests: o.requests,
     slo: { ttftMs: o.sloTtftMs, tpotMs: o.sloTpotMs, e2elMs: o.sloE2elMs },
     burstiness: o.burstiness,

@@ -4,8 +4,12 @@
 export { Rng, STREAM } from './rng.ts';
 export { arrivalOffsets, type ArrivalOptions } from './arrivals.ts';
 export {
+  DEFAULT_PHASES,
   WORKLOADS,
   WORKLOAD_SPECS,
+  parsePhases,
+  phaseOf,
+  type PhaseWorkload,
   WORDS,
   clipLengths,
   generateLengths,

@@ -53,6 +53,12 @@ export function formatSummary(r: BenchmarkResult): string {
   statRows(lines, 'Time per Output Token (excl. 1st token)', 'TPOT', r.tpot_ms);
   statRows(lines, 'Inter-token Latency', 'ITL', r.itl_ms);
   statRows(lines, 'End-to-end Latency', 'E2EL', r.e2el_ms);
+  if (r.phases) {
+    lines.push(title('Phases (shifting workload)', '-'));
+    for (const ph of r.phases) {
+      lines.push(row(`Phase ${ph.phase + 1} ${ph.workload} (${ph.requests} req):`, `${num(ph.slo_attainment * 100, 1)}% attained, goodput ${num(ph.goodput)} req/s, ${ph.failed} failed`));
+    }
+  }
   lines.push('='.repeat(WIDTH));
   if (r.output_len_mismatches > 0) lines.push(`warning: ${r.output_len_mismatches} completed requests returned a different number of tokens than requested (server ignores min_tokens/ignore_eos?)`);
   if (r.clipped_requests > 0) lines.push(`note: ${r.clipped_requests} requests were clipped to max_model_len ${r.server.max_model_len}`);

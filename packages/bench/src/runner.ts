@@ -7,12 +7,14 @@ import { sendRequest, type ClientOptions, type Endpoint, type RequestRecord } fr
 import { computeMetrics, meetsSlo, tpotMs, type Metrics, type Slo } from './metrics.ts';
 import { STREAM } from './rng.ts';
 import { fetchServerInfo, type ServerInfo } from './server-info.ts';
-import { generateRequests, type BenchRequest, type WorkloadName } from './workloads.ts';
+import { DEFAULT_PHASES, generateRequests, type BenchRequest, type PhaseWorkload, type WorkloadName } from './workloads.ts';
 
 export interface BenchmarkOptions {
   /** Server base URL, e.g. http://127.0.0.1:8000. */
   url: string;
   workload: WorkloadName;
+  /** Phases of the shifting workload (default summarize, chat, summarize). */
+  phases?: PhaseWorkload[];
   /** Requests per second; Infinity sends all at once. */
   rate: number;
   requests: number;
@@ -75,6 +77,8 @@ export interface BenchmarkPlan {
 export interface CompactRequest {
   i: number;
   kind: string;
+  /** The shifting workload's phase. */
+  phase?: number;
   ok: boolean;
   good: boolean;
   error?: string;
@@ -108,7 +112,23 @@ export interface BenchmarkResult extends Metrics {
   server: { vocab_size: number; vocab_size_source: string; max_model_len: number | null; max_model_len_source: string | null; models_error?: string };
   clipped_requests: number;
   settings: Record<string, unknown>;
+  /** The shifting workload: each phase's own metrics (requests by index, as scheduled). */
+  phases?: PhaseResult[];
   requests: CompactRequest[];
+}
+
+export interface PhaseResult {
+  phase: number;
+  workload: PhaseWorkload;
+  requests: number;
+  completed: number;
+  failed: number;
+  good: number;
+  slo_attainment: number;
+  goodput: number;
+  duration_s: number;
+  ttft_ms_p99: number | null;
+  tpot_ms_p99: number | null;
 }
 
 export function rateToJson(rate: number): number | 'inf' {
@@ -155,6 +175,7 @@ export async function prepareBenchmark(options: BenchmarkOptions): Promise<Bench
   const endpoint = options.endpoint ?? 'completions';
   const requests = generateRequests({
     workload: options.workload,
+    phases: options.phases,
     n: options.requests,
     seed: options.seed ?? 0,
     inputLenScale: options.inputLenScale,
@@ -345,9 +366,24 @@ export function buildResult(plan: BenchmarkPlan, rate: number, outcome: LoadOutc
       target_output_tokens: r.targetOutputTokens,
       itl_ms: r.itlMs.map(r3),
     };
+    const phase = plan.requests[r.index]?.phase;
+    if (phase !== undefined) c.phase = phase;
     if (r.error !== undefined) c.error = r.error;
     return c;
   });
+  let phases: PhaseResult[] | undefined;
+  if (o.workload === 'shifting') {
+    const names = o.phases ?? DEFAULT_PHASES;
+    phases = names.map((workload, phase) => {
+      const recs = outcome.records.filter((r) => plan.requests[r.index]?.phase === phase);
+      const m = computeMetrics(recs, slo);
+      return {
+        phase, workload, requests: recs.length, completed: m.completed, failed: m.failed, good: m.good,
+        slo_attainment: m.slo_attainment, goodput: m.goodput, duration_s: m.duration_s,
+        ttft_ms_p99: m.ttft_ms.p99, tpot_ms_p99: m.tpot_ms.p99,
+      };
+    });
+  }
   return {
     date: new Date().toISOString(),
     rate: rateToJson(rate),
@@ -370,6 +406,7 @@ export function buildResult(plan: BenchmarkPlan, rate: number, outcome: LoadOutc
     },
     clipped_requests: plan.requests.filter((r) => r.clipped).length,
     settings: o.settings ?? optionsAsSettings(o),
+    ...(phases ? { phases } : {}),
     requests,
   };
 }

@@ -4,6 +4,9 @@
 //   chat       prompt  64..256 tokens, output 128..256 tokens   (short question, medium answer)
 //   summarize  prompt 512..1024 tokens, output 16..64 tokens    (long document, short summary)
 //   mixed      each request is chat or summarize with probability 1/2 (its own seeded stream)
+//   shifting   the mix changes mid-run: consecutive phases of equal size (by request index), by
+//              default summarize, chat, summarize (--phases chooses them), so a planner's
+//              adaptation shows; the report gives the attainment of each phase
 //
 //   1. scale:    len = max(1, round(len * scale))       (--input-len-scale / --output-len-scale)
 //   2. override: --input-len / --output-len replace the drawn length for every request
@@ -17,8 +20,25 @@
 // approximate; the server's `usage.prompt_tokens` gives the true count.
 import { Rng, STREAM } from './rng.ts';
 
-export type WorkloadName = 'chat' | 'summarize' | 'mixed';
-export const WORKLOADS: readonly WorkloadName[] = ['chat', 'summarize', 'mixed'];
+export type WorkloadName = 'chat' | 'summarize' | 'mixed' | 'shifting';
+export const WORKLOADS: readonly WorkloadName[] = ['chat', 'summarize', 'mixed', 'shifting'];
+
+/** A phase of the shifting workload: any workload but shifting itself. */
+export type PhaseWorkload = Exclude<WorkloadName, 'shifting'>;
+export const DEFAULT_PHASES: readonly PhaseWorkload[] = ['summarize', 'chat', 'summarize'];
+
+/** Parses a --phases list ("summarize,chat,summarize"). */
+export function parsePhases(text: string): PhaseWorkload[] {
+  const phases = text.split(',').map((s) => s.trim()).filter((s) => s !== '');
+  const bad = phases.filter((p) => p === 'shifting' || !WORKLOADS.includes(p as WorkloadName));
+  if (phases.length === 0 || bad.length) throw new RangeError(`invalid phases '${text}': a comma-separated list of chat, summarize, mixed`);
+  return phases as PhaseWorkload[];
+}
+
+/** Phase of request i of n when the run has `phases` phases of equal size (the last takes the remainder). */
+export function phaseOf(i: number, n: number, phases: number): number {
+  return Math.min(phases - 1, Math.floor((i * phases) / Math.max(1, n)));
+}
 
 export interface LengthRange {
   min: number;
@@ -47,6 +67,8 @@ export interface WorkloadOptions {
   outputLen?: number;
   /** Clip prompt + output to this many tokens when given. */
   maxModelLen?: number;
+  /** The shifting workload's phases (default DEFAULT_PHASES); ignored by the other workloads. */
+  phases?: readonly PhaseWorkload[];
   /** 'completions' → token-id prompts; 'chat' → word prompts. */
   endpoint: 'completions' | 'chat';
   vocabSize: number;
@@ -57,6 +79,8 @@ export interface BenchRequest {
   index: number;
   /** Which base workload produced it (for mixed). */
   kind: 'chat' | 'summarize';
+  /** The shifting workload's phase (0-based). */
+  phase?: number;
   promptLen: number;
   outputLen: number;
   /** True when max_model_len clipping shortened it. */
@@ -67,6 +91,7 @@ export interface BenchRequest {
 
 export interface Lengths {
   kind: 'chat' | 'summarize';
+  phase?: number;
   promptLen: number;
   outputLen: number;
   clipped: boolean;
@@ -102,9 +127,14 @@ export function generateLengths(opts: Omit<WorkloadOptions, 'endpoint' | 'vocabS
     if (v !== undefined && !(v > 0 && Number.isFinite(v))) throw new RangeError(`${name} must be > 0 (got ${v})`);
   }
   if (!WORKLOADS.includes(opts.workload)) throw new RangeError(`unknown workload '${opts.workload}' (one of ${WORKLOADS.join(', ')})`);
+  const phases = opts.workload === 'shifting' ? (opts.phases ?? DEFAULT_PHASES) : undefined;
   const out: Lengths[] = [];
   for (let i = 0; i < opts.n; i++) {
-    const kind: 'chat' | 'summarize' = opts.workload === 'mixed' ? (mix.float() < 0.5 ? 'chat' : 'summarize') : opts.workload;
+    const phase = phases ? phaseOf(i, opts.n, phases.length) : undefined;
+    const workload = phases ? phases[phase!]! : (opts.workload as PhaseWorkload);
+    // Always draw the mix so a phase boundary never shifts the other streams.
+    const coin = mix.float();
+    const kind: 'chat' | 'summarize' = workload === 'mixed' ? (coin < 0.5 ? 'chat' : 'summarize') : workload;
     const spec = WORKLOAD_SPECS[kind];
     // Always draw both so overriding one length never shifts the other's sequence.
     const drawnIn = rng.int(spec.input.min, spec.input.max);
@@ -112,7 +142,7 @@ export function generateLengths(opts: Omit<WorkloadOptions, 'endpoint' | 'vocabS
     const p0 = opts.inputLen ?? scaled(drawnIn, opts.inputLenScale);
     const o0 = opts.outputLen ?? scaled(drawnOut, opts.outputLenScale);
     const [promptLen, outputLen, clipped] = clipLengths(p0, o0, opts.maxModelLen);
-    out.push({ kind, promptLen, outputLen, clipped });
+    out.push(phase === undefined ? { kind, promptLen, outputLen, clipped } : { kind, phase, promptLen, outputLen, clipped });
   }
   return out;
 }

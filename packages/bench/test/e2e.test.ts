@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, existsSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { runBenchCommand, runBenchmark, type BenchCommandOptions, type BenchmarkResult, type SweepResult } from '../src/index.ts';
+import { formatSummary, runBenchCommand, runBenchmark, type BenchCommandOptions, type BenchmarkResult, type SweepResult } from '../src/index.ts';
 import { startFakeServer } from './fake-server.ts';
 import { checkXml } from './xml-check.ts';
 
@@ -191,6 +191,26 @@ test('sweep: one JSON with per-rate results and the 90% rate, plus an SVG chart 
     assert.deepEqual(checkXml(svg), []);
     assert.ok(svg.includes('fake system'));
     assert.equal((svg.match(/<circle cx/g) ?? []).length, 2 + 1); // finite rates + legend marker
+  } finally {
+    await srv.close();
+  }
+});
+
+test('shifting workload: the report gives each phase its own attainment', async () => {
+  // One at a time, so the server sees the requests in index order; the middle phase is refused.
+  const srv = await startFakeServer({ ttftMs: 5, itlMs: 2, failWith: (n) => (n >= 3 && n < 6 ? 503 : undefined) });
+  try {
+    const res = await runBenchmark({ url: srv.url, workload: 'shifting', rate: Infinity, requests: 9, warmup: 0, maxConcurrency: 1, inputLenScale: 0.01, outputLenScale: 0.05, slo: { ttftMs: 1000 } });
+    assert.deepEqual(res.phases!.map((p) => [p.phase, p.workload, p.requests, p.completed, p.failed]), [
+      [0, 'summarize', 3, 3, 0], [1, 'chat', 3, 0, 3], [2, 'summarize', 3, 3, 0],
+    ]);
+    assert.equal(res.phases![0]!.slo_attainment, 1);
+    assert.equal(res.phases![1]!.slo_attainment, 0);
+    assert.ok(res.phases![2]!.goodput > 0);
+    assert.deepEqual(res.requests.map((r) => r.phase), [0, 0, 0, 1, 1, 1, 2, 2, 2]);
+    const text = formatSummary(res);
+    assert.match(text, /Phase 2 chat \(3 req\): +0\.0% attained, goodput 0\.00 req\/s, 3 failed/);
+    assert.match(text, /Phase 1 summarize \(3 req\): +100\.0% attained/);
   } finally {
     await srv.close();
   }

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { WORDS, WORKLOAD_SPECS, clipLengths, generateLengths, generateRequests } from '../src/index.ts';
+import { WORDS, WORKLOAD_SPECS, clipLengths, generateLengths, generateRequests, parsePhases, phaseOf } from '../src/index.ts';
 
 const base = { n: 200, seed: 5, endpoint: 'completions' as const, vocabSize: 1000, minTokenId: 3 };
 
@@ -73,4 +73,23 @@ test('completions prompts are token ids in [minTokenId, vocab); chat prompts are
     assert.ok(words.every((w) => WORDS.includes(w)));
   }
   assert.throws(() => generateRequests({ ...base, workload: 'chat', vocabSize: 3, minTokenId: 3 }));
+});
+
+test('shifting: equal phases in order (summarize, chat, summarize by default), each drawn from its own workload', () => {
+  const base = { n: 10, seed: 3 };
+  const a = generateLengths({ ...base, workload: 'shifting' });
+  assert.deepEqual(a.map((l) => l.phase), [0, 0, 0, 0, 1, 1, 1, 2, 2, 2]);
+  assert.deepEqual(a.map((l) => l.kind), ['summarize', 'summarize', 'summarize', 'summarize', 'chat', 'chat', 'chat', 'summarize', 'summarize', 'summarize']);
+  for (const l of a) {
+    const spec = WORKLOAD_SPECS[l.kind];
+    assert.ok(l.promptLen >= spec.input.min && l.promptLen <= spec.input.max);
+  }
+  assert.deepEqual(a, generateLengths({ ...base, workload: 'shifting' }));
+  const custom = generateLengths({ ...base, workload: 'shifting', phases: parsePhases('chat, summarize') });
+  assert.deepEqual(custom.map((l) => `${l.phase}${l.kind[0]}`), ['0c', '0c', '0c', '0c', '0c', '1s', '1s', '1s', '1s', '1s']);
+  // Other workloads carry no phase, and their draws are unchanged by the phase machinery.
+  assert.equal(generateLengths({ ...base, workload: 'chat' })[0]!.phase, undefined);
+  assert.throws(() => parsePhases('chat,shifting'), /invalid phases/);
+  assert.throws(() => parsePhases(''), /invalid phases/);
+  assert.equal(phaseOf(99, 100, 3), 2);
 });

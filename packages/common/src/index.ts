@@ -2,6 +2,7 @@ export * from './grpc.ts';
 export * from './metrics/index.ts';
 export * from './redis/keys.ts';
 export * from './redis/registry.ts';
+export * from './redis/control.ts';
 export * from './redis/redis-server.ts';
 export * from './redis/client.ts';
 export * from './process/free-port.ts';

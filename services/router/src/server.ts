@@ -5,6 +5,7 @@ import { loadTokenizer, readModelConfig } from '@pdserve/engine';
 import { buildRouterApp } from './app.ts';
 import { ClusterBackend } from './cluster-backend.ts';
 import { metricsObserver, workerStateLabel } from './metrics-observer.ts';
+import { combineObservers, LoadStats, LoadStatsPublisher } from './load-stats.ts';
 import { basename, resolve } from 'node:path';
 
 export interface RouterOptions {
@@ -45,6 +46,9 @@ export async function startRouter(o: RouterOptions): Promise<RunningRouter> {
     generateTimeoutMs: o.generateTimeoutMs, prefillTimeoutMs: o.prefillTimeoutMs, tokenIdleTimeoutMs: o.tokenIdleTimeoutMs,
   });
   await backend.start();
+  // Rolling request statistics for the planner (services/planner), published to Redis.
+  const loadStats = new LoadStats({ slo: { ttftMs: o.sloTtftMs, tpotMs: o.sloTpotMs } });
+  const statsPublisher = new LoadStatsPublisher(loadStats, { redisUrl: o.redisUrl, prefix: o.prefix, logger: log });
   const metrics = createRouterMetrics(undefined, { slo: { ttftSeconds: o.sloTtftMs ? o.sloTtftMs / 1000 : undefined, tpotSeconds: o.sloTpotMs ? o.sloTpotMs / 1000 : undefined } });
   const app = buildRouterApp({
     backend, tokenizer,
@@ -58,7 +62,7 @@ export async function startRouter(o: RouterOptions): Promise<RunningRouter> {
     requestTimeoutMs: o.requestTimeoutMs,
     connectionTimeoutMs: o.connectionTimeoutMs,
     logger: log,
-    metrics: metricsObserver(metrics),
+    metrics: combineObservers(metricsObserver(metrics), loadStats.observer()),
     defaultSlo: o.sloTtftMs || o.sloTpotMs ? { ttftMs: o.sloTtftMs, tpotMs: o.sloTpotMs } : undefined,
     extraRoutes: (a) => {
       a.get('/metrics', async (_req, reply) => {
@@ -77,6 +81,7 @@ export async function startRouter(o: RouterOptions): Promise<RunningRouter> {
     url, port,
     stop: async () => {
       await app.close();
+      await statsPublisher.stop();
       await backend.stop();
     },
   };

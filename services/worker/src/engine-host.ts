@@ -102,6 +102,16 @@ export class EngineHost {
     return this.load.queue_len === 0 && this.load.running === 0 && this.load.waiting === 0 && this.prefills.size === 0 && this.decodes.size === 0;
   }
 
+  /** Prefills this worker has taken and not yet answered. */
+  get heldPrefills(): number {
+    return this.prefills.size;
+  }
+
+  /** Decodes (running or reserved) this worker has taken and not yet finished. */
+  get heldDecodes(): number {
+    return this.decodes.size + this.reservations.size;
+  }
+
   hasDecode(requestId: string): boolean {
     return this.decodes.has(requestId);
   }

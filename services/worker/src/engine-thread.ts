@@ -46,6 +46,8 @@ async function main(): Promise<void> {
     const c = engine.runner.capacity();
     const recent = scheduler.recentStepMs.slice(-16);
     const sorted = [...recent].sort((a, b) => a - b);
+    const decodes = scheduler.recentDecodeSteps;
+    const decodeMs = decodes.map((d) => d.ms).sort((a, b) => a - b);
     post({
       type: 'load',
       load: {
@@ -55,6 +57,9 @@ async function main(): Promise<void> {
         step_ms_p50: sorted.length ? sorted[Math.floor(sorted.length / 2)] : undefined,
         step_ms_recent: recent.map((x) => Math.round(x * 100) / 100),
         prefill_tokens_per_s: scheduler.prefillTokensPerS || undefined,
+        decode_step_ms: decodeMs.length ? Math.round(decodeMs[Math.floor(decodeMs.length / 2)] * 100) / 100 : undefined,
+        decode_batch: decodes.length ? Math.round((decodes.reduce((n, d) => n + d.batch, 0) / decodes.length) * 100) / 100 : undefined,
+        queued_prefill_tokens: scheduler.queuedPrefillTokens,
       },
     });
   }

@@ -37,6 +37,8 @@ export class Scheduler {
   private stopped = false;
   private loopDone?: Promise<void>;
   readonly recentStepMs: number[] = [];
+  /** The last few decode steps alone (the planner's step-time model needs them apart from prefill chunks). */
+  readonly recentDecodeSteps: Array<{ ms: number; batch: number }> = [];
   prefillTokensPerS = 0;
 
   constructor(readonly engine: Engine, private readonly opts: SchedulerOptions) {}
@@ -141,6 +143,13 @@ export class Scheduler {
     if (!req) return;
     req.paused = paused;
     if (!paused) this.notify();
+  }
+
+  /** Prompt tokens not yet prefilled: queued prompts and the unfinished part of those under way. */
+  get queuedPrefillTokens(): number {
+    let n = 0;
+    for (const job of this.prefillQueue) if (!job.cancelled) n += job.promptIds.length - (job.seq?.length ?? 0);
+    return n;
   }
 
   get waitingCount(): number {
@@ -391,6 +400,10 @@ export class Scheduler {
     this.recentStepMs.push(ms);
     if (this.recentStepMs.length > 32) this.recentStepMs.shift();
     if (phase === 'prefill') this.prefillTokensPerS = (tokens / ms) * 1000;
+    else {
+      this.recentDecodeSteps.push({ ms, batch });
+      if (this.recentDecodeSteps.length > 16) this.recentDecodeSteps.shift();
+    }
     this.opts.onStep?.({ phase, ms, tokens, batch, assembleMs: this.engine.runner.lastTimings.assembleMs });
   }
 

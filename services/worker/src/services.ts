@@ -14,8 +14,8 @@ export interface ServiceContext {
   log: Logger;
   /** This worker's advertised gRPC address: a prefill whose decode_address is this stays local. */
   selfAddress: string;
-  canPrefill: boolean;
-  canDecode: boolean;
+  /** Whether new work of this kind is taken now (the role can change while the worker runs). */
+  accepts(kind: 'prefill' | 'decode'): boolean;
   isDraining(): boolean;
   /**
    * Whether a prefill may push KV to this address: a decode-capable worker of this cluster's
@@ -23,7 +23,7 @@ export interface ServiceContext {
    */
   isDecodeAddress?(address: string): Promise<boolean>;
   workerId: string;
-  role: string;
+  role(): string;
   onKvTransfer?(t: { seconds: number; bytes: number }): void;
   onKvFailure?(reason: 'checksum' | 'timeout' | 'peer_lost' | 'rejected'): void;
 }
@@ -59,11 +59,14 @@ export function prefillHandlers(ctx: ServiceContext): grpc.UntypedServiceImpleme
     Prefill(call: grpc.ServerUnaryCall<PrefillRequestMsg, PrefillResponseMsg>, callback: grpc.sendUnaryData<PrefillResponseMsg>) {
       const req = call.request;
       const log = ctx.log.child({ request_id: requestIdOf(call, req.request_id) });
-      if (!ctx.canPrefill || ctx.isDraining()) return callback(status(grpc.status.UNAVAILABLE, `worker ${ctx.workerId} takes no prefill work`));
+      const local = req.decode_address === ctx.selfAddress;
+      // A local prefill belongs to a decode this worker already holds: it is finished even while
+      // the worker moves away from prefilling (a live role change).
+      const held = local && ctx.host.hasDecode(req.request_id);
+      if (!(ctx.accepts('prefill') || held) || ctx.isDraining()) return callback(status(grpc.status.UNAVAILABLE, `worker ${ctx.workerId} takes no prefill work`));
       const problem = prefillProblem(req, ctx.host.info);
       if (problem) return callback(status(grpc.status.INVALID_ARGUMENT, problem));
       if (ctx.host.hasPrefill(req.request_id)) return callback(status(grpc.status.ALREADY_EXISTS, `request ${req.request_id} is already being prefilled here`));
-      const local = req.decode_address === ctx.selfAddress;
       if (local && !ctx.host.hasDecode(req.request_id)) {
         return callback(status(grpc.status.FAILED_PRECONDITION, `no decode side of request ${req.request_id} is waiting here (cancelled, timed out, or never reserved)`));
       }
@@ -122,7 +125,7 @@ export function decodeHandlers(ctx: ServiceContext): grpc.UntypedServiceImplemen
     Generate(call: grpc.ServerWritableStream<GenerateRequestMsg, GenerateEventMsg>) {
       const r = call.request;
       const log = ctx.log.child({ request_id: requestIdOf(call, r.request_id) });
-      if (!ctx.canDecode || ctx.isDraining()) {
+      if (!ctx.accepts('decode') || ctx.isDraining()) {
         call.emit('error', status(grpc.status.UNAVAILABLE, `worker ${ctx.workerId} takes no decode work`));
         return;
       }
@@ -262,5 +265,5 @@ export function decodeHandlers(ctx: ServiceContext): grpc.UntypedServiceImplemen
 
 function healthHandler(ctx: ServiceContext) {
   return (_call: unknown, callback: grpc.sendUnaryData<{ worker_id: string; role: string; ready: boolean }>) =>
-    callback(null, { worker_id: ctx.workerId, role: ctx.role, ready: !ctx.isDraining() });
+    callback(null, { worker_id: ctx.workerId, role: ctx.role(), ready: !ctx.isDraining() });
 }

@@ -1,6 +1,7 @@
 // A worker process: the engine, its scheduler, the gRPC services of its role, a Prometheus
 // endpoint, and its registration in Redis. SIGTERM drains: the worker stops taking work, finishes
-// what it holds (bounded by drainTimeoutMs), deregisters and exits.
+// what it holds (bounded by drainTimeoutMs), deregisters and exits. Its role can change while it
+// runs, on a command through Redis (role-switch.ts), unless it is pinned.
 import { hostname, networkInterfaces } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import pino, { type Logger } from 'pino';
@@ -11,6 +12,7 @@ import {
 } from '@pdserve/common';
 import { EngineHost } from './engine-host.ts';
 import { ENGINE_STALL_MS, engineStall } from './engine-watchdog.ts';
+import { RoleSwitch } from './role-switch.ts';
 import { decodeHandlers, prefillHandlers } from './services.ts';
 
 export interface WorkerOptions {
@@ -35,6 +37,12 @@ export interface WorkerOptions {
   drainTimeoutMs?: number;
   /** How long the engine thread may stay silent while work is pending before the worker reports itself unhealthy. */
   engineStallMs?: number;
+  /** Keep this role: ignore role-change commands (the planner leaves pinned workers alone). */
+  pinRole?: boolean;
+  /** After a role change, calls of the old kind already routed here are still taken this long. Default 10000. */
+  roleGraceMs?: number;
+  /** After a role change, how long the old work it holds may take before the change counts as settled. Default 60000. */
+  roleSettleTimeoutMs?: number;
   logger?: Logger;
 }
 
@@ -50,6 +58,8 @@ export interface RunningWorker {
   id: string;
   grpcAddress: string;
   metricsUrl: string;
+  /** The role the worker serves now. */
+  role(): WorkerRole;
   stop(): Promise<void>;
 }
 
@@ -80,18 +90,30 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
   let draining = false;
   const stalledMs = () => engineStall(host, performance.now(), o.engineStallMs ?? ENGINE_STALL_MS);
   // Which addresses a prefill may push KV to: decode-capable workers in this cluster's registry.
-  // A miss re-reads Redis once (a decode worker that registered since the last poll).
-  const directory = o.role === 'decode' ? undefined : new WorkerDirectory({ redisUrl: o.redisUrl, prefix: o.prefix, logger: log });
-  const knownDecode = (address: string) => directory!.list().some((w) => canDecode(w.role) && w.grpc_address === address && w.lost_since === undefined);
-  const isDecodeAddress = async (address: string) => knownDecode(address) || (await directory!.refresh(), knownDecode(address));
+  // A miss re-reads Redis once (a decode worker that registered since the last poll). Every role
+  // keeps one: a decode worker may become a prefilling one without a restart.
+  const directory = new WorkerDirectory({ redisUrl: o.redisUrl, prefix: o.prefix, logger: log });
+  const knownDecode = (address: string) => directory.list().some((w) => canDecode(w.role) && w.grpc_address === address && w.lost_since === undefined);
+  const isDecodeAddress = async (address: string) => knownDecode(address) || (await directory.refresh(), knownDecode(address));
+  // Set once the registration exists: the role switch advertises through it.
+  let registration: WorkerRegistration | undefined;
+  const roles = new RoleSwitch({
+    role: o.role, pinned: o.pinRole ?? false, graceMs: o.roleGraceMs ?? 10_000, settleTimeoutMs: o.roleSettleTimeoutMs ?? 60_000,
+    log,
+    advertise: (role, change) => registration?.setRole(role, change) ?? Promise.resolve(false),
+    held: () => ({ prefill: host.heldPrefills, decode: host.heldDecodes }),
+    onChanged: (from, to) => metrics.changedRole(from, to),
+    onRejected: (reason) => metrics.roleChangeRejected.inc({ reason }),
+    isStopping: () => draining,
+  });
   const server = createGrpcServer();
   const publicHost = advertisedHost(o.advertiseHost);
   const port = await bindServer(server, `${o.host}:${o.grpcPort}`);
   const grpcAddress = `${publicHost}:${port}`;
   const ctx = {
-    host, log, selfAddress: grpcAddress, workerId: id, role: o.role,
-    canPrefill: o.role !== 'decode', canDecode: o.role !== 'prefill', isDraining: () => draining,
-    isDecodeAddress: directory ? isDecodeAddress : undefined,
+    host, log, selfAddress: grpcAddress, workerId: id, role: () => roles.role,
+    accepts: (kind: 'prefill' | 'decode') => roles.accepts(kind), isDraining: () => draining,
+    isDecodeAddress,
     onKvTransfer: (t: { seconds: number; bytes: number }) => metrics.observeKvTransfer(t),
     onKvFailure: (r: 'checksum' | 'timeout' | 'peer_lost' | 'rejected') => metrics.kvTransferFailed(r),
   };
@@ -110,44 +132,48 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
     host: o.host, port: o.metricsPort, registry: metrics.registry,
     health: () => {
       const stall = stalledMs();
-      return { ok: !draining && stall === undefined, worker_id: id, role: o.role, ...(stall !== undefined ? { engine_stalled_ms: Math.round(stall) } : {}), load: load() };
+      return {
+        ok: !draining && stall === undefined, worker_id: id, role: roles.role, pinned: o.pinRole ?? false, role_change: roles.lastChange,
+        ...(stall !== undefined ? { engine_stalled_ms: Math.round(stall) } : {}), load: load(),
+      };
     },
   });
   const metricsUrl = `http://${publicHost}:${metricsServer.port}/metrics`;
-  const registration = new WorkerRegistration({
+  registration = new WorkerRegistration({
     redisUrl: o.redisUrl, prefix: o.prefix, heartbeatMs: o.heartbeatMs,
-    worker: { id, role: o.role, grpc_address: grpcAddress, metrics_url: metricsUrl, model: config.name },
+    worker: { id, role: o.role, grpc_address: grpcAddress, metrics_url: metricsUrl, model: config.name, ...(o.pinRole ? { pinned: true } : {}) },
     getLoad: load, logger: log,
+    onDesiredRole: (read) => roles.handle(read),
   });
   await registration.start();
-  await directory?.start();
+  await directory.start();
   // The watchdog: a stalled engine thread turns the advertised state to `unhealthy` (the router
   // stops choosing this worker) and back to `ready` once the thread speaks again.
   const watchdog = setInterval(() => {
     if (draining) return;
     const stall = stalledMs();
     const want = stall === undefined ? 'ready' : 'unhealthy';
-    if (registration.state === want) return;
+    if (registration!.state === want) return;
     if (stall !== undefined) log.error({ engine_stalled_ms: Math.round(stall) }, 'engine thread stalled with work pending');
     else log.info('engine thread responsive again');
-    void registration.setState(want);
+    void registration!.setState(want);
   }, 1000);
   watchdog.unref();
-  log.info({ grpc: grpcAddress, metrics: metricsUrl }, 'worker ready');
+  log.info({ grpc: grpcAddress, metrics: metricsUrl, pinned: o.pinRole ?? false }, 'worker ready');
 
   let stopping: Promise<void> | undefined;
   const stop = () => (stopping ??= (async () => {
     draining = true;
     clearInterval(watchdog);
-    await registration.setState('draining');
+    await registration!.setState('draining');
     const deadline = Date.now() + (o.drainTimeoutMs ?? 30_000);
     while (!host.idle && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-    await registration.stop();
-    await directory?.stop();
+    await registration!.stop();
+    await directory.stop();
     await host.stop();
     server.forceShutdown();
     await metricsServer.close();
     log.info('worker stopped');
   })());
-  return { id, grpcAddress, metricsUrl, stop };
+  return { id, grpcAddress, metricsUrl, role: () => roles.role, stop };
 }

@@ -1,7 +1,7 @@
 // `pdserve bench`: load-test an OpenAI-compatible endpoint (the router) like `vllm bench serve`.
 // The work is done by @pdserve/bench; this module only declares and parses the flags.
 import { InvalidArgumentError, Option, type Command } from 'commander';
-import { WORKLOADS, parseRate, parseRateList, runBenchCommand, type BenchCommandOptions } from '@pdserve/bench';
+import { WORKLOADS, parsePhases, parseRate, parseRateList, runBenchCommand, type BenchCommandOptions } from '@pdserve/bench';
 
 function int(min: number) {
   return (value: string): number => {
@@ -38,9 +38,10 @@ export function register(program: Command): void {
     .command('bench')
     .description('benchmark an OpenAI-compatible endpoint with streamed requests: TTFT/TPOT/ITL/E2EL, goodput, SLO attainment')
     .requiredOption('--url <url>', 'server base URL, e.g. http://127.0.0.1:8000')
-    .addOption(new Option('--workload <name>', 'chat (prompt 64-256, output 128-256), summarize (512-1024, 16-64) or mixed (1:1)').choices(WORKLOADS).makeOptionMandatory())
+    .addOption(new Option('--workload <name>', 'chat (prompt 64-256, output 128-256), summarize (512-1024, 16-64), mixed (1:1) or shifting (phases: summarize, chat, summarize)').choices(WORKLOADS).makeOptionMandatory())
     .addOption(new Option('--rate <r>', "request rate in req/s (Poisson arrivals), or 'inf' for all at once").argParser(wrap(parseRate)).default(Infinity, 'inf'))
     .option('--requests <n>', 'number of measured requests', int(1), 100)
+    .option('--phases <list>', "shifting workload: its phases in order, equal shares of the requests (default summarize,chat,summarize)", wrap(parsePhases))
     .requiredOption('--slo-ttft-ms <ms>', 'TTFT SLO: a good request has TTFT <= this', positive)
     .requiredOption('--slo-tpot-ms <ms>', 'TPOT SLO: a good request has TPOT <= this', positive)
     .option('--slo-e2el-ms <ms>', 'end-to-end latency SLO', positive)

@@ -46,6 +46,8 @@ export function register(program: Command): void {
     .option('--prefill-chunk <n>', 'prompt tokens per prefill pass', positiveInt, 256)
     .option('--id <id>', 'worker id (default: role-host-pid-random)')
     .option('--drain-timeout-s <s>', 'on SIGTERM, how long to finish the requests held before exiting', positiveInt, 30)
+    .option('--pin-role', 'keep --role: ignore role-change commands (the planner leaves this worker alone)')
+    .option('--role-grace-ms <ms>', 'after a role change, old-kind calls already routed here are still taken this long', positiveInt, 10_000)
     .action(async (o) => {
       const log = pino({ name: 'pdserve-worker', level: process.env.PDSERVE_LOG_LEVEL ?? 'info' });
       const { drainTimeoutS, ...rest } = o;

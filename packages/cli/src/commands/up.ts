@@ -7,7 +7,7 @@
 // Failure: any child, or the redis-server `up` started, exiting on its own stops the whole cluster
 // and exits 1 with a message naming it. A cluster on a dead registry cannot admit new workers or
 // see failed ones, and `up` restarts nothing, so it says so and stops rather than stay "ready".
-import type { Command } from 'commander';
+import { InvalidArgumentError, type Command } from 'commander';
 import { existsSync } from 'node:fs';
 import { availableParallelism, homedir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -55,6 +55,9 @@ interface UpFlags {
   readyTimeoutS: number;
   drainTimeoutS: number;
   pin?: boolean;
+  planner: 'on' | 'off';
+  pinRoles?: boolean;
+  roleGraceMs?: number;
 }
 
 async function waitReady(url: string, timeoutMs: number, failed: () => string | undefined): Promise<void> {
@@ -69,6 +72,11 @@ async function waitReady(url: string, timeoutMs: number, failed: () => string | 
     await new Promise((r) => setTimeout(r, 200));
   }
   throw new Error(`cluster not ready after ${timeoutMs / 1000} s`);
+}
+
+function plannerFlag(value: string): 'on' | 'off' {
+  if (value !== 'on' && value !== 'off') throw new InvalidArgumentError(`expected on or off, got ${value}`);
+  return value;
 }
 
 export function register(program: Command): void {
@@ -89,6 +97,9 @@ export function register(program: Command): void {
     .option('--ready-timeout-s <n>', 'give up if the cluster is not ready by then', positiveInt, 120)
     .option('--drain-timeout-s <n>', 'how long a stopping worker may finish its requests (the stop grace is this plus 10 s)', positiveInt, 30)
     .option('--pin', 'pin worker i to CPU core i mod cores (taskset), e.g. 1 prefill + 1 decode on their own cores')
+    .option('--planner <on|off>', 'run the planner, which moves workers between roles as the load changes', plannerFlag, 'on')
+    .option('--pin-roles', 'start every worker with --pin-role: roles stay as given')
+    .option('--role-grace-ms <ms>', "workers' grace period for old-kind calls after a role change", positiveInt)
     .action(async (o: UpFlags) => {
       const log = pino({ name: 'pdserve-up' });
       const model = resolveDefaultModel(log, o.model);
@@ -115,8 +126,11 @@ export function register(program: Command): void {
       };
       const common = ['--model', model, '--redis-url', redisUrl, '--device', o.device, '--threads', String(o.threads), '--max-sequences', String(o.maxSequences), '--drain-timeout-s', String(o.drainTimeoutS)];
       if (o.kvBudgetMb !== undefined) common.push('--kv-budget-mb', String(o.kvBudgetMb));
+      if (o.roleGraceMs !== undefined) common.push('--role-grace-ms', String(o.roleGraceMs));
       const roles: Array<['prefill' | 'decode' | 'unified', number]> = o.unified ? [['unified', o.unified]] : [['prefill', o.prefill], ['decode', o.decode]];
-      for (const [role, count] of roles) for (let i = 0; i < count; i++) node(`${role}-${i}`, ['worker', '--role', role, ...common], o.pin);
+      const pinRole = o.pinRoles ? ['--pin-role'] : [];
+      for (const [role, count] of roles) for (let i = 0; i < count; i++) node(`${role}-${i}`, ['worker', '--role', role, ...common, ...pinRole], o.pin);
+      if (o.planner === 'on') node('planner', ['planner', '--redis-url', redisUrl]);
       const port = o.port || (await freePort());
       node('router', ['router', '--model', model, '--redis-url', redisUrl, '--host', o.host, '--port', String(port)]);
       const shutdown = async (code: number) => {

@@ -3,5 +3,6 @@
 export * from './buckets.ts';
 export * from './router-metrics.ts';
 export * from './worker-metrics.ts';
+export * from './planner-metrics.ts';
 export * from './http.ts';
 export * from './dashboard.ts';

@@ -11,6 +11,10 @@ export type StepPhase = (typeof STEP_PHASES)[number];
 export const KV_TRANSFER_FAILURE_REASONS = ['checksum', 'timeout', 'peer_lost', 'rejected'] as const;
 export type KvTransferFailureReason = (typeof KV_TRANSFER_FAILURE_REASONS)[number];
 
+export const WORKER_ROLE_NAMES = ['prefill', 'decode', 'unified'] as const;
+export const ROLE_CHANGE_REJECT_REASONS = ['invalid', 'pinned', 'stopping'] as const;
+export type RoleChangeRejectReason = (typeof ROLE_CHANGE_REJECT_REASONS)[number];
+
 export interface WorkerMetricsOptions {
   role: 'prefill' | 'decode' | 'unified';
   workerId: string;
@@ -39,7 +43,11 @@ export interface WorkerMetrics {
   kvTransferFailures: Counter<'reason'>;
   kvBlocksFree: Gauge<string>;
   kvBlocksTotal: Gauge<string>;
+  roleChanges: Counter<'from' | 'to'>;
+  roleChangeRejected: Counter<'reason'>;
 
+  /** A live role change: counts it and relabels every series of this registry with the new role. */
+  changedRole(from: 'prefill' | 'decode' | 'unified', to: 'prefill' | 'decode' | 'unified'): void;
   /**
    * Records one engine step. prefill: step duration, `tokens` prompt tokens, and the
    * prefill throughput gauge. decode: step duration, the batch size, and `tokens` generated tokens
@@ -111,6 +119,21 @@ export function createWorkerMetrics(options: WorkerMetricsOptions): WorkerMetric
   const kvBlocksFree = new Gauge({ name: 'pdserve_kv_blocks_free', help: 'Free KV cache blocks.', registers });
   const kvBlocksTotal = new Gauge({ name: 'pdserve_kv_blocks_total', help: 'Total KV cache blocks.', registers });
 
+  const roleChanges = new Counter({
+    name: 'pdserve_role_changes_total',
+    help: 'Live role changes this worker carried out (from, to).',
+    labelNames: ['from', 'to'] as const,
+    registers,
+  });
+  const roleChangeRejected = new Counter({
+    name: 'pdserve_role_change_rejected_total',
+    help: 'Role-change commands this worker refused (invalid|pinned|stopping).',
+    labelNames: ['reason'] as const,
+    registers,
+  });
+  for (const from of WORKER_ROLE_NAMES) for (const to of WORKER_ROLE_NAMES) if (from !== to) roleChanges.inc({ from, to }, 0);
+  for (const reason of ROLE_CHANGE_REJECT_REASONS) roleChangeRejected.inc({ reason }, 0);
+
   // Known label combinations exist from the first scrape, so rate() over them returns data.
   for (const phase of STEP_PHASES) stepDuration.zero({ phase });
   for (const reason of KV_TRANSFER_FAILURE_REASONS) kvTransferFailures.inc({ reason }, 0);
@@ -131,7 +154,13 @@ export function createWorkerMetrics(options: WorkerMetricsOptions): WorkerMetric
     kvTransferFailures,
     kvBlocksFree,
     kvBlocksTotal,
+    roleChanges,
+    roleChangeRejected,
 
+    changedRole(from, to) {
+      roleChanges.inc({ from, to });
+      registry.setDefaultLabels({ worker_id: options.workerId, role: to });
+    },
     observeStep(step) {
       stepDuration.observe({ phase: step.phase }, step.seconds);
       if (step.phase === 'prefill') {

@@ -143,3 +143,6 @@ export function redactUrl(url: string): string {
     return url;
   }
 }
+
+/** The client type createRedisClient() returns, for packages that do not depend on ioredis themselves. */
+export type RedisClient = Redis;

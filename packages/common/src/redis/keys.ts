@@ -7,6 +7,12 @@
 //   {prefix}:pd_ratio        hash     target prefill:decode ratio {prefill, decode, updated_ms, updated_by}
 //   {prefix}:admission       hash     router admission state {state, reason, updated_ms, updated_by}
 //   {prefix}:events          channel  pub/sub hints ("something changed, re-read now"); never required
+//   {prefix}:desired_role:{id} hash   a role-change command for one worker {role, reason, decision_id, ...}
+//   {prefix}:planner:lock    string   the planner leader's token, SET NX PX ttl, renewed while it leads
+//   {prefix}:planner:epoch   string   INCR on every election: the fencing token of the current leader
+//   {prefix}:planner:decisions stream every planner decision that changed the target, with its reason
+//   {prefix}:routers         set      router ids publishing statistics
+//   {prefix}:router_stats:{id} hash   a router's rolling request statistics, PX ttl
 //
 // This module holds the names, the record types, their (de)serialisation and typed get/set helpers
 // for the small control hashes. Connection handling lives in client.ts; heartbeats and discovery in
@@ -40,6 +46,28 @@ export interface WorkerLoad {
   step_ms_recent?: number[];
   /** Prefill throughput over the recent window. */
   prefill_tokens_per_s?: number;
+  /** Median duration of the recent decode steps alone, ms (step_ms_p50 mixes in prefill chunks). */
+  decode_step_ms?: number;
+  /** Mean batch size of those decode steps. */
+  decode_batch?: number;
+  /** Prompt tokens waiting for prefill here (queued and not yet computed). */
+  queued_prefill_tokens?: number;
+  /** Sequences this worker holds at most. */
+  max_sequences?: number;
+}
+
+/** The last role change a worker carried out, as it reports it in its record. */
+export interface RoleChangeStatus {
+  from: WorkerRole;
+  to: WorkerRole;
+  /** The command's decision id (the planner's stream entry id), when it had one. */
+  decision_id?: string;
+  /** Epoch ms the command was written (by the commander's clock). */
+  requested_ms: number;
+  /** Epoch ms the worker advertised the new role and began taking work of the new kind. */
+  applied_ms: number;
+  /** Epoch ms the work of the old kind it held had finished; absent while it is still finishing. */
+  settled_ms?: number;
 }
 
 /** Value of `{prefix}:worker:{id}`. */
@@ -65,14 +93,26 @@ export interface WorkerRecord {
   /** OS process id and host name, for operators. */
   pid?: number;
   hostname?: string;
+  /** Pinned workers keep their role: they ignore role-change commands and the planner leaves them alone. */
+  pinned?: boolean;
+  role_change?: RoleChangeStatus;
 }
 
-/** Value of `{prefix}:pd_ratio`. Both sides are positive numbers; only their ratio matters. */
+/**
+ * Value of `{prefix}:pd_ratio`. Both sides are positive numbers; only their ratio matters. The
+ * planner writes prefill-capable : decode-capable worker counts (a unified worker counts on both
+ * sides) plus the role counts themselves and its reason.
+ */
 export interface PdRatio {
   prefill: number;
   decode: number;
   updated_ms: number;
   updated_by?: string;
+  /** Workers per role in the target (planner-written). */
+  prefill_workers?: number;
+  decode_workers?: number;
+  unified_workers?: number;
+  reason?: string;
 }
 
 export type AdmissionState = 'open' | 'throttled' | 'closed';
@@ -89,7 +129,7 @@ export interface Admission {
 
 /** Message published on `{prefix}:events`. A hint only: readers must not depend on receiving it. */
 export interface ClusterEvent {
-  type: 'registered' | 'state' | 'deregistered' | 'pd_ratio' | 'admission';
+  type: 'registered' | 'state' | 'deregistered' | 'pd_ratio' | 'admission' | 'desired_role';
   id?: string;
   ts: number;
 }
@@ -102,6 +142,12 @@ export interface ClusterKeys {
   pdRatio: string;
   admission: string;
   events: string;
+  desiredRole(id: string): string;
+  plannerLock: string;
+  plannerEpoch: string;
+  plannerDecisions: string;
+  routers: string;
+  routerStats(id: string): string;
 }
 
 const PREFIX_RE = /^[A-Za-z0-9._-]{1,64}$/;
@@ -129,6 +175,12 @@ export function clusterKeys(prefix: string = DEFAULT_PREFIX): ClusterKeys {
     pdRatio: `${prefix}:pd_ratio`,
     admission: `${prefix}:admission`,
     events: `${prefix}:events`,
+    desiredRole: (id: string) => `${prefix}:desired_role:${id}`,
+    plannerLock: `${prefix}:planner:lock`,
+    plannerEpoch: `${prefix}:planner:epoch`,
+    plannerDecisions: `${prefix}:planner:decisions`,
+    routers: `${prefix}:routers`,
+    routerStats: (id: string) => `${prefix}:router_stats:${id}`,
   };
 }
 
@@ -193,6 +245,11 @@ export function parsePdRatio(h: Record<string, string> | null | undefined): PdRa
   const updated_ms = Number(h.updated_ms);
   const out: PdRatio = { prefill, decode, updated_ms: Number.isFinite(updated_ms) ? updated_ms : 0 };
   if (h.updated_by) out.updated_by = h.updated_by;
+  for (const k of ['prefill_workers', 'decode_workers', 'unified_workers'] as const) {
+    const n = Number(h[k]);
+    if (h[k] !== undefined && Number.isInteger(n) && n >= 0) out[k] = n;
+  }
+  if (h.reason) out.reason = h.reason;
   return out;
 }
 
@@ -217,13 +274,12 @@ export async function getPdRatio(redis: Redis, keys: ClusterKeys): Promise<PdRat
 export async function setPdRatio(
   redis: Redis,
   keys: ClusterKeys,
-  ratio: { prefill: number; decode: number; updated_by?: string },
+  ratio: Omit<PdRatio, 'updated_ms'>,
 ): Promise<PdRatio> {
   if (!(ratio.prefill > 0) || !(ratio.decode > 0) || !Number.isFinite(ratio.prefill) || !Number.isFinite(ratio.decode)) {
     throw new Error(`pd_ratio sides must be positive finite numbers, got ${ratio.prefill}:${ratio.decode}`);
   }
-  const value: PdRatio = { prefill: ratio.prefill, decode: ratio.decode, updated_ms: Date.now() };
-  if (ratio.updated_by) value.updated_by = ratio.updated_by;
+  const value: PdRatio = { ...ratio, updated_ms: Date.now() };
   await writeHash(redis, keys.pdRatio, value, keys, 'pd_ratio');
   return value;
 }
@@ -234,6 +290,13 @@ export async function getAdmission(redis: Redis, keys: ClusterKeys): Promise<Adm
 }
 
 /** Writes `{prefix}:admission` (replacing it atomically) and publishes an `admission` event. */
+/** The fields setPdRatio writes, as a flat string hash (for callers that write it in their own transaction). */
+export function pdRatioFields(ratio: PdRatio): Record<string, string> {
+  const fields: Record<string, string> = {};
+  for (const [k, v] of Object.entries(ratio)) if (v !== undefined) fields[k] = String(v);
+  return fields;
+}
+
 export async function setAdmission(
   redis: Redis,
   keys: ClusterKeys,

@@ -13,6 +13,7 @@ import { hostname } from 'node:os';
 import type { Redis } from 'ioredis';
 import { errorMessage, silentLogger, type LogLike } from '../process/log-like.ts';
 import { closeRedisClient, createRedisClient, redactUrl, waitForReady } from './client.ts';
+import { parseDesiredRole, type DesiredRoleRead } from './control.ts';
 import {
   assertWorkerId,
   canDecode,
@@ -28,6 +29,7 @@ import {
   type ClusterEvent,
   type ClusterKeys,
   type PdRatio,
+  type RoleChangeStatus,
   type WorkerLoad,
   type WorkerRecord,
   type WorkerRole,
@@ -43,6 +45,7 @@ export interface WorkerIdentity {
   grpc_address: string;
   metrics_url: string;
   model: string;
+  pinned?: boolean;
 }
 
 export interface WorkerRegistrationOptions {
@@ -58,6 +61,12 @@ export interface WorkerRegistrationOptions {
   logger?: LogLike;
   /** State of the first heartbeat; default 'ready'. */
   initialState?: WorkerState;
+  /**
+   * Called with the worker's `{prefix}:desired_role:{id}` after every heartbeat (it is read in the
+   * heartbeat's own transaction) and at once when a `desired_role` hint for this worker arrives on
+   * `{prefix}:events` (one extra connection). Must not throw (a throw is logged).
+   */
+  onDesiredRole?: (read: DesiredRoleRead) => void;
 }
 
 export class WorkerRegistration {
@@ -80,6 +89,9 @@ export class WorkerRegistration {
   #lastLoad: WorkerLoad = emptyLoad();
   #failures = 0;
   #lastBeatMs: number | undefined;
+  #role: WorkerRole;
+  #roleChange: RoleChangeStatus | undefined;
+  #sub: Redis | undefined;
 
   constructor(opts: WorkerRegistrationOptions) {
     assertWorkerId(opts.worker.id);
@@ -93,10 +105,29 @@ export class WorkerRegistration {
     this.#opts = opts;
     this.#logger = opts.logger ?? silentLogger;
     this.#state = opts.initialState ?? 'ready';
+    this.#role = opts.worker.role;
   }
 
   get state(): WorkerState {
     return this.#state;
+  }
+
+  get role(): WorkerRole {
+    return this.#role;
+  }
+
+  /**
+   * Advertises a new role (and the record of the change) and heartbeats right away, with a `state`
+   * hint so routers re-read at once. Resolves true if that beat reached Redis.
+   */
+  async setRole(role: WorkerRole, change?: RoleChangeStatus): Promise<boolean> {
+    if (role !== this.#role || change !== this.#roleChange) {
+      this.#role = role;
+      this.#roleChange = change;
+      this.#announce = true;
+    }
+    if (!this.#started || this.#stopped) return false;
+    return this.heartbeat();
   }
 
   /** True while the most recent heartbeat reached Redis. */
@@ -123,10 +154,57 @@ export class WorkerRegistration {
       logger: this.#logger,
       commandTimeoutMs: Math.max(250, Math.min(this.heartbeatMs, 2000)),
     });
+    if (this.#opts.onDesiredRole) this.#startSubscriber();
     await waitForReady(this.#redis, Math.min(this.ttlMs, 2000));
     const ok = await this.heartbeat();
     this.#schedule(this.heartbeatMs);
     return ok;
+  }
+
+  #startSubscriber(): void {
+    const sub = createRedisClient({ url: this.#opts.redisUrl, name: `pdserve-worker-${this.id}-events`, logger: silentLogger });
+    this.#sub = sub;
+    // Subscribe on every (re)connect: the client has no offline queue and autoResubscribe is off.
+    sub.on('ready', () => {
+      sub.subscribe(this.keys.events).catch((err: unknown) => {
+        this.#logger.debug({ err: errorMessage(err) }, 'events subscribe failed; role commands arrive with heartbeats');
+      });
+    });
+    sub.on('message', (channel: string, message: string) => {
+      if (channel !== this.keys.events || this.#stopped) return;
+      let event: ClusterEvent | undefined;
+      try {
+        event = JSON.parse(message) as ClusterEvent;
+      } catch {
+        return;
+      }
+      if (event?.type !== 'desired_role' || event.id !== this.id) return;
+      const redis = this.#redis;
+      if (redis && redis.status === 'ready') void this.#readDesiredRole(redis);
+    });
+  }
+
+  /** Reads the command outside the heartbeat's transaction, so a malformed key cannot fail a heartbeat. */
+  async #readDesiredRole(redis: Redis): Promise<void> {
+    let read: DesiredRoleRead;
+    try {
+      read = parseDesiredRole(await redis.hgetall(this.keys.desiredRole(this.id)));
+    } catch (err) {
+      const msg = errorMessage(err);
+      // WRONGTYPE (someone wrote a string there) is bad input; a connection error is not.
+      if (!/WRONGTYPE/.test(msg)) return;
+      read = { kind: 'invalid', error: `${this.keys.desiredRole(this.id)} is not a hash: ${msg}`, token: 'wrongtype' };
+    }
+    this.#deliverDesiredRole(read);
+  }
+
+  #deliverDesiredRole(read: DesiredRoleRead): void {
+    if (this.#stopped) return;
+    try {
+      this.#opts.onDesiredRole?.(read);
+    } catch (err) {
+      this.#logger.error({ worker: this.id, err: errorMessage(err) }, 'onDesiredRole callback threw');
+    }
   }
 
   /** Changes the advertised state and heartbeats right away. Resolves true if that beat reached Redis. */
@@ -175,7 +253,7 @@ export class WorkerRegistration {
       this.#logger.warn({ worker: this.id, err: errorMessage(err) }, 'deregistration failed; key will expire by TTL');
     }
     this.#registered = false;
-    await closeRedisClient(redis);
+    await Promise.all([redis, this.#sub].map((c) => (c ? closeRedisClient(c) : undefined)));
   }
 
   #schedule(delayMs: number): void {
@@ -214,6 +292,7 @@ export class WorkerRegistration {
     const now = Date.now();
     const record: WorkerRecord = {
       ...this.#opts.worker,
+      role: this.#role,
       started_at: this.startedAt,
       last_heartbeat_ms: now,
       ttl_ms: this.ttlMs,
@@ -223,6 +302,7 @@ export class WorkerRegistration {
       pid: process.pid,
       hostname: hostname(),
     };
+    if (this.#roleChange) record.role_change = this.#roleChange;
     const announce = this.#announce || !this.#registered;
     try {
       const tx = redis
@@ -237,6 +317,7 @@ export class WorkerRegistration {
       if (!result) throw new Error('heartbeat transaction aborted');
       const failed = result.find(([err]) => err);
       if (failed?.[0]) throw failed[0];
+      if (this.#opts.onDesiredRole) await this.#readDesiredRole(redis);
       if (!this.#registered) {
         this.#logger.info(
           { worker: this.id, role: record.role, state: record.state, failures: this.#failures, redis: redactUrl(this.#opts.redisUrl) },
