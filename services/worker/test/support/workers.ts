@@ -32,11 +32,11 @@ export async function startRedis(): Promise<RedisServerHandle> {
   return startRedisServer();
 }
 
-export async function startWorkerProc(modelDir: string, redisUrl: string, role: 'prefill' | 'decode' | 'unified', extra: string[] = []): Promise<WorkerProc> {
+export async function startWorkerProc(modelDir: string, redisUrl: string, role: 'prefill' | 'decode' | 'unified', extra: string[] = [], env: Record<string, string> = {}): Promise<WorkerProc> {
   const proc = spawn(process.execPath, [
     '--import', 'tsx', join(repoRoot, 'packages/cli/src/main.ts'), 'worker', '--role', role, '--model', modelDir, '--redis-url', redisUrl,
     '--threads', '1', '--block-tokens', String(BLOCK_TOKENS), ...extra,
-  ], { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env } });
+  ], { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
   let out = '';
   proc.stdout!.on('data', (d) => { out += d; });
   proc.stderr!.on('data', (d) => { out += d; });
