@@ -9,7 +9,7 @@ import { existsSync } from 'node:fs';
 import { grpc, WorkerDirectory, type RedisServerHandle } from '../../../packages/common/src/index.ts';
 import { stories260K } from '../../../test/support/cluster.ts';
 import { sharedPath } from '../../../test/support/shared.ts';
-import { generate, pollUntil, prefill, sampling, startRedis, startWorkerProc, type WorkerProc } from './support/workers.ts';
+import { generate, pollUntil, prefill, sampling, startRedis, startWorkerProc, type WorkerProc, needStories260K } from './support/workers.ts';
 
 const STALL_MS = 6_000;
 const haveModel = existsSync(sharedPath('models', 'stories260K'));
@@ -35,12 +35,7 @@ after(async () => {
   model?.cleanup();
 });
 
-function need(t: TestContext): boolean {
-  if (haveModel) return true;
-  if (process.env.CI === 'true') throw new Error('../shared/models/stories260K is missing');
-  t.skip('../shared/models/stories260K is missing: put the shared model folder beside the repository');
-  return false;
-}
+const need = needStories260K;
 
 const registered = () => directory.list().find((w) => w.id === 'stall-u');
 

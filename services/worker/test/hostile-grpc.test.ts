@@ -8,7 +8,7 @@ import { grpc, type RedisServerHandle } from '../../../packages/common/src/index
 import { stories260K } from '../../../test/support/cluster.ts';
 import { sharedPath } from '../../../test/support/shared.ts';
 import {
-  allBlocksFree, assertAlive, blockBytesOf, generate, pollUntil, prefill, pushKv, sampling, startRedis, startWorkerProc, zeroChunk, type WorkerProc,
+  allBlocksFree, assertAlive, blockBytesOf, generate, pollUntil, prefill, pushKv, sampling, startRedis, startWorkerProc, zeroChunk, type WorkerProc, needStories260K,
 } from './support/workers.ts';
 
 const haveModel = existsSync(sharedPath('models', 'stories260K'));
@@ -39,12 +39,7 @@ after(async () => {
   model?.cleanup();
 });
 
-function need(t: TestContext): boolean {
-  if (haveModel) return true;
-  if (process.env.CI === 'true') throw new Error('../shared/models/stories260K is missing');
-  t.skip('../shared/models/stories260K is missing: put the shared model folder beside the repository');
-  return false;
-}
+const need = needStories260K;
 
 async function allHealthy(): Promise<void> {
   for (const w of [P, D, U]) {
