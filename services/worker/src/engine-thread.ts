@@ -13,6 +13,17 @@ const port = parentPort!;
 const data = workerData as EngineThreadData;
 const post = (m: FromEngine, transfer: ArrayBuffer[] = []) => port.postMessage(m, transfer);
 
+// TEST-ONLY: PDSERVE_TEST_ENGINE_STALL_MS=N blocks this thread synchronously for N ms in its first
+// step (as a forward pass that hangs would), once, so end-to-end tests can watch the worker's
+// engine watchdog turn it unhealthy and back. Read only when set; never set it in production.
+let testStallMs = process.env.PDSERVE_TEST_ENGINE_STALL_MS ? Number(process.env.PDSERVE_TEST_ENGINE_STALL_MS) : 0;
+function testStall(): void {
+  if (!(testStallMs > 0)) return;
+  const ms = testStallMs;
+  testStallMs = 0;
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+}
+
 function kindOf(err: Error): FailureKind {
   if (err instanceof RequestFailure) return err.kind;
   if (err instanceof QueueFullError) return 'queue_full';
@@ -36,6 +47,7 @@ async function main(): Promise<void> {
   const scheduler = new Scheduler(engine, {
     ...data.scheduler,
     onStep: (s) => {
+      testStall();
       post({ type: 'step', phase: s.phase, ms: s.ms, tokens: s.tokens, batch: s.batch });
       postLoad();
     },

@@ -8,7 +8,7 @@ import { grpc, type RedisServerHandle } from '../../../packages/common/src/index
 import { stories260K } from '../../../test/support/cluster.ts';
 import { sharedPath } from '../../../test/support/shared.ts';
 import {
-  allBlocksFree, assertAlive, blockBytesOf, generate, prefill, pushKv, sampling, startRedis, startWorkerProc, zeroChunk, type WorkerProc,
+  allBlocksFree, assertAlive, blockBytesOf, generate, pollUntil, prefill, pushKv, sampling, startRedis, startWorkerProc, zeroChunk, type WorkerProc, needStories260K,
 } from './support/workers.ts';
 
 const haveModel = existsSync(sharedPath('models', 'stories260K'));
@@ -39,12 +39,7 @@ after(async () => {
   model?.cleanup();
 });
 
-function need(t: TestContext): boolean {
-  if (haveModel) return true;
-  if (process.env.CI === 'true') throw new Error('../shared/models/stories260K is missing');
-  t.skip('../shared/models/stories260K is missing: put the shared model folder beside the repository');
-  return false;
-}
+const need = needStories260K;
 
 async function allHealthy(): Promise<void> {
   for (const w of [P, D, U]) {
@@ -60,6 +55,13 @@ async function fullRequest(requestId: string, maxTokens: number, promptLen = 5) 
   const p = await prefill(P, { request_id: requestId, prompt_ids: Array.from({ length: promptLen }, (_, i) => 1 + (i % 300)), sampling: sampling({ max_tokens: maxTokens }), decode_address: D.address });
   assert.equal(p.code, grpc.status.OK, p.details);
   return g.ended;
+}
+
+/** The worker's pdserve_prompt_tokens_total (prompt tokens prefilled so far), from /metrics. */
+async function promptTokens(w: WorkerProc): Promise<number> {
+  const text = await (await fetch(w.metricsUrl)).text();
+  const m = /^pdserve_prompt_tokens_total(?:\{[^}]*\})? (\d+)/m.exec(text);
+  return m ? Number(m[1]) : 0;
 }
 
 const tokensOf = (events: any[]) => events.filter((e) => e.event === 'tokens').flatMap((e) => e.tokens.tokens);
@@ -242,19 +244,34 @@ test('defect 2: cancelling a unified request mid-prompt fails it alone; the runn
   await rg.reserved;
   const rp = await prefill(U, { request_id: runner, decode_address: U.address, sampling: sampling({ max_tokens: 300 }) });
   assert.equal(rp.code, grpc.status.OK, rp.details);
-  for (let i = 0; i < 4; i++) {
+  // The cancel is sent as soon as the worker's prompt-token counter shows the prompt partly done
+  // (at least one 16-token chunk, not all 30), and the counter afterwards proves the prompt never
+  // completed: the cancel landed mid-prompt. A try where the prompt outran the poll does not count;
+  // the test needs three that landed.
+  let landed = 0;
+  for (let i = 0; i < 20 && landed < 3; i++) {
     const rid = id('u-cancel');
-    const promptLen = 480; // 30 chunks of 16: the cancel lands mid-prompt
+    const promptLen = 480; // 30 chunks of 16
     const g = generate(U, { request_id: rid, prompt_len: promptLen, sampling: sampling({ max_tokens: 4 }) });
     await g.reserved;
+    const before = await promptTokens(U);
     const p = prefill(U, { request_id: rid, prompt_ids: Array.from({ length: promptLen }, (_, k) => 1 + (k % 400)), decode_address: U.address, sampling: sampling({ max_tokens: 4 }) });
-    await new Promise((r) => setTimeout(r, 5 + 15 * i));
+    const atCancel = await pollUntil(async () => {
+      const done = (await promptTokens(U)) - before;
+      return done > 0 ? done : undefined;
+    }, 10_000, 'the prompt to start');
     await new Promise<void>((resolve) => (U.decode as any).Cancel({ request_id: rid }, () => resolve()));
     const pr = await p;
     assert.notEqual(pr.code, grpc.status.INTERNAL, pr.details);
     const end = await g.ended;
     assert.notEqual(end.code, grpc.status.INTERNAL, end.details);
+    const total = (await promptTokens(U)) - before;
+    if (atCancel < promptLen && total < promptLen) {
+      landed++;
+      assert.notEqual(pr.code, grpc.status.OK, 'a prompt cancelled mid-way does not answer OK');
+    }
   }
+  assert.equal(landed, 3, 'three cancels landed mid-prompt (and stopped the prompt there)');
   const runEnd = await rg.ended;
   assert.equal(runEnd.code, grpc.status.OK, runEnd.details);
   assert.equal(tokensOf(runEnd.events).length, 300);

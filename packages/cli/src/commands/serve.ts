@@ -2,10 +2,10 @@
 import type { Command } from 'commander';
 import pino from 'pino';
 import { exitWhenParentDies, WORKER_ROLES, type WorkerRole } from '@pdserve/common';
-import { startWorker } from '@pdserve/worker';
+import { ENGINE_STALL_MS, startWorker } from '@pdserve/worker';
 import { startRouter } from '@pdserve/router';
 import { resolveApiKey } from './api-key.ts';
-import { device, positiveInt } from './options.ts';
+import { device, positiveInt, positiveNumber } from './options.ts';
 
 function role(value: string): WorkerRole {
   if (!(WORKER_ROLES as readonly string[]).includes(value)) throw new Error(`--role must be one of ${WORKER_ROLES.join(', ')}`);
@@ -48,10 +48,11 @@ export function register(program: Command): void {
     .option('--drain-timeout-s <s>', 'on SIGTERM, how long to finish the requests held before exiting', positiveInt, 30)
     .option('--pin-role', 'keep --role: ignore role-change commands (the planner leaves this worker alone)')
     .option('--role-grace-ms <ms>', 'after a role change, old-kind calls already routed here are still taken this long', positiveInt, 10_000)
+    .option('--engine-stall-s <s>', 'report unhealthy (heartbeat state and /health 503) while the engine thread is silent this long with work pending', positiveNumber, ENGINE_STALL_MS / 1000)
     .action(async (o) => {
       const log = pino({ name: 'pdserve-worker', level: process.env.PDSERVE_LOG_LEVEL ?? 'info' });
-      const { drainTimeoutS, ...rest } = o;
-      const w = await startWorker({ ...rest, drainTimeoutMs: drainTimeoutS * 1000, logger: log });
+      const { drainTimeoutS, engineStallS, ...rest } = o;
+      const w = await startWorker({ ...rest, drainTimeoutMs: drainTimeoutS * 1000, engineStallMs: engineStallS * 1000, logger: log });
       runUntilSignalled(w.stop, log);
     });
 

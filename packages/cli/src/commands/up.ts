@@ -15,7 +15,7 @@ import { fileURLToPath } from 'node:url';
 import pino from 'pino';
 import { freePort, startRedisServer, Supervisor, SUPERVISOR_PID_ENV } from '@pdserve/common';
 import { writeDummyModel } from '@pdserve/engine';
-import { device, positiveInt } from './options.ts';
+import { device, positiveInt, positiveNumber } from './options.ts';
 
 const MAIN = fileURLToPath(new URL('../main.ts', import.meta.url));
 
@@ -54,19 +54,26 @@ interface UpFlags {
   kvBudgetMb?: number;
   readyTimeoutS: number;
   drainTimeoutS: number;
+  engineStallS?: number;
   pin?: boolean;
   planner: 'on' | 'off';
   pinRoles?: boolean;
   roleGraceMs?: number;
 }
 
-async function waitReady(url: string, timeoutMs: number, failed: () => string | undefined): Promise<void> {
+/** Supervisor SIGTERM-to-SIGKILL grace: a worker may drain for its whole bound and still exit on its own. */
+export function stopGraceMs(drainTimeoutMs: number, marginMs = STOP_MARGIN_MS): number {
+  return drainTimeoutMs + marginMs;
+}
+
+/** Polls `url`/ready until it answers 2xx; each probe is bounded, so a hung router cannot stall `up`. */
+export async function waitReady(url: string, timeoutMs: number, failed: () => string | undefined, probeTimeoutMs = READY_PROBE_TIMEOUT_MS): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     const why = failed();
     if (why) throw new Error(why);
     try {
-      const res = await fetch(`${url}/ready`, { signal: AbortSignal.timeout(READY_PROBE_TIMEOUT_MS) });
+      const res = await fetch(`${url}/ready`, { signal: AbortSignal.timeout(probeTimeoutMs) });
       if (res.ok) return;
     } catch { /* not listening yet, or the probe timed out */ }
     await new Promise((r) => setTimeout(r, 200));
@@ -96,6 +103,7 @@ export function register(program: Command): void {
     .option('--kv-budget-mb <n>', 'KV cache budget per worker, MiB', positiveInt)
     .option('--ready-timeout-s <n>', 'give up if the cluster is not ready by then', positiveInt, 120)
     .option('--drain-timeout-s <n>', 'how long a stopping worker may finish its requests (the stop grace is this plus 10 s)', positiveInt, 30)
+    .option('--engine-stall-s <s>', "passed to every worker: report unhealthy while its engine thread is silent this long with work pending (default: the worker's, 30)", positiveNumber)
     .option('--pin', 'pin worker i to CPU core i mod cores (taskset), e.g. 1 prefill + 1 decode on their own cores')
     .option('--planner <on|off>', 'run the planner, which moves workers between roles as the load changes', plannerFlag, 'on')
     .option('--pin-roles', 'start every worker with --pin-role: roles stay as given')
@@ -110,7 +118,7 @@ export function register(program: Command): void {
       const supervisor = new Supervisor({
         output: 'inherit',
         logger: log,
-        graceMs: o.drainTimeoutS * 1000 + STOP_MARGIN_MS,
+        graceMs: stopGraceMs(o.drainTimeoutS * 1000),
         onUnexpectedExit: (e) => { failure ??= `${e.name} exited unexpectedly (code ${e.code}, signal ${e.signal})`; },
       });
       void redis?.exited.then(({ code, signal }) => {
@@ -127,6 +135,7 @@ export function register(program: Command): void {
       const common = ['--model', model, '--redis-url', redisUrl, '--device', o.device, '--threads', String(o.threads), '--max-sequences', String(o.maxSequences), '--drain-timeout-s', String(o.drainTimeoutS)];
       if (o.kvBudgetMb !== undefined) common.push('--kv-budget-mb', String(o.kvBudgetMb));
       if (o.roleGraceMs !== undefined) common.push('--role-grace-ms', String(o.roleGraceMs));
+      if (o.engineStallS !== undefined) common.push('--engine-stall-s', String(o.engineStallS));
       const roles: Array<['prefill' | 'decode' | 'unified', number]> = o.unified ? [['unified', o.unified]] : [['prefill', o.prefill], ['decode', o.decode]];
       const pinRole = o.pinRoles ? ['--pin-role'] : [];
       for (const [role, count] of roles) for (let i = 0; i < count; i++) node(`${role}-${i}`, ['worker', '--role', role, ...common, ...pinRole], o.pin);

@@ -2,7 +2,8 @@
 // `pdserve worker` children (real engine threads, real ONNX Runtime) on stories260K, and helpers that
 // send raw gRPC messages to them, as a router or a prefill worker would (or a hostile client).
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import type { TestContext } from 'node:test';
 import { join } from 'node:path';
 import {
   checksumBlocks, kvBytesPerToken,
@@ -11,7 +12,8 @@ import {
   decodeClient, grpc, prefillClient, requestMetadata, startRedisServer,
   type GenerateEventMsg, type GenerateRequestMsg, type KvChunkMsg, type PrefillRequestMsg, type PrefillResponseMsg, type RedisServerHandle, type SamplingParamsMsg,
 } from '../../../../packages/common/src/index.ts';
-import { repoRoot } from '../../../../test/support/shared.ts';
+import { repoRoot, sharedPath } from '../../../../test/support/shared.ts';
+import { waitFor } from '../../../../test/support/cluster.ts';
 
 export const BLOCK_TOKENS = 16;
 
@@ -32,11 +34,11 @@ export async function startRedis(): Promise<RedisServerHandle> {
   return startRedisServer();
 }
 
-export async function startWorkerProc(modelDir: string, redisUrl: string, role: 'prefill' | 'decode' | 'unified', extra: string[] = []): Promise<WorkerProc> {
+export async function startWorkerProc(modelDir: string, redisUrl: string, role: 'prefill' | 'decode' | 'unified', extra: string[] = [], env: Record<string, string> = {}): Promise<WorkerProc> {
   const proc = spawn(process.execPath, [
     '--import', 'tsx', join(repoRoot, 'packages/cli/src/main.ts'), 'worker', '--role', role, '--model', modelDir, '--redis-url', redisUrl,
     '--threads', '1', '--block-tokens', String(BLOCK_TOKENS), ...extra,
-  ], { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env } });
+  ], { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
   let out = '';
   proc.stdout!.on('data', (d) => { out += d; });
   proc.stderr!.on('data', (d) => { out += d; });
@@ -150,14 +152,15 @@ export function zeroChunk(requestId: string, blockBytes: number, promptLen: numb
   };
 }
 
-export async function pollUntil<T>(fn: () => Promise<T | undefined>, timeoutMs: number, what: string): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
+/** waitFor, polling every 50 ms. */
+export const pollUntil = <T>(fn: () => Promise<T | undefined>, timeoutMs: number, what: string): Promise<T> => waitFor(fn, timeoutMs, what, 50);
+
+/** True when ../shared/models/stories260K is there; otherwise skips the test (fails it under CI). */
+export function needStories260K(t: TestContext): boolean {
+  if (existsSync(sharedPath('models', 'stories260K'))) return true;
+  if (process.env.CI === 'true') throw new Error('../shared/models/stories260K is missing');
+  t.skip('../shared/models/stories260K is missing: put the shared model folder beside the repository');
+  return false;
 }
 
 /** Waits until the worker reports every KV block free (nothing leaked), and returns its load. */

@@ -1,0 +1,70 @@
+// `pdserve up`'s stop grace and readiness probe bound (issue 12, defect 11), with the timings
+// injected so the tests run in well under a second: a worker that drains for its whole bound exits
+// on its own rather than being SIGKILLed, and a router that accepts /ready but never answers does
+// not hang `up`'s readiness wait.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createServer, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Supervisor } from '@pdserve/common';
+import { stopGraceMs, waitReady } from '../src/commands/up.ts';
+
+/** A child that, on SIGTERM, keeps "draining" for drainMs and then exits 0 by itself. */
+function drainingChild(sup: Supervisor, name: string, drainMs: number) {
+  const script = `process.on('SIGTERM', () => setTimeout(() => process.exit(0), ${drainMs})); process.send?.('up'); setInterval(() => {}, 1000);`;
+  const child = sup.spawn({ name, command: process.execPath, args: ['-e', script] });
+  return child;
+}
+
+async function stopAfterStart(drainMs: number, graceMs: number) {
+  const sup = new Supervisor({ graceMs, output: 'passthrough' });
+  const child = drainingChild(sup, 'worker', drainMs);
+  await new Promise((r) => setTimeout(r, 300)); // the child installs its SIGTERM handler
+  await sup.stop();
+  return child.exited;
+}
+
+test('the stop grace covers the drain bound: a worker draining for its whole bound exits on its own', async () => {
+  const drainMs = 400;
+  assert.equal(stopGraceMs(30_000), 40_000, 'default: drain bound plus 10 s');
+  const exit = await stopAfterStart(drainMs, stopGraceMs(drainMs, 300));
+  assert.equal(exit.signal, null, 'not SIGKILLed');
+  assert.equal(exit.code, 0);
+  // The control: a grace shorter than the drain (the old fixed 5 s against a 30 s drain) cuts it short.
+  const cut = await stopAfterStart(drainMs, drainMs / 4);
+  assert.equal(cut.signal, 'SIGKILL');
+});
+
+test('a readiness probe that never answers is abandoned after its bound; the next one succeeds', async () => {
+  let probes = 0;
+  const hung: ServerResponse[] = [];
+  const server = createServer((req, res) => {
+    probes++;
+    if (probes === 1) { hung.push(res); return; } // accepts, never answers
+    res.writeHead(200).end('{}');
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  try {
+    // Without the probe bound the first fetch waits forever and this test times out.
+    await waitReady(url, 30_000, () => undefined, 100);
+    assert.ok(probes >= 2, `probes: ${probes}`);
+  } finally {
+    for (const r of hung) r.destroy();
+    server.closeAllConnections();
+    await new Promise((r) => server.close(r));
+  }
+});
+
+test('waitReady gives up at its deadline, and stops at once when a child failed', async () => {
+  const server = createServer((_req, res) => res.writeHead(503).end());
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  try {
+    await assert.rejects(waitReady(url, 300, () => undefined, 100), /not ready after 0.3 s/);
+    await assert.rejects(waitReady(url, 30_000, () => 'router exited unexpectedly', 100), /router exited unexpectedly/);
+  } finally {
+    server.closeAllConnections();
+    await new Promise((r) => server.close(r));
+  }
+});
