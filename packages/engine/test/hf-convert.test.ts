@@ -7,9 +7,10 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { convertHf, convertLlama2c, Engine, generate, ModelLoadError } from '../src/index.ts';
+import { convertHf, convertLlama2c, Engine, generate, ModelLoadError, parseHfConfig } from '../src/index.ts';
 import { loadTokenizer } from '../src/tokenizer/load.ts';
-import { bf16ToFloat32, f16ToFloat32, float32ToBf16, float32ToF16, SafetensorsFile } from '../src/model/safetensors.ts';
+import { bf16ToFloat32, f16ToFloat32, float32ToBf16, float32ToF16, SafetensorsFile, writeSafetensors } from '../src/model/safetensors.ts';
+import { ropeFrequencies } from '../src/model/llama-graph.ts';
 import { requireShared } from '../../../test/support/shared.ts';
 import { exportSharedModelToHf, LLAMA2C_MODELS } from '../../../test/support/hf-fixture.ts';
 
@@ -190,4 +191,87 @@ test('a failed conversion leaves an existing model directory as it was', (t) => 
   exportSharedModelToHf('stories260K', other);
   rmSync(join(other, 'config.json'));
   assert.throws(() => convertLlama2c({ checkpoint: join(src, 'stories260K.bin'), tokenizer: join(src, 'tok512.bin'), out: other }), /not a model directory: refusing to replace it/);
+});
+
+/** Rewrites a folder's model.safetensors with extra tensors (F32). */
+function addTensors(dir: string, extra: Array<{ name: string; shape: number[]; data: Float32Array }>): void {
+  const path = join(dir, 'model.safetensors');
+  const f = SafetensorsFile.open(path);
+  const tensors = [...f.tensors.values()].map((i) => ({ name: i.name, shape: i.shape, data: f.readFloat32(i.name), dtype: 'F32' as const }));
+  f.close();
+  writeSafetensors(path, [...tensors, ...extra.map((e) => ({ ...e, dtype: 'F32' as const }))]);
+}
+
+test('Qwen2: q/k/v biases are read and added; Mistral: the context stops at the sliding window', async (t) => {
+  const src = requireShared(t, 'models', 'stories260K');
+  const goldenPath = requireShared(t, 'golden', 'stories260K.once-upon-a-time.json');
+  if (!src || !goldenPath) return;
+  const golden = JSON.parse(readFileSync(goldenPath, 'utf8'));
+  const dir = tempDir(t);
+  const greedy = async (model: string) => {
+    const engine = await Engine.load(model, { threads: 1, maxSequences: 1 });
+    return (await generate(engine, golden.prompt_ids, { temperature: 0, topK: 0, topP: 1, maxTokens: 60 })).ids;
+  };
+  const asQwen2 = (label: string, bias: (layer: number, which: 'q' | 'k' | 'v', n: number) => Float32Array) => {
+    const d = join(dir, label);
+    exportSharedModelToHf('stories260K', d);
+    const c = JSON.parse(readFileSync(join(d, 'config.json'), 'utf8'));
+    writeFileSync(join(d, 'config.json'), JSON.stringify({ ...c, architectures: ['Qwen2ForCausalLM'], model_type: 'qwen2', use_sliding_window: false, sliding_window: 64 }));
+    const extra = [];
+    for (let l = 0; l < c.num_hidden_layers; l++) {
+      for (const [which, n] of [['q', 64], ['k', 32], ['v', 32]] as const) extra.push({ name: `model.layers.${l}.self_attn.${which}_proj.bias`, shape: [n], data: bias(l, which, n) });
+    }
+    addTensors(d, extra);
+    return d;
+  };
+  // Zero biases: the graph with its bias Adds still gives run.c's tokens.
+  const zero = asQwen2('qwen2-zero', (_l, _w, n) => new Float32Array(n));
+  const cfg = convertHf({ dir: zero, out: join(dir, 'm-zero') });
+  assert.equal(cfg.source.architecture, 'Qwen2ForCausalLM');
+  assert.equal(cfg.max_seq_len, 512, 'use_sliding_window false: no cap');
+  assert.deepEqual(await greedy(join(dir, 'm-zero')), golden.generated_ids.slice(0, 60));
+  // A value bias changes the output: the biases are used, not dropped.
+  const vbias = asQwen2('qwen2-v', (l, w, n) => new Float32Array(n).fill(w === 'v' && l === 0 ? 0.5 : 0));
+  convertHf({ dir: vbias, out: join(dir, 'm-v') });
+  assert.notDeepEqual(await greedy(join(dir, 'm-v')), golden.generated_ids.slice(0, 60));
+  // Qwen2 without biases is an incomplete checkpoint.
+  const nobias = join(dir, 'qwen2-nobias');
+  exportSharedModelToHf('stories260K', nobias);
+  const c = JSON.parse(readFileSync(join(nobias, 'config.json'), 'utf8'));
+  writeFileSync(join(nobias, 'config.json'), JSON.stringify({ ...c, architectures: ['Qwen2ForCausalLM'], model_type: 'qwen2' }));
+  assert.throws(() => convertHf({ dir: nobias, out: join(dir, 'm-nobias') }), /tensor model\.layers\.0\.self_attn\.q_proj\.bias is missing/);
+
+  // Mistral: within its sliding window attention is full, so the model is built for that context.
+  const mistral = join(dir, 'mistral');
+  exportSharedModelToHf('stories260K', mistral);
+  writeFileSync(join(mistral, 'config.json'), JSON.stringify({ ...c, architectures: ['MistralForCausalLM'], model_type: 'mistral', sliding_window: 128 }));
+  const m = convertHf({ dir: mistral, out: join(dir, 'm-mistral') });
+  assert.equal(m.max_seq_len, 128);
+  assert.match(String(m.source.note), /sliding window of 128/);
+  assert.deepEqual(await greedy(join(dir, 'm-mistral')), golden.generated_ids.slice(0, 60));
+});
+
+test('rope_scaling llama3: high frequencies kept, low ones divided by the factor, a ramp between', () => {
+  const base = { head_dim: 64, rope_theta: 500000 };
+  const plain = ropeFrequencies({ ...base, rope_scaling: null });
+  const scaling = parseHfConfig({
+    architectures: ['LlamaForCausalLM'], hidden_size: 2048, intermediate_size: 8192, num_hidden_layers: 16, num_attention_heads: 32,
+    num_key_value_heads: 8, vocab_size: 128256, max_position_embeddings: 131072,
+    rope_scaling: { rope_type: 'llama3', factor: 32, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 8192 },
+  }, 'config.json').ropeScaling;
+  assert.deepEqual(scaling, { rope_type: 'llama3', factor: 32, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 8192 });
+  const scaled = ropeFrequencies({ ...base, rope_scaling: scaling });
+  let ramp = 0;
+  for (let i = 0; i < 32; i++) {
+    const wavelen = (2 * Math.PI) / plain[i];
+    if (wavelen < 8192 / 4) assert.equal(scaled[i], plain[i], `high frequency ${i}`);
+    else if (wavelen > 8192) assert.equal(scaled[i], Math.fround(plain[i] / 32), `low frequency ${i}`);
+    else {
+      ramp++;
+      assert.ok(scaled[i] < plain[i] && scaled[i] > plain[i] / 32, `ramp ${i}`);
+    }
+  }
+  assert.ok(ramp > 0 && scaled[0] === plain[0] && scaled[31] === Math.fround(plain[31] / 32));
+  const linear = ropeFrequencies({ ...base, rope_scaling: { rope_type: 'linear', factor: 2 } });
+  assert.equal(linear[5], Math.fround(plain[5] / 2));
 });
