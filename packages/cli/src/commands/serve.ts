@@ -1,7 +1,7 @@
 // Long-running service commands: `pdserve worker` and `pdserve router`.
 import type { Command } from 'commander';
-import pino from 'pino';
-import { exitWhenParentDies, WORKER_ROLES, type WorkerRole } from '@pdserve/common';
+import type pino from 'pino';
+import { createLogger, exitWhenParentDies, WORKER_ROLES, type WorkerRole } from '@pdserve/common';
 import { startWorker } from '@pdserve/worker';
 import { startRouter } from '@pdserve/router';
 import { resolveApiKey } from './api-key.ts';
@@ -47,7 +47,7 @@ export function register(program: Command): void {
     .option('--id <id>', 'worker id (default: role-host-pid-random)')
     .option('--drain-timeout-s <s>', 'on SIGTERM, how long to finish the requests held before exiting', positiveInt, 30)
     .action(async (o) => {
-      const log = pino({ name: 'pdserve-worker', level: process.env.PDSERVE_LOG_LEVEL ?? 'info' });
+      const log = createLogger('pdserve-worker');
       const { drainTimeoutS, ...rest } = o;
       const w = await startWorker({ ...rest, drainTimeoutMs: drainTimeoutS * 1000, logger: log });
       runUntilSignalled(w.stop, log);
@@ -72,7 +72,7 @@ export function register(program: Command): void {
     .option('--slo-ttft-ms <ms>', 'default time-to-first-token SLO for admission and metrics', positiveInt)
     .option('--slo-tpot-ms <ms>', 'default time-per-output-token SLO for admission and metrics', positiveInt)
     .action(async (o) => {
-      const log = pino({ name: 'pdserve-router', level: process.env.PDSERVE_LOG_LEVEL ?? 'info' });
+      const log = createLogger('pdserve-router');
       const { apiKeyFile: _file, generateTimeoutS, prefillTimeoutS, tokenTimeoutS, requestTimeoutS, connectionTimeoutS, ...rest } = o;
       const r = await startRouter({
         ...rest,
