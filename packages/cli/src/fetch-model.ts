@@ -73,7 +73,11 @@ export async function fetchHfRepo(repo: string, opts: FetchOptions = {}): Promis
       await get(INDEX);
       const index = JSON.parse(readFileSync(join(dir, INDEX), 'utf8')) as { weight_map?: Record<string, string> };
       weights = [...new Set(Object.values(index.weight_map ?? {}))].sort();
-      for (const w of weights) if (!info.files.has(w)) throw new HubError(`${repo}: ${INDEX} names ${w}, which the repository does not have`);
+      for (const w of weights) {
+        // Shards are files beside the index; anything else would be written outside the download folder.
+        if (!/^[\w.-]+\.safetensors$/.test(w) || w.startsWith('.')) throw new HubError(`${repo}: ${INDEX} names ${JSON.stringify(w)}, which is not a shard file name`);
+        if (!info.files.has(w)) throw new HubError(`${repo}: ${INDEX} names ${w}, which the repository does not have`);
+      }
     } else if (info.files.has('model.safetensors')) {
       weights = ['model.safetensors'];
     } else {
