@@ -63,7 +63,11 @@ test('fetch OWNER/NAME from a hub: verified, resumed after an interruption, wron
   const dir = mkdtempSync(join(tmpdir(), 'pdserve-fetch-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   exportSharedModelToHf('stories260K', join(dir, 'repo'), { chatTemplate: '{{ messages[0].content }}' });
-  const hub = await startMockHub({ 'test-org/stories-hf': { dir: join(dir, 'repo'), sha: 'c0ffee'.padEnd(40, '0') } });
+  exportSharedModelToHf('stories260K', join(dir, 'repo-sharded'), { shards: 3 });
+  const hub = await startMockHub({
+    'test-org/stories-hf': { dir: join(dir, 'repo'), sha: 'c0ffee'.padEnd(40, '0') },
+    'test-org/stories-sharded': { dir: join(dir, 'repo-sharded') },
+  });
   t.after(() => hub.close());
   const cache = join(dir, 'cache');
   const env = { HF_ENDPOINT: hub.url, PDSERVE_CACHE_DIR: cache };
@@ -114,6 +118,12 @@ test('fetch OWNER/NAME from a hub: verified, resumed after an interruption, wron
   const gen = await pdserve({}, 'generate', '--model', out, '--prompt', golden.prompt, '--max-tokens', '40', '--temperature', '0', '--json');
   assert.equal(gen.status, 0, gen.stderr);
   assert.deepEqual(lastJson(gen.stdout).ids, golden.generated_ids.slice(0, 40));
+
+  // A sharded repository: the index, then the shards it names; the same weights.
+  const sharded = await pdserve(env, 'fetch', 'test-org/stories-sharded', '--out', join(dir, 'sharded'));
+  assert.equal(sharded.status, 0, sharded.stderr);
+  for (let i = 1; i <= 3; i++) assert.match(sharded.stderr, new RegExp(`downloading model-0000${i}-of-00003\\.safetensors`));
+  assert.ok(readFileSync(join(dir, 'sharded', 'model.onnx.data')).equals(readFileSync(join(out, 'model.onnx.data'))));
 
   // An unknown repository and an unreachable hub: clear errors.
   const unknown = await pdserve(env, 'fetch', 'test-org/absent');
