@@ -186,6 +186,11 @@ test('a failed conversion leaves an existing model directory as it was', (t) => 
   writeFileSync(join(hf, 'config.json'), '{"architectures": ["LlamaForCausalLM"]}');
   assert.throws(() => convertHf({ dir: hf, out }), /required field hidden_size/);
   assert.equal(readFileSync(join(out, 'config.json'), 'utf8'), before);
+  // A conversion that succeeds replaces the model directory whole: no llama2.c file is left over.
+  exportSharedModelToHf('stories260K', join(dir, 'hf-good'));
+  convertHf({ dir: join(dir, 'hf-good'), out });
+  assert.deepEqual(readdirSync(out).sort(), ['config.json', 'generation_config.json', 'model.onnx', 'model.onnx.data', 'tokenizer.json', 'tokenizer_config.json']);
+  assert.deepEqual(readdirSync(dir).filter((n) => n.startsWith('.')), []);
   // Not a model directory: refused rather than replaced.
   const other = join(dir, 'other');
   exportSharedModelToHf('stories260K', other);
