@@ -26,12 +26,21 @@ export function stories260K(): { dir: string; cleanup(): void } {
   return { dir: out, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
 }
 
-export async function startCluster(modelDir: string, args: string[] = [], timeoutMs = 60_000): Promise<TestCluster> {
+export interface ClusterOptions {
+  /** Extra environment for `pdserve up`. */
+  env?: Record<string, string>;
+  /** The name the model is served under (default stories260K). */
+  modelName?: string;
+}
+
+/** Starts `pdserve up --model modelDir` (without --model when modelDir is null: up's own choice). */
+export async function startCluster(modelDir: string | null, args: string[] = [], timeoutMs = 60_000, opts: ClusterOptions = {}): Promise<TestCluster> {
   const port = await freePort();
-  const proc = spawn(process.execPath, ['--import', 'tsx', join(repoRoot, 'packages/cli/src/main.ts'), 'up', '--model', modelDir, '--port', String(port), ...args], {
+  const model = modelDir === null ? [] : ['--model', modelDir];
+  const proc = spawn(process.execPath, ['--import', 'tsx', join(repoRoot, 'packages/cli/src/main.ts'), 'up', ...model, '--port', String(port), ...args], {
     cwd: repoRoot,
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env },
+    env: { ...process.env, ...opts.env },
   });
   let out = '';
   proc.stdout!.on('data', (d) => { out += d; });
@@ -46,7 +55,7 @@ export async function startCluster(modelDir: string, args: string[] = [], timeou
     proc.on('exit', (code) => { clearTimeout(timer); reject(new Error(`pdserve up exited with ${code}:\n${out.slice(-4000)}`)); });
   });
   return {
-    url, modelDir, modelName: 'stories260K', proc, output: () => out,
+    url, modelDir: modelDir ?? '', modelName: opts.modelName ?? 'stories260K', proc, output: () => out,
     stop: async () => {
       if (proc.exitCode !== null) return;
       const exited = new Promise((r) => proc.once('exit', r));

@@ -1,21 +1,48 @@
-// Model-directory commands: `convert` (llama2.c checkpoint -> model dir) and `dummy` (random
-// weights of a realistic shape, for benchmarks).
+// Model-directory commands: `convert` (llama2.c checkpoint or Hugging Face folder -> model dir) and
+// `dummy` (random weights of a realistic shape, for benchmarks).
 import type { Command } from 'commander';
-import { convertLlama2c, DUMMY_PRESETS, writeDummyModel } from '@pdserve/engine';
+import { convertHf, convertLlama2c, DUMMY_PRESETS, writeDummyModel, type ModelConfig } from '@pdserve/engine';
 import { positiveInt } from './options.ts';
+
+interface ConvertFlags {
+  from: string;
+  checkpoint?: string;
+  tokenizer?: string;
+  out: string;
+  name?: string;
+  maxSeqLen?: number;
+}
+
+function convert(dir: string | undefined, o: ConvertFlags): ModelConfig {
+  if (o.from === 'llama2c') {
+    if (!o.checkpoint || !o.tokenizer) throw new Error('--from llama2c needs --checkpoint FILE and --tokenizer FILE');
+    if (dir) throw new Error('--from llama2c takes --checkpoint and --tokenizer, not a folder argument');
+    return convertLlama2c({ checkpoint: o.checkpoint, tokenizer: o.tokenizer, out: o.out, name: o.name });
+  }
+  if (o.from === 'hf') {
+    if (!dir) throw new Error('--from hf needs the Hugging Face model folder: pdserve convert --from hf DIR --out DIR');
+    return convertHf({ dir, out: o.out, name: o.name, maxSeqLen: o.maxSeqLen });
+  }
+  throw new Error(`unsupported --from ${o.from}: expected llama2c or hf`);
+}
 
 export function register(program: Command): void {
   program
     .command('convert')
     .description('convert a model into a pdserve model directory')
-    .requiredOption('--from <format>', 'source format (llama2c)')
-    .requiredOption('--checkpoint <file>', 'llama2.c checkpoint (legacy fp32 layout)')
-    .requiredOption('--tokenizer <file>', "llama2.c tokenizer (tok*.bin)")
-    .requiredOption('--out <dir>', 'model directory to write')
+    .argument('[dir]', '--from hf: the Hugging Face model folder (config.json, *.safetensors, tokenizer.json, ...)')
+    .requiredOption('--from <format>', 'source format: llama2c, or hf (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM; F32/F16/BF16 safetensors, sharded or not)')
+    .option('--checkpoint <file>', '--from llama2c: the checkpoint (legacy fp32 layout)')
+    .option('--tokenizer <file>', '--from llama2c: the tokenizer (tok*.bin)')
+    .requiredOption('--out <dir>', 'model directory to write (built beside it, then renamed into place)')
     .option('--name <name>', 'served model name (default: the directory name)')
-    .action((o: { from: string; checkpoint: string; tokenizer: string; out: string; name?: string }) => {
-      if (o.from !== 'llama2c') throw new Error(`unsupported --from ${o.from}: only llama2c is supported`);
-      const cfg = convertLlama2c({ checkpoint: o.checkpoint, tokenizer: o.tokenizer, out: o.out, name: o.name });
+    .option('--max-seq-len <n>', '--from hf: context length to build for (default: max_position_embeddings)', positiveInt)
+    .addHelpText('after', `
+Examples:
+  pdserve convert --from llama2c --checkpoint stories260K.bin --tokenizer tok512.bin --out models/stories260K
+  pdserve convert --from hf ~/hf/SmolLM2-135M-Instruct --out models/smollm2-135m`)
+    .action((dir: string | undefined, o: ConvertFlags) => {
+      const cfg = convert(dir, o);
       process.stdout.write(`wrote ${o.out}: ${cfg.n_layers} layers, dim ${cfg.dim}, vocab ${cfg.vocab_size}, context ${cfg.max_seq_len}\n`);
     });
 

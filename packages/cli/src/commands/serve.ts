@@ -1,7 +1,7 @@
 // Long-running service commands: `pdserve worker` and `pdserve router`.
 import type { Command } from 'commander';
-import pino from 'pino';
-import { exitWhenParentDies, WORKER_ROLES, type WorkerRole } from '@pdserve/common';
+import type pino from 'pino';
+import { createLogger, exitWhenParentDies, WORKER_ROLES, type WorkerRole } from '@pdserve/common';
 import { ENGINE_STALL_MS, startWorker } from '@pdserve/worker';
 import { startRouter } from '@pdserve/router';
 import { resolveApiKey } from './api-key.ts';
@@ -50,7 +50,7 @@ export function register(program: Command): void {
     .option('--role-grace-ms <ms>', 'after a role change, old-kind calls already routed here are still taken this long', positiveInt, 10_000)
     .option('--engine-stall-s <s>', 'report unhealthy (heartbeat state and /health 503) while the engine thread is silent this long with work pending', positiveNumber, ENGINE_STALL_MS / 1000)
     .action(async (o) => {
-      const log = pino({ name: 'pdserve-worker', level: process.env.PDSERVE_LOG_LEVEL ?? 'info' });
+      const log = createLogger('pdserve-worker');
       const { drainTimeoutS, engineStallS, ...rest } = o;
       const w = await startWorker({ ...rest, drainTimeoutMs: drainTimeoutS * 1000, engineStallMs: engineStallS * 1000, logger: log });
       runUntilSignalled(w.stop, log);
@@ -75,7 +75,7 @@ export function register(program: Command): void {
     .option('--slo-ttft-ms <ms>', 'default time-to-first-token SLO for admission and metrics', positiveInt)
     .option('--slo-tpot-ms <ms>', 'default time-per-output-token SLO for admission and metrics', positiveInt)
     .action(async (o) => {
-      const log = pino({ name: 'pdserve-router', level: process.env.PDSERVE_LOG_LEVEL ?? 'info' });
+      const log = createLogger('pdserve-router');
       const { apiKeyFile: _file, generateTimeoutS, prefillTimeoutS, tokenTimeoutS, requestTimeoutS, connectionTimeoutS, ...rest } = o;
       const r = await startRouter({
         ...rest,

@@ -8,13 +8,10 @@
 // and exits 1 with a message naming it. A cluster on a dead registry cannot admit new workers or
 // see failed ones, and `up` restarts nothing, so it says so and stops rather than stay "ready".
 import { InvalidArgumentError, type Command } from 'commander';
-import { existsSync } from 'node:fs';
-import { availableParallelism, homedir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
-import pino from 'pino';
-import { freePort, startRedisServer, Supervisor, SUPERVISOR_PID_ENV } from '@pdserve/common';
-import { writeDummyModel } from '@pdserve/engine';
+import { createLogger, freePort, startRedisServer, Supervisor, SUPERVISOR_PID_ENV } from '@pdserve/common';
+import { resolveDefaultModel } from '../default-model.ts';
 import { device, positiveInt, positiveNumber } from './options.ts';
 
 const MAIN = fileURLToPath(new URL('../main.ts', import.meta.url));
@@ -23,22 +20,6 @@ const MAIN = fileURLToPath(new URL('../main.ts', import.meta.url));
 export const STOP_MARGIN_MS = 10_000;
 /** One readiness probe's bound: a router that accepts the connection but never answers is not ready. */
 export const READY_PROBE_TIMEOUT_MS = 2_000;
-
-export function modelCacheDir(): string {
-  return process.env.PDSERVE_CACHE_DIR ?? join(homedir(), '.cache', 'pdserve', 'models');
-}
-
-/** --model, else $PDSERVE_MODEL, else a fetched stories260K, else a dummy model built here (said loudly). */
-export function resolveDefaultModel(log: pino.Logger, given?: string): string {
-  if (given) return resolve(given);
-  if (process.env.PDSERVE_MODEL) return resolve(process.env.PDSERVE_MODEL);
-  const fetched = join(modelCacheDir(), 'stories260K');
-  if (existsSync(join(fetched, 'config.json'))) return fetched;
-  const dummy = join(modelCacheDir(), 'dummy-tiny');
-  if (!existsSync(join(dummy, 'config.json'))) writeDummyModel('tiny', dummy);
-  log.warn({ model: dummy }, 'NO MODEL CONFIGURED: serving a DUMMY model with random weights (meaningless text). Use --model DIR, or `pnpm pdserve fetch stories260K` where a network allows.');
-  return dummy;
-}
 
 interface UpFlags {
   model?: string;
@@ -90,7 +71,7 @@ export function register(program: Command): void {
   program
     .command('up')
     .description('start a local cluster: redis, router, prefill and decode workers')
-    .option('--model <dir>', 'model directory (default: $PDSERVE_MODEL, a fetched stories260K, or a dummy model)')
+    .option('--model <dir>', 'model directory (default: $PDSERVE_MODEL, else stories260K from the model cache or fetched now, else a dummy model)')
     .option('--host <host>', 'router interface', '127.0.0.1')
     .option('--port <n>', 'router HTTP port', positiveInt, 8000)
     .option('--prefill <n>', 'prefill workers', positiveInt, 1)
@@ -109,8 +90,8 @@ export function register(program: Command): void {
     .option('--pin-roles', 'start every worker with --pin-role: roles stay as given')
     .option('--role-grace-ms <ms>', "workers' grace period for old-kind calls after a role change", positiveInt)
     .action(async (o: UpFlags) => {
-      const log = pino({ name: 'pdserve-up' });
-      const model = resolveDefaultModel(log, o.model);
+      const log = createLogger('pdserve-up');
+      const model = await resolveDefaultModel(log, o.model);
       const redis = o.redisUrl ? undefined : await startRedisServer();
       const redisUrl = o.redisUrl ?? redis!.url;
       let failure: string | undefined;

@@ -14,6 +14,14 @@ export type GraphIo =
   /** onnxruntime-genai style stacked `past_N` tensors [2, B, H, S, D]. */
   | 'stacked-past';
 
+export type RopeLayout = 'adjacent-pairs' | 'rotate-half';
+
+export type RopeScaling =
+  /** Llama 3.1/3.2: low frequencies divided by `factor`, high ones kept, a smooth ramp between. */
+  | { rope_type: 'llama3'; factor: number; low_freq_factor: number; high_freq_factor: number; original_max_position_embeddings: number }
+  /** Position interpolation: every frequency divided by `factor`. */
+  | { rope_type: 'linear'; factor: number };
+
 export interface ModelConfig {
   format: typeof MODEL_FORMAT;
   name: string;
@@ -28,6 +36,14 @@ export interface ModelConfig {
   /** Longest sequence (prompt + generated) the model supports. */
   max_seq_len: number;
   rope_theta: number;
+  /**
+   * How the query/key features pair up for RoPE: `adjacent-pairs` (x[2i], x[2i+1]) as llama2.c and
+   * Meta's checkpoints store them (the default), or `rotate-half` (x[i], x[i + head_dim/2]) as
+   * Hugging Face checkpoints do (their conversion permutes the q/k rows).
+   */
+  rope_layout?: RopeLayout;
+  /** Frequency scaling of RoPE (Hugging Face `rope_scaling`); absent or null: none. */
+  rope_scaling?: RopeScaling | null;
   norm_eps: number;
   tied_embeddings: boolean;
   dtype: 'float32';

@@ -41,5 +41,5 @@ export function convertLlama2c(opts: ConvertLlama2cOptions): ModelConfig {
       tokenizer: basename(opts.tokenizer),
       tokenizer_sha256: sha256(opts.tokenizer),
     },
-  }, weights, readFileSync(opts.tokenizer));
+  }, weights, { kind: 'llama2c', bin: readFileSync(opts.tokenizer) });
 }

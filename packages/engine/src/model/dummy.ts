@@ -116,5 +116,5 @@ export function writeDummyModel(presetName: string, out: string, opts: { seed?: 
     tied_embeddings: p.tied_embeddings,
     generation: { bos_token_id: 1, eos_token_ids: [2], add_bos: true },
     source: { kind: 'dummy', preset: presetName, seed, note: 'random weights: output text is meaningless' },
-  }, dummyWeights(p, seed), byteTokenizer(p.vocab_size));
+  }, dummyWeights(p, seed), { kind: 'llama2c', bin: byteTokenizer(p.vocab_size) });
 }

@@ -1,6 +1,8 @@
 // Builds pdserve's Llama decoder graph, following llama2.c's run.c forward pass step by step:
-// embedding -> per layer [RMSNorm -> QKV -> RoPE (adjacent pairs) -> grouped-query attention ->
+// embedding -> per layer [RMSNorm -> QKV (+ bias) -> RoPE -> grouped-query attention ->
 // output projection -> residual -> RMSNorm -> SwiGLU FFN -> residual] -> RMSNorm -> classifier.
+// Hugging Face checkpoints differ only in options that the config and weights carry: the RoPE
+// feature layout (`rope_layout`), frequency scaling (`rope_scaling`), q/k/v biases (Qwen2).
 //
 // I/O convention `pdserve-kv-in/1`:
 //   input_ids int64 [B, S], position_ids int64 [B, S]
@@ -28,6 +30,10 @@ export interface LlamaLayerWeights {
   w1: Float32Array;
   w2: Float32Array;
   w3: Float32Array;
+  /** Biases of the q/k/v projections (Qwen2); absent: none. */
+  bq?: Float32Array;
+  bk?: Float32Array;
+  bv?: Float32Array;
 }
 
 export interface LlamaWeightSource {
@@ -61,16 +67,37 @@ function fusedTransposed(parts: Array<{ w: Float32Array; out: number }>, inDim: 
   return into;
 }
 
-/** run.c's RoPE tables, computed in float32 exactly as it does: freq = 1 / 10000^(2i/hd). */
+/** RoPE frequencies, in float32 as run.c computes them (freq = 1 / theta^(2i/hd)), then scaled. */
+export function ropeFrequencies(cfg: Pick<ModelConfig, 'head_dim' | 'rope_theta' | 'rope_scaling'>): Float32Array {
+  const half = cfg.head_dim / 2;
+  const f = Math.fround;
+  const freqs = new Float32Array(half);
+  for (let i = 0; i < half; i++) freqs[i] = f(1 / f(Math.pow(cfg.rope_theta, f(f(2 * i) / cfg.head_dim))));
+  const s = cfg.rope_scaling;
+  if (!s) return freqs;
+  if (s.rope_type === 'linear') return freqs.map((x) => x / s.factor);
+  // transformers' _compute_llama3_parameters.
+  const lowWavelen = s.original_max_position_embeddings / s.low_freq_factor;
+  const highWavelen = s.original_max_position_embeddings / s.high_freq_factor;
+  return freqs.map((x) => {
+    const wavelen = (2 * Math.PI) / x;
+    if (wavelen < highWavelen) return x;
+    if (wavelen > lowWavelen) return x / s.factor;
+    const smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+    return (1 - smooth) * (x / s.factor) + smooth * x;
+  });
+}
+
+/** cos/sin of position x frequency for every position, in float32 as run.c computes them. */
 export function ropeTables(cfg: ModelConfig): { cos: Float32Array; sin: Float32Array } {
   const half = cfg.head_dim / 2;
   const cos = new Float32Array(cfg.max_seq_len * half);
   const sin = new Float32Array(cfg.max_seq_len * half);
   const f = Math.fround;
+  const freqs = ropeFrequencies(cfg);
   for (let pos = 0; pos < cfg.max_seq_len; pos++) {
     for (let i = 0; i < half; i++) {
-      const freq = f(1 / f(Math.pow(cfg.rope_theta, f(f(2 * i) / cfg.head_dim))));
-      const val = f(pos * freq);
+      const val = f(pos * freqs[i]);
       cos[pos * half + i] = f(Math.cos(val));
       sin[pos * half + i] = f(Math.sin(val));
     }
@@ -94,25 +121,31 @@ export function buildLlamaGraph(cfg: ModelConfig, weights: LlamaWeightSource, mo
   const embedding = g.weight('tok_embeddings', weights.tokenEmbedding(), [vocab, dim]);
   let x = g.node('Gather', [embedding, inputIds], 1, { axis: 0 })[0];
 
-  // RoPE tables gathered once per run: [B, S, 1, hd/2, 1] broadcasts over heads and pair halves.
+  // RoPE tables gathered once per run. Each head's features are viewed as [hd/2, 2] (adjacent
+  // pairs: a pair's members on the last axis) or [2, hd/2] (rotate-half: the members hd/2 apart),
+  // and the tables as [B, S, 1, hd/2, 1] or [B, S, 1, 1, hd/2] broadcast over heads and members.
+  const rotateHalf = (cfg.rope_layout ?? 'adjacent-pairs') === 'rotate-half';
   const tables = ropeTables(cfg);
   const cosTable = g.weight('rope_cos', tables.cos, [cfg.max_seq_len, hd / 2]);
   const sinTable = g.weight('rope_sin', tables.sin, [cfg.max_seq_len, hd / 2]);
-  const ropeShape = g.constInt64([0, 0, 1, hd / 2, 1]);
+  const ropeShape = g.constInt64(rotateHalf ? [0, 0, 1, 1, hd / 2] : [0, 0, 1, hd / 2, 1]);
   const cos = g.node('Reshape', [g.node('Gather', [cosTable, positionIds], 1, { axis: 0 })[0], ropeShape])[0];
   const sin = g.node('Reshape', [g.node('Gather', [sinTable, positionIds], 1, { axis: 0 })[0], ropeShape])[0];
   const pairs = g.constInt64([1, 1]);
-  const qPairsShape = g.constInt64([0, 0, nh, hd / 2, 2]);
-  const kPairsShape = g.constInt64([0, 0, kvh, hd / 2, 2]);
+  const memberAxis = rotateHalf ? -2 : -1;
+  const pairsShape = (heads: number) => g.constInt64(rotateHalf ? [0, 0, heads, 2, hd / 2] : [0, 0, heads, hd / 2, 2]);
+  const qPairsShape = pairsShape(nh);
+  const kPairsShape = pairsShape(kvh);
 
-  // Rotates adjacent pairs (x[2i], x[2i+1]) the way run.c writes it: v0*c - v1*s, v0*s + v1*c.
-  // Returns [B, S, heads, hd/2, 2].
-  const rope = (t: string, pairsShape: string): string => {
-    const p = g.node('Reshape', [t, pairsShape])[0];
-    const [x0, x1] = g.node('Split', [p, pairs], 2, { axis: -1 });
+  // Rotates each pair (v0, v1) the way run.c writes it: v0*c - v1*s, v0*s + v1*c (HF's
+  // x*cos + rotate_half(x)*sin is the same arithmetic). Returns [B, S, heads, hd/2, 2] or
+  // [B, S, heads, 2, hd/2], the layout it was given.
+  const rope = (t: string, shape: string): string => {
+    const p = g.node('Reshape', [t, shape])[0];
+    const [x0, x1] = g.node('Split', [p, pairs], 2, { axis: memberAxis });
     const out0 = g.node('Sub', [g.node('Mul', [x0, cos])[0], g.node('Mul', [x1, sin])[0]])[0];
     const out1 = g.node('Add', [g.node('Mul', [x0, sin])[0], g.node('Mul', [x1, cos])[0]])[0];
-    return g.node('Concat', [out0, out1], 1, { axis: -1 })[0];
+    return g.node('Concat', [out0, out1], 1, { axis: memberAxis })[0];
   };
 
   // Attention shapes. Query heads are grouped by the KV head they share (run.c: kv head = h / group),
@@ -140,7 +173,14 @@ export function buildLlamaGraph(cfg: ModelConfig, weights: LlamaWeightSource, mo
     const attnNorm = g.weight(`layers.${l}.attention_norm`, w.attnNorm, [dim]);
     const xn = g.node('SimplifiedLayerNormalization', [x, attnNorm], 1, { axis: -1, epsilon: eps })[0];
     const wqkv = g.weight(`layers.${l}.wqkv`, fusedTransposed([{ w: w.wq, out: qDim }, { w: w.wk, out: kvDim }, { w: w.wv, out: kvDim }], dim), [dim, qDim + 2 * kvDim]);
-    const qkv = g.node('MatMul', [xn, wqkv])[0];
+    let qkv = g.node('MatMul', [xn, wqkv])[0];
+    if (w.bq || w.bk || w.bv) {
+      const bias = new Float32Array(qDim + 2 * kvDim);
+      if (w.bq) bias.set(w.bq, 0);
+      if (w.bk) bias.set(w.bk, qDim);
+      if (w.bv) bias.set(w.bv, qDim + kvDim);
+      qkv = g.node('Add', [qkv, g.weight(`layers.${l}.bqkv`, bias, [qDim + 2 * kvDim])])[0];
+    }
     const [q, k, v] = g.node('Split', [qkv, qkvSplit], 3, { axis: -1 });
     const qr = g.node('Reshape', [g.node('Transpose', [g.node('Reshape', [rope(q, qPairsShape), qHeads])[0]], 1, { perm: toBhsd })[0], qGroupedShape])[0];
     const kNew = g.node('Transpose', [g.node('Reshape', [rope(k, kPairsShape), kvHeads])[0]], [`new_key.${l}`], { perm: toBhsd })[0];
