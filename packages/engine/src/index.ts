@@ -5,6 +5,7 @@ export { convertLlama2c, type ConvertLlama2cOptions } from './model/convert.ts';
 export { DUMMY_PRESETS, writeDummyModel } from './model/dummy.ts';
 export * from './kv/layout.ts';
 export * from './kv/codec.ts';
+export * from './kv/wire.ts';
 export type { KvSequence } from './kv/slot-cache.ts';
 export type { ForwardItem, KvCapacity, ModelRunner, StepTimings } from './runner/types.ts';
 export { DEVICES, type Device } from './runtime/session.ts';
