@@ -26,12 +26,12 @@ export function stories260K(): { dir: string; cleanup(): void } {
   return { dir: out, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
 }
 
-export async function startCluster(modelDir: string, args: string[] = [], timeoutMs = 60_000): Promise<TestCluster> {
+export async function startCluster(modelDir: string, args: string[] = [], timeoutMs = 60_000, env: Record<string, string> = {}): Promise<TestCluster> {
   const port = await freePort();
   const proc = spawn(process.execPath, ['--import', 'tsx', join(repoRoot, 'packages/cli/src/main.ts'), 'up', '--model', modelDir, '--port', String(port), ...args], {
     cwd: repoRoot,
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env },
+    env: { ...process.env, ...env },
   });
   let out = '';
   proc.stdout!.on('data', (d) => { out += d; });

@@ -155,4 +155,8 @@ export interface KvChunkMsg {
   first_token?: TokenMsg | null;
   block_tokens: number;
   block_bytes: number;
+  /** "pdserve-kv/1"; "" (or unset, when sending) from older senders. */
+  layout?: string;
+  /** "fp32" | "fp16" | "bf16" | "int8"; "" (or unset) means fp32. */
+  wire_dtype?: string;
 }

@@ -9,3 +9,4 @@ export * from './process/free-port.ts';
 export * from './process/parent-watch.ts';
 export * from './process/supervisor.ts';
 export * from './process/log-like.ts';
+export * from './trace/kv-trace.ts';

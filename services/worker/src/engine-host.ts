@@ -1,7 +1,7 @@
 // The main thread's handle on the engine thread: starts it, turns its messages back into promises
 // and callbacks per request, and owns the gRPC side of KV pushes (GrpcKvPush).
 import { Worker } from 'node:worker_threads';
-import type { SampledToken } from '@pdserve/engine';
+import { KV_WIRE_DTYPES, wireBlockBytes, type KvWireDtype, type SampledToken } from '@pdserve/engine';
 import { KV_MESSAGE_BYTES, type KvChunkMsg, type SamplingParamsMsg, type WorkerLoad } from '@pdserve/common';
 import type { EngineInfo, EngineThreadData, FailureKind, FromEngine, ToEngine } from './engine-protocol.ts';
 import { GrpcKvPush } from './kv-sinks.ts';
@@ -25,7 +25,7 @@ export interface PrefillResult {
   prefillMs: number;
   transferTailMs: number;
   /** Set when the blocks went to another worker over gRPC. */
-  transfer?: { bytes: number; ms: number };
+  transfer?: { bytes: number; rawBytes: number; ms: number };
 }
 
 export interface DecodeHandlers {
@@ -66,7 +66,11 @@ export class EngineHost {
   /** performance.now() of the last message from the engine thread (it reports its load every 200 ms). */
   lastProgressAt = performance.now();
 
+  /** Bytes of one block on the wire per dtype, for checking received chunks. */
+  private readonly wireBlockBytes: Record<KvWireDtype, number>;
+
   private constructor(private readonly worker: Worker, readonly info: EngineInfo) {
+    this.wireBlockBytes = Object.fromEntries(KV_WIRE_DTYPES.map((d) => [d, wireBlockBytes(info.kvShape, d)])) as Record<KvWireDtype, number>;
     this.load = { queue_len: 0, running: 0, waiting: 0, free_kv_blocks: 0, total_kv_blocks: 0, kv_block_tokens: info.blockTokens };
     worker.on('message', (m: FromEngine) => { this.lastProgressAt = performance.now(); this.onMessage(m); });
     // A dead engine thread leaves a worker that can only lie about its health: fail loudly and exit
@@ -171,6 +175,7 @@ export class EngineHost {
       return { ok: false, kind, message: problem };
     }
     d.kv.nextBlock += chunk.block_count;
+    d.kv.wireDtype = chunk.wire_dtype || 'fp32';
     d.kv.done = chunk.done;
     d.kvBacklog += chunk.data.byteLength;
     d.handlers.kvProgress?.();
@@ -220,7 +225,7 @@ export class EngineHost {
         const push = p?.push;
         p?.resolve({
           firstToken: m.firstToken, queueMs: m.queueMs, prefillMs: m.prefillMs, transferTailMs: m.transferTailMs,
-          transfer: push ? { bytes: push.bytes, ms: (push.finishedAt ?? performance.now()) - (push.startedAt ?? performance.now()) } : undefined,
+          transfer: push ? { bytes: push.bytes, rawBytes: push.rawBytes, ms: (push.finishedAt ?? performance.now()) - (push.startedAt ?? performance.now()) } : undefined,
         });
         break;
       }
@@ -237,7 +242,7 @@ export class EngineHost {
         if (!r) break;
         this.decodes.set(m.requestId, {
           handlers: r.handlers, kvBacklog: 0, kvWaiters: [],
-          kv: { promptLen: r.promptLen, blockTokens: this.info.blockTokens, blockBytes: this.info.blockBytes, nextBlock: 0, done: false },
+          kv: { promptLen: r.promptLen, blockTokens: this.info.blockTokens, blockBytes: this.info.blockBytes, wireBlockBytes: this.wireBlockBytes, nextBlock: 0, done: false },
         });
         r.resolve();
         break;
