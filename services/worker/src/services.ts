@@ -239,15 +239,17 @@ export function decodeHandlers(ctx: ServiceContext): grpc.UntypedServiceImplemen
           ctx.host.cancelDecode(chunk.request_id);
           return fail(status(grpc.status.FAILED_PRECONDITION, `KV layout mismatch: sender blocks are ${chunk.block_tokens} tokens/${chunk.block_bytes} bytes, here ${blockTokens}/${blockBytes}`));
         }
+        // Measured first: pushKv hands the payload's buffer over to the engine thread.
+        const received = chunk.data.byteLength;
         const outcome = ctx.host.pushKv(chunk.request_id, chunk);
         if (!outcome.ok) {
           if (outcome.kind !== 'not_found') ctx.onKvFailure?.('rejected');
           const code = { not_found: grpc.status.NOT_FOUND, invalid: grpc.status.INVALID_ARGUMENT, precondition: grpc.status.FAILED_PRECONDITION }[outcome.kind];
           return fail(status(code, outcome.message));
         }
-        bytes += chunk.data.byteLength;
+        bytes += received;
         chunks++;
-        kvTrace('d.data', chunk.request_id, { bytes: chunk.data.byteLength, done: chunk.done });
+        kvTrace('d.data', chunk.request_id, { bytes: received, done: chunk.done });
         firstAt ??= performance.now();
         if (outcome.drained) {
           // The engine has not written this request's earlier chunks yet: stop reading (HTTP/2 flow
