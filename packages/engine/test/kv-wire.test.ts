@@ -83,3 +83,15 @@ test('a payload that is not whole wire blocks is refused', () => {
   assert.throws(() => decodeKvBlocks(new Uint8Array(wireBlockBytes(shape, 'int8') + 4), shape, 'int8'), /not a whole number/);
   assert.throws(() => encodeKvBlocks(new Uint8Array(blockBytes(shape) - 4), shape, 'fp16'), /not a whole number/);
 });
+
+test('fp16: every finite half survives float32 and back unchanged, and midpoints round to even', () => {
+  const one: KvShape = { layers: 1, kvHeads: 1, headDim: 4, blockTokens: 1 }; // 8 floats per block
+  const halves = new Uint16Array(65536).map((_, i) => i).filter((h) => ((h >>> 10) & 0x1f) !== 31); // drop Inf/NaN
+  const asFloats = new Float32Array(decodeKvBlocks(new Uint8Array(halves.buffer), one, 'fp16').buffer);
+  const back = new Uint16Array(encodeKvBlocks(new Uint8Array(asFloats.buffer), one, 'fp16').buffer);
+  assert.deepEqual(back, halves);
+  // 1 + 2^-11 lies halfway between 1 and 1 + 2^-10: ties go to the even mantissa (1); 1 + 3*2^-11 to 1 + 2^-9.
+  const ties = new Float32Array([1 + 2 ** -11, 1 + 3 * 2 ** -11, 2 ** -25, 3 * 2 ** -25, 0, 0, 0, 0]);
+  const got = new Float32Array(decodeKvBlocks(encodeKvBlocks(new Uint8Array(ties.buffer), one, 'fp16'), one, 'fp16').buffer);
+  assert.deepEqual([...got.subarray(0, 4)], [1, 1 + 2 ** -9, 0, 2 ** -23]);
+});

@@ -97,29 +97,28 @@ export function decodeKvBlocks(wire: Uint8Array, s: KvShape, dtype: KvWireDtype)
 
 // ---- fp16 ----
 
-function f32BitsToF16(u: number): number {
-  const sign = (u >>> 16) & 0x8000;
-  const x = u & 0x7fffffff;
-  if (x >= 0x7f800000) return sign | (x > 0x7f800000 ? 0x7e00 : 0x7c00); // NaN, Inf
-  if (x >= 0x38800000) { // normal half range (>= 2^-14)
-    let h = (((x >>> 23) - 112) << 10) | ((x >>> 13) & 0x3ff);
-    const rem = x & 0x1fff;
-    if (rem > 0x1000 || (rem === 0x1000 && (h & 1))) h++;
-    return sign | Math.min(h, 0x7bff); // saturate at 65504 rather than round up to Inf
-  }
-  const e = x >>> 23;
-  const shift = 126 - e; // half subnormal: m = mantissa24 * 2^(e-126)
-  if (shift > 24) return sign;
-  const m24 = (x & 0x7fffff) | 0x800000;
-  let m = m24 >>> shift;
-  const rem = m24 & ((1 << shift) - 1);
-  const half = 1 << (shift - 1);
-  if (rem > half || (rem === half && (m & 1))) m++;
-  return sign | m;
-}
+// Round to nearest even without a branch per bit (F. Giesen's float_to_half_fast3_rtne): normal
+// halves by integer arithmetic on the float's bits, subnormal ones by letting a float32 addition of
+// 0.5 do the rounding (exact in a double, then one rounding to float32: that is the RNE result).
+const scratchF = new Float32Array(1);
+const scratchU = new Uint32Array(scratchF.buffer);
 
 function encodeF16(src: Uint32Array, dst: Uint16Array): void {
-  for (let i = 0; i < src.length; i++) dst[i] = f32BitsToF16(src[i]);
+  for (let i = 0; i < src.length; i++) {
+    const u = src[i];
+    const x = u & 0x7fffffff;
+    let h: number;
+    if (x >= 0x47800000) h = x > 0x7f800000 ? 0x7e00 : x === 0x7f800000 ? 0x7c00 : 0x7bff; // NaN, Inf, saturate
+    else if (x < 0x38800000) { // below 2^-14: a half subnormal (or zero)
+      scratchU[0] = x;
+      scratchF[0] += 0.5;
+      h = scratchU[0] - 0x3f000000;
+    } else {
+      h = (x + 0xc8000fff + ((x >>> 13) & 1)) >>> 13; // rebias the exponent, round the mantissa
+      if (h > 0x7bff) h = 0x7bff; // 65504 < |x| < 65536 would round up to Inf: saturate
+    }
+    dst[i] = ((u >>> 16) & 0x8000) | h;
+  }
 }
 
 let f16Table: Float32Array | undefined;
