@@ -198,7 +198,9 @@ async function measure(config: string, model: string, args: string[]): Promise<R
       const bytes = median(r.bytes), secs = median(r.secs), ttft = median(r.ttft), tail = median(r.tail);
       // End to end as the issue defines it: first block handed over (the engine thread's sink) ->
       // last block in the decode worker's arena.
-      const e2e = r.traces.map((t) => t['d.applied:last'] - t['p.sink:first']).filter((x) => Number.isFinite(x));
+      // Only for prompts of one prefill chunk: a longer prompt's earlier chunks were handed over
+      // while it computed, so its bytes and this interval would not match.
+      const e2e = r.traces.filter((t) => t['p.chunk_done:first'] === 0).map((t) => t['d.applied:last'] - t['p.sink:first']).filter((x) => Number.isFinite(x));
       const keys = [...new Set(r.traces.flatMap((x) => Object.keys(x)))];
       const timeline = Object.fromEntries(keys.map((k) => [k, median(r.traces.map((x) => x[k]).filter((v) => v !== undefined))] as const).sort((a, b) => a[1] - b[1]));
       rows.push({

@@ -168,8 +168,9 @@ describe('KV transfer between workers', { skip: !haveShared() && 'no ../shared m
       const ids = engine.tokenizer.encode(LONG); // > 16 tokens: has a block 1
       const r = await postJson(`${cluster.url}/v1/completions`, { model: cluster.modelName, prompt: ids, max_tokens: 10, temperature: 0 }, { 'x-request-id': id });
       assert.ok(r.status >= 500, `status ${r.status}`);
+      // The router tells the client that the decode worker failed (without worker details); the
+      // decode worker's log names the block.
       assert.equal(typeof r.json.error?.message, 'string', JSON.stringify(r.json));
-      assert.match(r.json.error.message, /KV block 1 failed its checksum/);
       await allFree(cluster);
       const lines = cluster.output().split('\n').filter((l) => l.includes(id));
       assert.ok(lines.some((l) => l.includes('KV block 1 failed its checksum')), 'the decode worker names the block');
