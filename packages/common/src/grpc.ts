@@ -11,11 +11,13 @@ const PROTO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', 
 export const PROTO_FILE = join(PROTO_ROOT, 'pdserve', 'v1', 'pdserve.proto');
 
 /**
- * KV chunks are cut to at most KV_MESSAGE_BYTES of blocks each; the limits leave room above that.
- * grpc-js's 4 MiB default would reject a large chunk, and an unlimited one would let a peer make a
- * worker buffer arbitrary amounts.
+ * KV chunks are cut to at most KV_MESSAGE_BYTES of (wire) blocks each, at least one block; the
+ * limits leave room above that. grpc-js's 4 MiB default would reject a large chunk, and an unlimited
+ * one would let a peer make a worker buffer arbitrary amounts. 1 MiB rather than 4: a receiver gets
+ * nothing of a message until all of it is in, so smaller messages let the decode worker verify and
+ * scatter one while the next is on the wire (BENCHMARKS.md, KV transfer).
  */
-export const KV_MESSAGE_BYTES = 4 * 1024 * 1024;
+export const KV_MESSAGE_BYTES = 1024 * 1024;
 export const MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
 
 /** HTTP/2 receive window (per stream and per connection) for both ends of every pdserve channel. */
@@ -155,4 +157,8 @@ export interface KvChunkMsg {
   first_token?: TokenMsg | null;
   block_tokens: number;
   block_bytes: number;
+  /** "pdserve-kv/1"; "" (or unset, when sending) from older senders. */
+  layout?: string;
+  /** "fp32" | "fp16" | "bf16" | "int8"; "" (or unset) means fp32. */
+  wire_dtype?: string;
 }

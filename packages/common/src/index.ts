@@ -10,3 +10,4 @@ export * from './process/parent-watch.ts';
 export * from './process/supervisor.ts';
 export * from './process/log-like.ts';
 export * from './logger.ts';
+export * from './trace/kv-trace.ts';

@@ -43,6 +43,7 @@ const WORKER_METRICS = {
     'pdserve_prefill_tokens_per_second',
     'pdserve_kv_blocks_free',
     'pdserve_kv_blocks_total',
+    'pdserve_kv_transfer_compression_ratio',
   ],
 };
 
@@ -128,6 +129,7 @@ test('worker registry exports every listed metric with worker_id/role labels', a
   w.observeStep({ phase: 'prefill', seconds: 0.5, tokens: 100 });
   w.observeStep({ phase: 'decode', seconds: 0.01, batchSize: 4 });
   w.observeKvTransfer({ seconds: 0.02, bytes: 3 * 1024 * 1024 });
+  w.observeKvTransfer({ seconds: 0.01, bytes: 1024 * 1024, rawBytes: 2 * 1024 * 1024, wireDtype: 'fp16' });
   w.kvTransferFailed('timeout');
   w.setKvBlocks({ free: 25, total: 100 });
   const text = await w.registry.metrics();
@@ -135,9 +137,13 @@ test('worker registry exports every listed metric with worker_id/role labels', a
   assert.match(text, /^pdserve_kv_cache_usage_perc\{worker_id="w-1",role="decode"\} 0.75$/m);
   assert.match(text, /^pdserve_prefill_tokens_per_second\{worker_id="w-1",role="decode"\} 200$/m);
   assert.match(text, /^pdserve_generation_tokens_total\{worker_id="w-1",role="decode"\} 4$/m);
-  assert.match(text, /^pdserve_kv_transfer_bytes_total\{worker_id="w-1",role="decode"\} 3145728$/m);
-  assert.match(text, /^pdserve_kv_transfer_bytes_bucket\{le="65536",worker_id="w-1",role="decode"\} 0$/m);
-  assert.match(text, /^pdserve_kv_transfer_bytes_bucket\{le="1073741824",worker_id="w-1",role="decode"\} 1$/m);
+  assert.match(text, /^pdserve_kv_transfer_bytes_total\{wire_dtype="fp32",worker_id="w-1",role="decode"\} 3145728$/m);
+  assert.match(text, /^pdserve_kv_transfer_bytes_total\{wire_dtype="fp16",worker_id="w-1",role="decode"\} 1048576$/m);
+  assert.match(text, /^pdserve_kv_transfer_bytes_total\{wire_dtype="int8",worker_id="w-1",role="decode"\} 0$/m);
+  assert.match(text, /^pdserve_kv_transfer_bytes_bucket\{le="65536",worker_id="w-1",role="decode",wire_dtype="fp32"\} 0$/m);
+  assert.match(text, /^pdserve_kv_transfer_bytes_bucket\{le="1073741824",worker_id="w-1",role="decode",wire_dtype="fp32"\} 1$/m);
+  assert.match(text, /^pdserve_kv_transfer_compression_ratio\{wire_dtype="fp16",worker_id="w-1",role="decode"\} 2$/m);
+  assert.match(text, /^pdserve_kv_transfer_compression_ratio\{wire_dtype="fp32",worker_id="w-1",role="decode"\} 1$/m);
   assert.match(text, /^pdserve_batch_size_bucket\{le="256",worker_id="w-1",role="decode"\} 1$/m);
   assert.match(text, /^pdserve_kv_transfer_failures_total\{reason="checksum",worker_id="w-1",role="decode"\} 0$/m);
   assert.match(text, /^pdserve_kv_transfer_failures_total\{reason="timeout",worker_id="w-1",role="decode"\} 1$/m);

@@ -8,6 +8,7 @@ export { writeDirAtomically } from './model/model-dir.ts';
 export { DUMMY_PRESETS, writeDummyModel } from './model/dummy.ts';
 export * from './kv/layout.ts';
 export * from './kv/codec.ts';
+export * from './kv/wire.ts';
 export type { KvSequence } from './kv/slot-cache.ts';
 export type { ForwardItem, KvCapacity, ModelRunner, StepTimings } from './runner/types.ts';
 export { DEVICES, type Device } from './runtime/session.ts';

@@ -1,7 +1,7 @@
 // The main thread's handle on the engine thread: starts it, turns its messages back into promises
 // and callbacks per request, and owns the gRPC side of KV pushes (GrpcKvPush).
 import { Worker } from 'node:worker_threads';
-import type { SampledToken } from '@pdserve/engine';
+import { KV_WIRE_DTYPES, wireBlockBytes, type KvWireDtype, type SampledToken } from '@pdserve/engine';
 import { KV_MESSAGE_BYTES, type KvChunkMsg, type SamplingParamsMsg, type WorkerLoad } from '@pdserve/common';
 import type { EngineInfo, EngineThreadData, FailureKind, FromEngine, ToEngine } from './engine-protocol.ts';
 import { GrpcKvPush } from './kv-sinks.ts';
@@ -9,9 +9,20 @@ import { kvChunkProblem, type KvReceiveState } from './validate.ts';
 
 /**
  * Received KV bytes handed to the engine thread and not yet written into the cache, per request,
- * before the PushKv stream is paused (HTTP/2 flow control then holds the sender back).
+ * before the PushKv stream is paused (HTTP/2 flow control then holds the sender back). 8 MiB: eight
+ * of today's 1 MiB messages, so the bound does not throttle the pipelining smaller messages allow.
  */
-export const KV_BACKLOG_BYTES = 2 * KV_MESSAGE_BYTES;
+export const KV_BACKLOG_BYTES = 8 * KV_MESSAGE_BYTES;
+
+// A received payload is a view into the buffer gRPC assembled its message in, which holds that one
+// message and nothing else once it is this large (Node pools only Buffers under 4 KiB): hand the
+// buffer over to the engine thread instead of copying it there.
+const TRANSFER_MIN_BYTES = 64 * 1024;
+function ownedBuffer(data: Uint8Array): ArrayBuffer[] {
+  const buf = data.buffer;
+  if (!(buf instanceof ArrayBuffer) || data.byteLength < TRANSFER_MIN_BYTES || buf.byteLength > data.byteLength + 4096) return [];
+  return [buf];
+}
 
 export class EngineError extends Error {
   constructor(message: string, readonly kind: FailureKind) {
@@ -25,7 +36,7 @@ export interface PrefillResult {
   prefillMs: number;
   transferTailMs: number;
   /** Set when the blocks went to another worker over gRPC. */
-  transfer?: { bytes: number; ms: number };
+  transfer?: { bytes: number; rawBytes: number; ms: number };
 }
 
 export interface DecodeHandlers {
@@ -66,7 +77,11 @@ export class EngineHost {
   /** performance.now() of the last message from the engine thread (it reports its load every 200 ms). */
   lastProgressAt = performance.now();
 
+  /** Bytes of one block on the wire per dtype, for checking received chunks. */
+  private readonly wireBlockBytes: Record<KvWireDtype, number>;
+
   private constructor(private readonly worker: Worker, readonly info: EngineInfo) {
+    this.wireBlockBytes = Object.fromEntries(KV_WIRE_DTYPES.map((d) => [d, wireBlockBytes(info.kvShape, d)])) as Record<KvWireDtype, number>;
     this.load = { queue_len: 0, running: 0, waiting: 0, free_kv_blocks: 0, total_kv_blocks: 0, kv_block_tokens: info.blockTokens };
     worker.on('message', (m: FromEngine) => { this.lastProgressAt = performance.now(); this.onMessage(m); });
     // A dead engine thread leaves a worker that can only lie about its health: fail loudly and exit
@@ -94,8 +109,8 @@ export class EngineHost {
     });
   }
 
-  private send(m: ToEngine): void {
-    this.worker.postMessage(m);
+  private send(m: ToEngine, transfer: ArrayBuffer[] = []): void {
+    this.worker.postMessage(m, transfer);
   }
 
   get idle(): boolean {
@@ -171,10 +186,11 @@ export class EngineHost {
       return { ok: false, kind, message: problem };
     }
     d.kv.nextBlock += chunk.block_count;
+    d.kv.wireDtype = chunk.wire_dtype || 'fp32';
     d.kv.done = chunk.done;
     d.kvBacklog += chunk.data.byteLength;
     d.handlers.kvProgress?.();
-    this.send({ type: 'kv', requestId, chunk });
+    this.send({ type: 'kv', requestId, chunk }, ownedBuffer(chunk.data));
     if (d.kvBacklog <= KV_BACKLOG_BYTES) return { ok: true };
     return { ok: true, drained: new Promise((resolve) => d.kvWaiters.push(resolve)) };
   }
@@ -220,7 +236,7 @@ export class EngineHost {
         const push = p?.push;
         p?.resolve({
           firstToken: m.firstToken, queueMs: m.queueMs, prefillMs: m.prefillMs, transferTailMs: m.transferTailMs,
-          transfer: push ? { bytes: push.bytes, ms: (push.finishedAt ?? performance.now()) - (push.startedAt ?? performance.now()) } : undefined,
+          transfer: push ? { bytes: push.bytes, rawBytes: push.rawBytes, ms: (push.finishedAt ?? performance.now()) - (push.startedAt ?? performance.now()) } : undefined,
         });
         break;
       }
@@ -237,7 +253,7 @@ export class EngineHost {
         if (!r) break;
         this.decodes.set(m.requestId, {
           handlers: r.handlers, kvBacklog: 0, kvWaiters: [],
-          kv: { promptLen: r.promptLen, blockTokens: this.info.blockTokens, blockBytes: this.info.blockBytes, nextBlock: 0, done: false },
+          kv: { promptLen: r.promptLen, blockTokens: this.info.blockTokens, blockBytes: this.info.blockBytes, wireBlockBytes: this.wireBlockBytes, nextBlock: 0, done: false },
         });
         r.resolve();
         break;

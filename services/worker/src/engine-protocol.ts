@@ -2,7 +2,7 @@
 // Runtime, the KV cache, the scheduler). ONNX Runtime's node binding runs a forward pass
 // synchronously, so the engine gets a thread of its own: the main thread stays free to stream KV
 // blocks and tokens while a step computes.
-import type { EngineOptions, ModelConfig, SampledToken } from '@pdserve/engine';
+import type { EngineOptions, KvShape, KvWireDtype, ModelConfig, SampledToken } from '@pdserve/engine';
 import type { KvChunkMsg, SamplingParamsMsg, WorkerLoad } from '@pdserve/common';
 import type { SchedulerOptions } from './scheduler.ts';
 
@@ -10,6 +10,8 @@ export interface EngineThreadData {
   model: string;
   engine: EngineOptions;
   scheduler: Omit<SchedulerOptions, 'onStep'>;
+  /** How this worker's outgoing KV blocks travel (kv/wire.ts); incoming ones say their own. */
+  kvWireDtype: KvWireDtype;
 }
 
 export interface EngineInfo {
@@ -18,6 +20,7 @@ export interface EngineInfo {
   vocabSize: number;
   blockBytes: number;
   blockTokens: number;
+  kvShape: KvShape;
   kvBytes: number;
   maxSequences: number;
 }

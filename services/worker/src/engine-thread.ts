@@ -3,7 +3,7 @@
 // blocks to send and step statistics out.
 import { parentPort, workerData } from 'node:worker_threads';
 import { Engine, InvalidSamplingParamsError, InvalidTokenError, KvChecksumError, PromptTooLongError, type SampledToken } from '@pdserve/engine';
-import type { SamplingParamsMsg } from '@pdserve/common';
+import { kvTrace, type SamplingParamsMsg } from '@pdserve/common';
 import type { EngineThreadData, FailureKind, FromEngine, ToEngine } from './engine-protocol.ts';
 import { LocalKvSink, ThreadKvSink } from './kv-sinks.ts';
 import { RequestFailure, type DecodeRequest, type PrefillJob } from './requests.ts';
@@ -109,7 +109,7 @@ async function main(): Promise<void> {
         const local = m.local ? scheduler.decodes.get(m.requestId) : undefined;
         const sink = local
           ? new LocalKvSink(local, () => scheduler.notify(), () => post({ type: 'kvProgress', requestId: m.requestId }))
-          : new ThreadKvSink(engine.runner, m.requestId, {
+          : new ThreadKvSink(engine.runner, m.requestId, data.kvWireDtype, {
             out: (chunks, final) => post({ type: 'kvOut', requestId: m.requestId, chunks, final }, chunks.map((c) => c.data.buffer as ArrayBuffer)),
             abort: () => post({ type: 'kvAbort', requestId: m.requestId }),
           });
@@ -150,6 +150,7 @@ async function main(): Promise<void> {
           post({ type: 'kvApplied', requestId: m.requestId, bytes: m.chunk.data.byteLength });
           break;
         }
+        kvTrace('d.engine_recv', m.requestId, { bytes: m.chunk.data.byteLength });
         req.pendingKv.push(m.chunk);
         scheduler.notify();
         break;
@@ -177,7 +178,7 @@ async function main(): Promise<void> {
       requestId, seq, sampling, sampler, promptLen,
       status: 'waiting_kv', pendingKv: [], generated: 0, cancelled: false,
       kvApplied: (bytes) => post({ type: 'kvApplied', requestId, bytes }),
-      emit: (tokens: SampledToken[], admitMs?: number) => post({ type: 'tokens', requestId, tokens, admitMs }),
+      emit: (tokens: SampledToken[], admitMs?: number) => (admitMs !== undefined && kvTrace('d.token_posted', requestId), post({ type: 'tokens', requestId, tokens, admitMs })),
       finish: (reason, stopTokenId) => {
         if (over) return;
         over = true;
@@ -202,7 +203,7 @@ async function main(): Promise<void> {
     type: 'ready',
     info: {
       config: engine.config, maxModelLen: engine.maxModelLen, vocabSize: engine.vocabSize,
-      blockBytes: engine.runner.blockBytes, blockTokens: engine.runner.kvShape.blockTokens, kvBytes: cap.bytes, maxSequences: cap.maxSequences,
+      blockBytes: engine.runner.blockBytes, blockTokens: engine.runner.kvShape.blockTokens, kvShape: engine.runner.kvShape, kvBytes: cap.bytes, maxSequences: cap.maxSequences,
     },
   });
   postLoad();

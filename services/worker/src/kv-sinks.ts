@@ -1,11 +1,12 @@
 // Where a prefill's KV blocks go.
 //  - ThreadKvSink (engine thread): gathers blocks into `pdserve-kv/1` messages of at most
-//    KV_MESSAGE_BYTES, each block with its CRC-32, and hands them to the main thread, whose
-//    GrpcKvPush streams them to the decode worker (Decode.PushKv).
+//    KV_MESSAGE_BYTES on the wire, encoded in the worker's KV wire dtype (kv/wire.ts), each block
+//    with the CRC-32 of its wire bytes, and hands them to the main thread, whose GrpcKvPush streams
+//    them to the decode worker (Decode.PushKv).
 //  - LocalKvSink (engine thread): a unified worker's own decode batch takes the sequence as it is;
 //    nothing is copied.
-import { checksumBlocks, type KvSequence, type ModelRunner, type SampledToken } from '@pdserve/engine';
-import { decodeClient, grpc, KV_MESSAGE_BYTES, requestMetadata, type KvChunkMsg, type TokenMsg } from '@pdserve/common';
+import { checksumBlocks, encodeKvBlocks, KV_LAYOUT, wireBlockBytes, type KvSequence, type KvWireDtype, type ModelRunner, type SampledToken } from '@pdserve/engine';
+import { decodeClient, grpc, KV_MESSAGE_BYTES, kvTrace, requestMetadata, type KvChunkMsg, type TokenMsg } from '@pdserve/common';
 import type { DecodeRequest, KvSink } from './requests.ts';
 import { ClientPool } from './client-pool.ts';
 
@@ -19,16 +20,21 @@ export class ThreadKvSink implements KvSink {
   constructor(
     private readonly runner: ModelRunner,
     private readonly requestId: string,
+    private readonly wireDtype: KvWireDtype,
     private readonly to: { out(chunks: KvChunkMsg[], final: boolean): void; abort(): void },
   ) {}
 
   send(seq: KvSequence, first: number, count: number, tokenCount: number): void {
+    kvTrace('p.sink', this.requestId, { first, count });
     this.to.out(this.messages(seq, first, count, tokenCount, undefined), false);
+    kvTrace('p.posted', this.requestId);
   }
 
   finish(seq: KvSequence, first: number, count: number, firstToken: SampledToken): Promise<void> {
     const done = new Promise<void>((resolve, reject) => { this.ack = { resolve, reject }; });
+    kvTrace('p.sink', this.requestId, { first, count, final: true });
     this.to.out(this.messages(seq, first, count, seq.length, firstToken), true);
+    kvTrace('p.posted', this.requestId);
     return done;
   }
 
@@ -46,19 +52,20 @@ export class ThreadKvSink implements KvSink {
   /** Reads the blocks now: the scheduler may free the sequence as soon as this returns. */
   private messages(seq: KvSequence, first: number, count: number, tokenCount: number, firstToken: SampledToken | undefined): KvChunkMsg[] {
     const blockBytes = this.runner.blockBytes;
-    const blockTokens = this.runner.kvShape.blockTokens;
-    const perMessage = Math.max(1, Math.floor(KV_MESSAGE_BYTES / blockBytes));
+    const shape = this.runner.kvShape;
+    const wireBytes = wireBlockBytes(shape, this.wireDtype);
+    const perMessage = Math.max(1, Math.floor(KV_MESSAGE_BYTES / wireBytes));
     const out: KvChunkMsg[] = [];
     let b = first;
     do {
       const n = Math.min(perMessage, first + count - b);
-      const data = n > 0 ? this.runner.readBlocks(seq, b, n) : new Uint8Array(0);
+      const data = n > 0 ? encodeKvBlocks(this.runner.readBlocks(seq, b, n), shape, this.wireDtype) : new Uint8Array(0);
       const last = b + n >= first + count;
       out.push({
         request_id: this.requestId, first_block: b, block_count: n,
-        token_count: Math.min(tokenCount, (b + n) * blockTokens), data, checksums: checksumBlocks(data, blockBytes),
+        token_count: Math.min(tokenCount, (b + n) * shape.blockTokens), data, checksums: checksumBlocks(data, wireBytes),
         done: last && firstToken !== undefined, first_token: last && firstToken ? toTokenMsg(firstToken) : null,
-        block_tokens: blockTokens, block_bytes: blockBytes,
+        block_tokens: shape.blockTokens, block_bytes: blockBytes, layout: KV_LAYOUT, wire_dtype: this.wireDtype,
       });
       b += n;
     } while (b < first + count);
@@ -88,6 +95,18 @@ export class LocalKvSink implements KvSink {
 /** Decode clients by address, closed 30 s after their last push ended. */
 export const decodeClients = new ClientPool<grpc.Client>(decodeClient);
 
+/**
+ * Test hook: with PDSERVE_TEST_CORRUPT_KV_BLOCK=N a prefill worker flips one byte of block N of
+ * every transfer after its checksum was taken, as a bad link would, so tests can watch the decode
+ * worker refuse that block by number.
+ */
+const CORRUPT_BLOCK = process.env.PDSERVE_TEST_CORRUPT_KV_BLOCK === undefined ? undefined : Number(process.env.PDSERVE_TEST_CORRUPT_KV_BLOCK);
+function corruptForTest(c: KvChunkMsg): void {
+  if (CORRUPT_BLOCK === undefined || CORRUPT_BLOCK < c.first_block || CORRUPT_BLOCK >= c.first_block + c.block_count) return;
+  const wireBytes = c.data.byteLength / c.block_count;
+  c.data[(CORRUPT_BLOCK - c.first_block) * wireBytes + Math.floor(wireBytes / 2)] ^= 0x10;
+}
+
 /** Main thread: one Decode.PushKv call carrying one sequence's blocks to the decode worker. */
 export class GrpcKvPush {
   private readonly call: grpc.ClientWritableStream<KvChunkMsg>;
@@ -95,7 +114,9 @@ export class GrpcKvPush {
   private readonly queue: KvChunkMsg[] = [];
   private waitingDrain = false;
   private ending = false;
+  /** Bytes on the wire (encoded), and the fp32 bytes they stand for. */
   bytes = 0;
+  rawBytes = 0;
   /** When the first block went to gRPC, and when the decode worker acknowledged the last. */
   startedAt?: number;
   finishedAt?: number;
@@ -106,18 +127,23 @@ export class GrpcKvPush {
       this.finishedAt = performance.now();
       this.queue.length = 0;
       decodeClients.release(address);
+      kvTrace('p.ack', requestId);
       onEnd(err ? `KV push to ${address} failed: ${err.details || err.message}` : undefined);
     });
   }
 
   write(chunks: KvChunkMsg[], final: boolean): void {
     this.startedAt ??= performance.now();
+    kvTrace('p.main_recv', chunks[0]?.request_id ?? '', { messages: chunks.length });
     for (const c of chunks) {
       this.bytes += c.data.byteLength;
+      this.rawBytes += c.block_count * c.block_bytes;
+      corruptForTest(c);
       this.queue.push(c);
     }
     if (final) this.ending = true;
     this.flush();
+    kvTrace('p.written', chunks[0]?.request_id ?? '', { final });
   }
 
   private flush(): void {

@@ -2,8 +2,8 @@
 // running batch, interleaved (a unified worker does both; a prefill or decode worker only has one
 // kind of work). Every change to the KV cache happens here, between forward passes, so a cache
 // window handed to ONNX Runtime never moves under it.
-import { blocksFor, Sampler, verifyBlocks, type Engine, type KvSequence, type SampledToken } from '@pdserve/engine';
-import type { SamplingParamsMsg } from '@pdserve/common';
+import { blocksFor, decodeKvBlocks, Sampler, verifyBlocks, wireBlockBytes, type Engine, type KvSequence, type KvWireDtype, type SampledToken } from '@pdserve/engine';
+import { kvTrace, type SamplingParamsMsg } from '@pdserve/common';
 import { RequestFailure, type DecodeRequest, type PrefillJob } from './requests.ts';
 
 export interface SchedulerOptions {
@@ -230,15 +230,18 @@ export class Scheduler {
 
   /** Writes received KV chunks into their sequences; a sequence whose transfer completed becomes ready. */
   private applyKv(): void {
-    const blockBytes = this.engine.runner.blockBytes;
+    const shape = this.engine.runner.kvShape;
     for (const req of this.decodes.values()) {
       while (req.pendingKv.length > 0 && !req.cancelled) {
         const chunk = req.pendingKv.shift()!;
         req.kvApplied?.(chunk.data.byteLength);
         try {
           if (chunk.block_count > 0) {
-            verifyBlocks({ firstBlock: chunk.first_block, blockCount: chunk.block_count, tokenCount: chunk.token_count, data: chunk.data, checksums: chunk.checksums }, blockBytes);
-            this.engine.runner.writeBlocks(req.seq, chunk.first_block, chunk.data, chunk.token_count);
+            // The gRPC layer refused unknown dtypes and layouts before the chunk got here.
+            const dtype = (chunk.wire_dtype || 'fp32') as KvWireDtype;
+            verifyBlocks({ firstBlock: chunk.first_block, blockCount: chunk.block_count, tokenCount: chunk.token_count, data: chunk.data, checksums: chunk.checksums }, wireBlockBytes(shape, dtype));
+            this.engine.runner.writeBlocks(req.seq, chunk.first_block, decodeKvBlocks(chunk.data, shape, dtype), chunk.token_count);
+            kvTrace('d.applied', req.requestId, { blocks: chunk.block_count });
           }
           // The main thread checks chunks as they arrive (validate.ts); this is the last line, so a
           // bad first token fails its own request rather than the next decode step of the batch.
@@ -277,6 +280,7 @@ export class Scheduler {
     const t0 = performance.now();
     const logits = await this.engine.runner.forward(jobs.map((job, i) => ({ seq: job.seq!, tokens: chunks[i] })));
     const ms = performance.now() - t0;
+    for (const job of jobs) kvTrace('p.chunk_done', job.requestId, { ms });
     this.recordStep('prefill', ms, chunks.reduce((n, c) => n + c.length, 0), jobs.length);
     jobs.forEach((job, row) => {
       job.computeMs += ms;

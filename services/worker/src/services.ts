@@ -2,8 +2,9 @@
 // Decode (reserve KV room, take the cache in, stream tokens back). Both forward to the engine
 // thread through the EngineHost.
 import {
-  grpc, type GenerateEventMsg, type GenerateRequestMsg, type KvChunkMsg, type PrefillRequestMsg, type PrefillResponseMsg,
+  grpc, kvTrace, type GenerateEventMsg, type GenerateRequestMsg, type KvChunkMsg, type PrefillRequestMsg, type PrefillResponseMsg,
 } from '@pdserve/common';
+import { isKvWireDtype, KV_LAYOUT, KV_WIRE_DTYPES } from '@pdserve/engine';
 import type { Logger } from 'pino';
 import { EngineError, type EngineHost } from './engine-host.ts';
 import { toTokenMsg } from './kv-sinks.ts';
@@ -24,7 +25,7 @@ export interface ServiceContext {
   isDecodeAddress?(address: string): Promise<boolean>;
   workerId: string;
   role(): string;
-  onKvTransfer?(t: { seconds: number; bytes: number }): void;
+  onKvTransfer?(t: { seconds: number; bytes: number; rawBytes: number }): void;
   onKvFailure?(reason: 'checksum' | 'timeout' | 'peer_lost' | 'rejected'): void;
 }
 
@@ -94,7 +95,7 @@ export function prefillHandlers(ctx: ServiceContext): grpc.UntypedServiceImpleme
       function run(): void {
       ctx.host.prefill(req.request_id, req.prompt_ids, req.sampling, local ? { local: true } : { local: false, address: req.decode_address }).then(
         (r) => {
-          if (r.transfer) ctx.onKvTransfer?.({ seconds: r.transfer.ms / 1000, bytes: r.transfer.bytes });
+          if (r.transfer) ctx.onKvTransfer?.({ seconds: r.transfer.ms / 1000, bytes: r.transfer.bytes, rawBytes: r.transfer.rawBytes });
           log.info({
             prompt_tokens: req.prompt_ids.length, queue_ms: round(r.queueMs), prefill_ms: round(r.prefillMs), transfer_tail_ms: round(r.transferTailMs),
             kv_bytes: r.transfer?.bytes ?? 0, kv_transfer_ms: round(r.transfer?.ms ?? 0), decode: local ? 'local' : req.decode_address,
@@ -176,6 +177,7 @@ export function decodeHandlers(ctx: ServiceContext): grpc.UntypedServiceImplemen
         tokens: (tokens, admitMs) => {
           waitingKv = false;
           clearTimeout(kvTimer);
+          if (admitMs !== undefined) kvTrace('d.token_main', r.request_id);
           if (ended) return;
           // A client that does not read: stop decoding this sequence until the stream drains, so
           // its buffer stays bounded (a few steps in flight at most).
@@ -226,19 +228,28 @@ export function decodeHandlers(ctx: ServiceContext): grpc.UntypedServiceImplemen
       const { blockBytes, blockTokens } = ctx.host.info;
       call.on('data', (chunk: KvChunkMsg) => {
         if (failed) return;
+        const unsupported = unsupportedKvEncoding(chunk);
+        if (unsupported) {
+          ctx.onKvFailure?.('rejected');
+          ctx.host.cancelDecode(chunk.request_id);
+          return fail(status(grpc.status.FAILED_PRECONDITION, unsupported));
+        }
         if (chunk.block_bytes !== blockBytes || chunk.block_tokens !== blockTokens) {
           ctx.onKvFailure?.('rejected');
           ctx.host.cancelDecode(chunk.request_id);
           return fail(status(grpc.status.FAILED_PRECONDITION, `KV layout mismatch: sender blocks are ${chunk.block_tokens} tokens/${chunk.block_bytes} bytes, here ${blockTokens}/${blockBytes}`));
         }
+        // Measured first: pushKv hands the payload's buffer over to the engine thread.
+        const received = chunk.data.byteLength;
         const outcome = ctx.host.pushKv(chunk.request_id, chunk);
         if (!outcome.ok) {
           if (outcome.kind !== 'not_found') ctx.onKvFailure?.('rejected');
           const code = { not_found: grpc.status.NOT_FOUND, invalid: grpc.status.INVALID_ARGUMENT, precondition: grpc.status.FAILED_PRECONDITION }[outcome.kind];
           return fail(status(code, outcome.message));
         }
-        bytes += chunk.data.byteLength;
+        bytes += received;
         chunks++;
+        kvTrace('d.data', chunk.request_id, { bytes: received, done: chunk.done });
         firstAt ??= performance.now();
         if (outcome.drained) {
           // The engine has not written this request's earlier chunks yet: stop reading (HTTP/2 flow
@@ -248,6 +259,7 @@ export function decodeHandlers(ctx: ServiceContext): grpc.UntypedServiceImplemen
         }
       });
       call.on('end', () => {
+        kvTrace('d.end', requestIdOf(call, ''));
         if (failed) return;
         ctx.log.debug({ request_id: requestIdOf(call, ''), kv_bytes: bytes, kv_chunks: chunks, kv_receive_ms: round(performance.now() - (firstAt ?? performance.now())) }, 'KV received');
         callback(null, { bytes, chunks });
@@ -261,6 +273,13 @@ export function decodeHandlers(ctx: ServiceContext): grpc.UntypedServiceImplemen
     },
     Health: healthHandler(ctx),
   };
+}
+
+/** Why this worker cannot take a chunk's layout or wire dtype; undefined when it can. */
+function unsupportedKvEncoding(chunk: KvChunkMsg): string | undefined {
+  if (chunk.layout && chunk.layout !== KV_LAYOUT) return `KV layout ${JSON.stringify(chunk.layout)} is not supported here (this worker reads ${KV_LAYOUT})`;
+  if (chunk.wire_dtype && !isKvWireDtype(chunk.wire_dtype)) return `KV wire dtype ${JSON.stringify(chunk.wire_dtype)} is not supported here (this worker reads ${KV_WIRE_DTYPES.join(', ')})`;
+  return undefined;
 }
 
 function healthHandler(ctx: ServiceContext) {

@@ -3,6 +3,7 @@
 // proto3 carries no ranges (an HTTP `top_k` of 2^31 arrives as -2^31, a float field may be NaN, a
 // message field may be unset), so every numeric field is checked against what the engine accepts.
 import type { GenerateRequestMsg, KvChunkMsg, PrefillRequestMsg, SamplingParamsMsg } from '@pdserve/common';
+import type { KvWireDtype } from '@pdserve/engine';
 
 /** The most top-N alternatives reported per token (OpenAI's and vLLM's cap). */
 export const MAX_LOGPROBS = 20;
@@ -70,6 +71,10 @@ export interface KvReceiveState {
   promptLen: number;
   blockTokens: number;
   blockBytes: number;
+  /** Bytes of one block on the wire, per wire dtype (kv/wire.ts); blockBytes for fp32. */
+  wireBlockBytes: Record<KvWireDtype, number>;
+  /** The wire dtype of the transfer's first chunk: every later chunk must use it too. */
+  wireDtype?: string;
   /** The block the next chunk must start at: chunks come in order, without gaps or repeats. */
   nextBlock: number;
   done: boolean;
@@ -89,7 +94,11 @@ export function kvChunkProblem(st: KvReceiveState, c: KvChunkMsg, vocabSize: num
   }
   const end = c.first_block + c.block_count;
   if (end > totalBlocks) return `KV chunk reaches block ${end}, past the ${totalBlocks} blocks reserved for ${st.promptLen} positions`;
-  if (c.data.byteLength !== c.block_count * st.blockBytes) return `KV chunk of ${c.block_count} blocks carries ${c.data.byteLength} bytes, expected ${c.block_count * st.blockBytes}`;
+  const dtype = c.wire_dtype || 'fp32';
+  if (st.wireDtype !== undefined && dtype !== st.wireDtype) return `KV chunk in wire dtype ${dtype} after chunks in ${st.wireDtype} (one dtype per transfer)`;
+  const perBlock = st.wireBlockBytes[dtype as KvWireDtype];
+  if (perBlock === undefined) return `KV wire dtype ${JSON.stringify(dtype)} is not supported here`;
+  if (c.data.byteLength !== c.block_count * perBlock) return `KV chunk of ${c.block_count} ${dtype} blocks carries ${c.data.byteLength} bytes, expected ${c.block_count * perBlock}`;
   const expectTokens = Math.min(st.promptLen, end * st.blockTokens);
   if (c.token_count !== expectTokens) return `KV chunk token_count ${c.token_count}, expected ${expectTokens}`;
   if (c.done) {

@@ -5,7 +5,7 @@
 import { hostname, networkInterfaces } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import pino, { type Logger } from 'pino';
-import type { Device } from '@pdserve/engine';
+import type { Device, KvWireDtype } from '@pdserve/engine';
 import {
   bindServer, canDecode, createGrpcServer, createWorkerMetrics, decodeService, prefillService, startMetricsServer,
   WorkerDirectory, WorkerRegistration, type WorkerRole,
@@ -31,6 +31,8 @@ export interface WorkerOptions {
   maxModelLen?: number;
   blockTokens: number;
   prefillChunk: number;
+  /** How this worker sends KV blocks (default fp32, exact); a decode worker reads whatever arrives. */
+  kvWireDtype?: KvWireDtype;
   id?: string;
   prefix?: string;
   heartbeatMs?: number;
@@ -76,6 +78,7 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
       blockTokens: o.blockTokens, prefillChunk: o.prefillChunk,
     },
     scheduler: { maxPrefillQueue: 256, maxReserveQueue: 256, reserveTimeoutMs: 30_000 },
+    kvWireDtype: o.kvWireDtype ?? 'fp32',
   });
   const { config } = host.info;
   if (config.source.kind === 'dummy') log.warn({ model: o.model }, 'serving a DUMMY model: random weights, meaningless text');
@@ -114,7 +117,7 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
     host, log, selfAddress: grpcAddress, workerId: id, role: () => roles.role,
     accepts: (kind: 'prefill' | 'decode') => roles.accepts(kind), isDraining: () => draining,
     isDecodeAddress,
-    onKvTransfer: (t: { seconds: number; bytes: number }) => metrics.observeKvTransfer(t),
+    onKvTransfer: (t: { seconds: number; bytes: number; rawBytes: number }) => metrics.observeKvTransfer({ ...t, wireDtype: o.kvWireDtype ?? 'fp32' }),
     onKvFailure: (r: 'checksum' | 'timeout' | 'peer_lost' | 'rejected') => metrics.kvTransferFailed(r),
   };
   // Every worker serves both services so a misrouted call gets a clear UNAVAILABLE, not UNIMPLEMENTED.

@@ -29,10 +29,10 @@ test('kv_timeout_ms: 0 is the default, anything past setTimeout\'s limit is clam
 });
 
 test('KV chunks: in order, once, within the reservation, nothing after done, done with a first token in the vocabulary', () => {
-  const st = (): KvReceiveState => ({ promptLen: 40, blockTokens: 16, blockBytes: 8, nextBlock: 0, done: false });
+  const st = (): KvReceiveState => ({ promptLen: 40, blockTokens: 16, blockBytes: 8, wireBlockBytes: { fp32: 8, fp16: 4, bf16: 4, int8: 6 }, nextBlock: 0, done: false });
   const chunk = (first: number, count: number, extra: Partial<KvChunkMsg> = {}): KvChunkMsg => ({
     request_id: 'r', first_block: first, block_count: count, token_count: Math.min(40, (first + count) * 16), data: new Uint8Array(count * 8),
-    checksums: [], done: false, first_token: null, block_tokens: 16, block_bytes: 8, ...extra,
+    checksums: [], done: false, first_token: null, block_tokens: 16, block_bytes: 8, layout: 'pdserve-kv/1', wire_dtype: 'fp32', ...extra,
   });
   assert.equal(kvChunkProblem(st(), chunk(0, 2), 512), undefined);
   assert.equal(kvChunkProblem(st(), chunk(0, 3, { done: true, first_token: { id: 5, logprob: 0, top_logprobs: [] } }), 512), undefined);
@@ -40,6 +40,10 @@ test('KV chunks: in order, once, within the reservation, nothing after done, don
   assert.match(kvChunkProblem(st(), chunk(1, 1), 512)!, /expected block 0/, 'gap');
   assert.match(kvChunkProblem(st(), chunk(0, 4), 512)!, /past the 3 blocks/, 'beyond the reservation');
   assert.match(kvChunkProblem(st(), chunk(0, 1, { data: new Uint8Array(100) }), 512)!, /bytes/, 'size');
+  // Compressed blocks take their dtype's size on the wire, one dtype for the whole transfer.
+  assert.equal(kvChunkProblem(st(), chunk(0, 2, { wire_dtype: 'int8', data: new Uint8Array(12) }), 512), undefined);
+  assert.match(kvChunkProblem(st(), chunk(0, 2, { wire_dtype: 'fp16', data: new Uint8Array(16) }), 512)!, /2 fp16 blocks carries 16 bytes, expected 8/);
+  assert.match(kvChunkProblem({ ...st(), nextBlock: 1, wireDtype: 'fp16' }, chunk(1, 1), 512)!, /wire dtype fp32 after chunks in fp16/);
   assert.match(kvChunkProblem(st(), chunk(0, 1, { token_count: 3 }), 512)!, /token_count/);
   assert.match(kvChunkProblem({ ...st(), done: true }, chunk(3, 0), 512)!, /after the transfer was done/);
   assert.match(kvChunkProblem(st(), chunk(0, 3, { done: true }), 512)!, /no first_token/);

@@ -1,6 +1,6 @@
 // Option parsers shared by the subcommands: each rejects bad values with a message naming them.
 import { InvalidArgumentError } from 'commander';
-import { DEVICES, type Device } from '@pdserve/engine';
+import { DEVICES, isKvWireDtype, KV_WIRE_DTYPES, type Device, type KvWireDtype } from '@pdserve/engine';
 
 export function positiveInt(value: string): number {
   const n = Number(value);
@@ -23,4 +23,9 @@ export function positiveNumber(value: string): number {
 export function device(value: string): Device {
   if (!(DEVICES as readonly string[]).includes(value)) throw new InvalidArgumentError(`expected one of ${DEVICES.join(', ')}, got ${value}`);
   return value as Device;
+}
+
+export function kvWireDtype(value: string): KvWireDtype {
+  if (!isKvWireDtype(value)) throw new InvalidArgumentError(`expected one of ${KV_WIRE_DTYPES.join(', ')}, got ${value}`);
+  return value;
 }

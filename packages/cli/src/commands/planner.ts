@@ -1,8 +1,8 @@
 // `pdserve planner`: the cluster's planner on its own (`pdserve up` starts one unless --planner off).
 // Several may run: one leads (a Redis lease), the others stand by and take over when it goes.
 import type { Command } from 'commander';
-import pino from 'pino';
-import { exitWhenParentDies } from '@pdserve/common';
+
+import { createLogger, exitWhenParentDies } from '@pdserve/common';
 import { startPlanner } from '@pdserve/planner';
 import { nonNegativeNumber, positiveInt } from './options.ts';
 
@@ -24,7 +24,7 @@ export function register(program: Command): void {
     .option('--slo-tpot-ms <ms>', 'TPOT SLO when the routers publish none', positiveInt, 100)
     .option('--prefill-chunk <n>', "the workers' prompt tokens per prefill pass", positiveInt, 256)
     .action(async (o) => {
-      const log = pino({ name: 'pdserve-planner', level: process.env.PDSERVE_LOG_LEVEL ?? 'info' });
+      const log = createLogger('pdserve-planner');
       if (o.leaseMs < 3 * 100 || o.intervalMs <= 0) throw new Error('--lease-ms must be >= 300 and --interval-ms > 0');
       const p = await startPlanner({
         redisUrl: o.redisUrl, prefix: o.prefix, id: o.id, host: o.host, metricsPort: o.metricsPort, logger: log,

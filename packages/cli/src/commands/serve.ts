@@ -4,8 +4,9 @@ import type pino from 'pino';
 import { createLogger, exitWhenParentDies, WORKER_ROLES, type WorkerRole } from '@pdserve/common';
 import { ENGINE_STALL_MS, startWorker } from '@pdserve/worker';
 import { startRouter } from '@pdserve/router';
+import { KV_WIRE_DTYPES } from '@pdserve/engine';
 import { resolveApiKey } from './api-key.ts';
-import { device, positiveInt, positiveNumber } from './options.ts';
+import { device, kvWireDtype, positiveInt, positiveNumber } from './options.ts';
 
 function role(value: string): WorkerRole {
   if (!(WORKER_ROLES as readonly string[]).includes(value)) throw new Error(`--role must be one of ${WORKER_ROLES.join(', ')}`);
@@ -44,6 +45,7 @@ export function register(program: Command): void {
     .option('--max-model-len <n>', 'longest sequence served (default: the model\'s)', positiveInt)
     .option('--block-tokens <n>', 'tokens per KV block', positiveInt, 16)
     .option('--prefill-chunk <n>', 'prompt tokens per prefill pass', positiveInt, 256)
+    .option('--kv-wire-dtype <dtype>', `how KV blocks travel to decode workers: ${KV_WIRE_DTYPES.join(', ')} (fp32 is exact)`, kvWireDtype, 'fp32')
     .option('--id <id>', 'worker id (default: role-host-pid-random)')
     .option('--drain-timeout-s <s>', 'on SIGTERM, how long to finish the requests held before exiting', positiveInt, 30)
     .option('--pin-role', 'keep --role: ignore role-change commands (the planner leaves this worker alone)')

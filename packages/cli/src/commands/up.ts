@@ -11,8 +11,9 @@ import { InvalidArgumentError, type Command } from 'commander';
 import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { createLogger, freePort, startRedisServer, Supervisor, SUPERVISOR_PID_ENV } from '@pdserve/common';
+import { KV_WIRE_DTYPES } from '@pdserve/engine';
 import { resolveDefaultModel } from '../default-model.ts';
-import { device, positiveInt, positiveNumber } from './options.ts';
+import { device, kvWireDtype, positiveInt, positiveNumber } from './options.ts';
 
 const MAIN = fileURLToPath(new URL('../main.ts', import.meta.url));
 
@@ -33,6 +34,8 @@ interface UpFlags {
   threads: number;
   maxSequences: number;
   kvBudgetMb?: number;
+  prefillChunk?: number;
+  kvWireDtype: string;
   readyTimeoutS: number;
   drainTimeoutS: number;
   engineStallS?: number;
@@ -82,6 +85,8 @@ export function register(program: Command): void {
     .option('--threads <n>', 'ONNX Runtime threads per worker (0 = one per core)', positiveInt, 1)
     .option('--max-sequences <n>', 'sequences per worker', positiveInt, 16)
     .option('--kv-budget-mb <n>', 'KV cache budget per worker, MiB', positiveInt)
+    .option('--prefill-chunk <n>', 'prompt tokens per prefill pass (worker default 256)', positiveInt)
+    .option('--kv-wire-dtype <dtype>', `how prefill workers send KV blocks: ${KV_WIRE_DTYPES.join(', ')} (fp32 is exact)`, kvWireDtype, 'fp32')
     .option('--ready-timeout-s <n>', 'give up if the cluster is not ready by then', positiveInt, 120)
     .option('--drain-timeout-s <n>', 'how long a stopping worker may finish its requests (the stop grace is this plus 10 s)', positiveInt, 30)
     .option('--engine-stall-s <s>', "passed to every worker: report unhealthy while its engine thread is silent this long with work pending (default: the worker's, 30)", positiveNumber)
@@ -117,6 +122,8 @@ export function register(program: Command): void {
       if (o.kvBudgetMb !== undefined) common.push('--kv-budget-mb', String(o.kvBudgetMb));
       if (o.roleGraceMs !== undefined) common.push('--role-grace-ms', String(o.roleGraceMs));
       if (o.engineStallS !== undefined) common.push('--engine-stall-s', String(o.engineStallS));
+      if (o.prefillChunk !== undefined) common.push('--prefill-chunk', String(o.prefillChunk));
+      common.push('--kv-wire-dtype', o.kvWireDtype);
       const roles: Array<['prefill' | 'decode' | 'unified', number]> = o.unified ? [['unified', o.unified]] : [['prefill', o.prefill], ['decode', o.decode]];
       const pinRole = o.pinRoles ? ['--pin-role'] : [];
       for (const [role, count] of roles) for (let i = 0; i < count; i++) node(`${role}-${i}`, ['worker', '--role', role, ...common, ...pinRole], o.pin);

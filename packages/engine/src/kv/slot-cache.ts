@@ -34,6 +34,9 @@ export class SlotKvCache {
   readonly blockBytes: number;
   readonly keys: Float32Array[] = [];
   readonly values: Float32Array[] = [];
+  /** Byte views of keys/values, so blocks are scattered from wire bytes at any alignment without a copy. */
+  private readonly keyBytes: Uint8Array[] = [];
+  private readonly valueBytes: Uint8Array[] = [];
   private strideTokens: number;
   private readonly owners: Array<KvSequence | null>;
 
@@ -47,6 +50,8 @@ export class SlotKvCache {
     for (let l = 0; l < opts.layers; l++) {
       this.keys.push(new Float32Array(floats));
       this.values.push(new Float32Array(floats));
+      this.keyBytes.push(new Uint8Array(this.keys[l].buffer));
+      this.valueBytes.push(new Uint8Array(this.values[l].buffer));
     }
     this.owners = new Array(opts.maxSlots).fill(null);
   }
@@ -148,17 +153,17 @@ export class SlotKvCache {
     if (validTokens > (first + count) * B || validTokens <= first * B) throw new Error(`KV blocks ${first}..${first + count - 1} cannot hold a length of ${validTokens}`);
     this.reserve((first + count) * B);
     const stride = this.strideTokens;
-    // Float32Array views need 4-byte alignment; gRPC hands out Buffers at any offset (copy those).
-    const bytes = data.byteOffset % 4 === 0 ? data : new Uint8Array(data);
-    const src = new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
+    // Byte copies: gRPC hands out payloads at any offset, and a Float32Array view of one would need
+    // an aligned copy of the whole payload first.
+    const run = B * headDim * 4;
     let i = 0;
     for (let b = first; b < first + count; b++) {
       for (let l = 0; l < layers; l++) {
-        for (const t of [this.keys[l], this.values[l]]) {
+        for (const t of [this.keyBytes[l], this.valueBytes[l]]) {
           for (let h = 0; h < kvHeads; h++) {
-            const dst = ((seq.slot * kvHeads + h) * stride + b * B) * headDim;
-            t.set(src.subarray(i, i + B * headDim), dst);
-            i += B * headDim;
+            const dst = ((seq.slot * kvHeads + h) * stride + b * B) * headDim * 4;
+            t.set(data.subarray(i, i + run), dst);
+            i += run;
           }
         }
       }

@@ -1,0 +1,193 @@
+// KV transfer between real workers (`pdserve up`, real gRPC, real ONNX Runtime): blocks that arrive
+// over many prefill chunks continue exactly as one engine would; every wire dtype is decoded into the
+// decode worker's fp32 arena (fp16 keeps the golden text); a cancelled transfer frees both sides; a
+// block corrupted on the wire is refused by number and the request fails cleanly; a dtype or layout
+// the decode worker does not know is refused with a clear error.
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { Engine, generate } from '../packages/engine/src/index.ts';
+import { decodeClient, grpc } from '../packages/common/src/index.ts';
+import { postJson, startCluster, stories260K, waitFor, type TestCluster } from './support/cluster.ts';
+import { sharedPath } from './support/shared.ts';
+
+function haveShared(): boolean {
+  if (process.env.CI === 'true') return true;
+  try { return readFileSync(sharedPath('golden', 'stories260K.once-upon-a-time.json')).length > 0; } catch { return false; }
+}
+
+const LONG = 'Once upon a time, there was a little girl named Lily. She loved to play outside in the sunshine. One day, she saw a big red ball in the park and';
+
+async function workersOf(c: TestCluster): Promise<any[]> {
+  return ((await (await fetch(`${c.url}/workers`)).json()) as any).workers;
+}
+/** Each worker's live load (/health), not the registry's copy, which lags by a heartbeat. */
+async function liveLoads(c: TestCluster): Promise<any[]> {
+  return Promise.all((await workersOf(c)).map(async (w) => ({ role: w.role, ...((await (await fetch(w.metrics_url.replace(/metrics$/, 'health'))).json()) as any).load })));
+}
+async function allFree(c: TestCluster): Promise<void> {
+  await waitFor(async () => ((await liveLoads(c)).every((l) => l.running === 0 && l.waiting === 0 && l.free_kv_blocks === l.total_kv_blocks) ? true : undefined),
+    10_000, 'every worker to report all KV blocks free');
+}
+function metric(text: string, name: string, label = ''): number {
+  return text.split('\n').filter((l) => (l.startsWith(`${name}{`) || l.startsWith(`${name} `)) && l.includes(label))
+    .reduce((s, l) => s + Number(l.slice(l.lastIndexOf(' ') + 1)), 0);
+}
+async function workerMetrics(c: TestCluster, role: string): Promise<string> {
+  const w = (await workersOf(c)).find((x) => x.role === role);
+  return (await fetch(w.metrics_url)).text();
+}
+
+describe('KV transfer between workers', { skip: !haveShared() && 'no ../shared models' }, () => {
+  let model: { dir: string; cleanup(): void };
+  let engine: Engine;
+  const expected = new Map<string, number[]>();
+  let golden: any;
+
+  before(async () => {
+    golden = JSON.parse(readFileSync(sharedPath('golden', 'stories260K.once-upon-a-time.json'), 'utf8'));
+    model = stories260K();
+    engine = await Engine.load(model.dir, { threads: 1, maxSequences: 1 });
+    for (const p of [LONG, golden.prompt]) {
+      const ids = engine.tokenizer.encode(p);
+      expected.set(p, (await generate(engine, ids, { temperature: 0, topK: 0, topP: 1, maxTokens: 30, stopTokenIds: [] })).ids);
+    }
+  });
+  after(() => model?.cleanup());
+
+  describe('fp32, prefill chunks of 1 token (each block of 16 arrives after 16 chunks)', () => {
+    let cluster: TestCluster;
+    let trace: string;
+    before(async () => {
+      trace = join(mkdtempSync(join(tmpdir(), 'pdserve-kv-test-')), 'trace.jsonl');
+      writeFileSync(trace, '');
+      // debug: the decode worker logs each transfer's message count; the trace shows blocks arriving.
+      cluster = await startCluster(model.dir, ['--prefill', '1', '--decode', '1', '--prefill-chunk', '1', '--max-sequences', '4'], 60_000,
+        { env: { PDSERVE_LOG_LEVEL: 'debug', PDSERVE_KV_TRACE: trace } });
+    });
+    after(async () => { await cluster?.stop(); rmSync(dirname(trace), { recursive: true, force: true }); });
+
+    test('the decode worker continues exactly as one engine: same bytes, every checksum verified on arrival', async () => {
+      const ids = engine.tokenizer.encode(LONG);
+      assert.ok(ids.length > 40, `prompt of ${ids.length} tokens spans 3+ blocks`);
+      const before = await workerMetrics(cluster, 'prefill');
+      const r = await postJson(`${cluster.url}/v1/completions`, { model: cluster.modelName, prompt: ids, max_tokens: 30, temperature: 0, ignore_eos: true });
+      assert.equal(r.status, 200, JSON.stringify(r.json));
+      assert.equal(r.json.choices[0].text, engine.tokenizer.decode(expected.get(LONG)!, ids));
+      const afterText = await workerMetrics(cluster, 'prefill');
+      // fp32 on the wire: the bytes counted are the fp32 blocks themselves, ratio 1.
+      assert.ok(metric(afterText, 'pdserve_kv_transfer_bytes_total', 'wire_dtype="fp32"') > metric(before, 'pdserve_kv_transfer_bytes_total', 'wire_dtype="fp32"'));
+      assert.equal(metric(afterText, 'pdserve_kv_transfer_compression_ratio', 'wire_dtype="fp32"'), 1);
+      // The blocks came in several PushKv messages, one per prefill chunk that completed blocks.
+      const received = cluster.output().split('\n').filter((l) => l.includes('"KV received"')).map((l) => JSON.parse(l));
+      assert.ok(received.some((l) => l.kv_chunks >= 3), `several chunks per transfer: ${JSON.stringify(received)}`);
+      assert.equal(metric(await workerMetrics(cluster, 'decode'), 'pdserve_kv_transfer_failures_total'), 0);
+    });
+
+    test('a transfer cancelled while the prompt is still being prefilled frees the blocks on both workers', async (t) => {
+      const id = `kv-cancel-${Date.now()}`;
+      const controller = new AbortController();
+      // 480 tokens in chunks of 1: 480 prefill passes, a block pushed after every 16th.
+      const prompt = Array.from({ length: 480 }, (_, i) => 5 + ((i * 37) % 500));
+      const req = fetch(`${cluster.url}/v1/completions`, {
+        method: 'POST', headers: { 'content-type': 'application/json', 'x-request-id': id }, signal: controller.signal,
+        body: JSON.stringify({ model: cluster.modelName, prompt, max_tokens: 20, temperature: 0, stream: true, ignore_eos: true }),
+      }).catch(() => undefined);
+      // Cancel as soon as the decode worker has received some of the sequence's blocks.
+      const arrived = () => readFileSync(trace, 'utf8').split('\n').some((l) => l.includes(`"request_id":"${id}#`) && l.includes('"stage":"d.data"'));
+      for (const deadline = Date.now() + 10_000; !arrived();) {
+        assert.ok(Date.now() < deadline, 'KV blocks of the request reached the decode worker');
+        await new Promise((r) => setTimeout(r, 2));
+      }
+      controller.abort();
+      await req;
+      await allFree(cluster);
+      await new Promise((r) => setTimeout(r, 200));
+      assert.ok(!cluster.output().split('\n').some((l) => l.includes(id) && l.includes('decode finished')), 'the generation never ran to its end');
+      // Where the cancel landed (mid-push, or just after the last block) depends on timing; either way
+      // nothing is left held and the generation did not run.
+      const ended = readFileSync(trace, 'utf8').split('\n').some((l) => l.includes(`"request_id":"${id}#`) && l.includes('"stage":"d.end"'));
+      t.diagnostic(ended ? 'the cancel landed after the last block' : 'the cancel cut the push off');
+      // And the cluster keeps serving.
+      const r = await postJson(`${cluster.url}/v1/completions`, { model: cluster.modelName, prompt: 'Sam', max_tokens: 4, temperature: 0 });
+      assert.equal(r.status, 200);
+    });
+
+    test('a decode worker refuses a wire dtype or layout it does not know, with a clear error', async () => {
+      const decode = (await workersOf(cluster)).find((w) => w.role === 'decode');
+      const client = decodeClient(decode.grpc_address) as grpc.Client & { PushKv: Function };
+      try {
+        const push = (fields: Record<string, unknown>) => new Promise<grpc.ServiceError>((resolve) => {
+          const call = client.PushKv((err: grpc.ServiceError | null) => resolve(err!));
+          call.write({ request_id: 'nobody', first_block: 0, block_count: 1, token_count: 1, data: new Uint8Array(16), checksums: [0], block_tokens: 16, block_bytes: 16, ...fields });
+          call.end();
+        });
+        const dtype = await push({ wire_dtype: 'fp8', layout: 'pdserve-kv/1' });
+        assert.equal(dtype.code, grpc.status.FAILED_PRECONDITION);
+        assert.match(dtype.details, /KV wire dtype "fp8" is not supported here \(this worker reads fp32, fp16, bf16, int8\)/);
+        const layout = await push({ wire_dtype: 'fp32', layout: 'pdserve-kv/2' });
+        assert.equal(layout.code, grpc.status.FAILED_PRECONDITION);
+        assert.match(layout.details, /KV layout "pdserve-kv\/2" is not supported here \(this worker reads pdserve-kv\/1\)/);
+        assert.ok(metric(await workerMetrics(cluster, 'decode'), 'pdserve_kv_transfer_failures_total', 'reason="rejected"') >= 2);
+      } finally {
+        client.close();
+      }
+    });
+  });
+
+  describe('fp16 on the wire', () => {
+    let cluster: TestCluster;
+    before(async () => { cluster = await startCluster(model.dir, ['--prefill', '1', '--decode', '1', '--kv-wire-dtype', 'fp16', '--prefill-chunk', '16']); });
+    after(async () => cluster?.stop());
+
+    test('halves the bytes and keeps the greedy text of the golden prompt and a long one', async () => {
+      for (const p of [golden.prompt, LONG]) {
+        const ids = engine.tokenizer.encode(p);
+        const r = await postJson(`${cluster.url}/v1/completions`, { model: cluster.modelName, prompt: ids, max_tokens: 30, temperature: 0, ignore_eos: true });
+        assert.equal(r.status, 200, JSON.stringify(r.json));
+        assert.equal(r.json.choices[0].text, engine.tokenizer.decode(expected.get(p)!, ids), p);
+      }
+      const text = await workerMetrics(cluster, 'prefill');
+      assert.equal(metric(text, 'pdserve_kv_transfer_compression_ratio', 'wire_dtype="fp16"'), 2);
+      assert.ok(metric(text, 'pdserve_kv_transfer_bytes_total', 'wire_dtype="fp16"') > 0);
+      assert.equal(metric(text, 'pdserve_kv_transfer_bytes_total', 'wire_dtype="fp32"'), 0);
+    });
+  });
+
+  describe('int8 on the wire, with a prefill worker that corrupts block 1 of every transfer', () => {
+    let cluster: TestCluster;
+    before(async () => {
+      cluster = await startCluster(model.dir, ['--prefill', '1', '--decode', '1', '--kv-wire-dtype', 'int8'], 60_000, { env: { PDSERVE_TEST_CORRUPT_KV_BLOCK: '1' } });
+    });
+    after(async () => cluster?.stop());
+
+    test('the corrupted block is refused by number, the request fails cleanly and both workers free its blocks', async () => {
+      const id = `kv-corrupt-${Date.now()}`;
+      const ids = engine.tokenizer.encode(LONG); // > 16 tokens: has a block 1
+      const r = await postJson(`${cluster.url}/v1/completions`, { model: cluster.modelName, prompt: ids, max_tokens: 10, temperature: 0 }, { 'x-request-id': id });
+      assert.ok(r.status >= 500, `status ${r.status}`);
+      // The router tells the client that the decode worker failed (without worker details); the
+      // decode worker's log names the block.
+      assert.equal(typeof r.json.error?.message, 'string', JSON.stringify(r.json));
+      await allFree(cluster);
+      const lines = cluster.output().split('\n').filter((l) => l.includes(id));
+      assert.ok(lines.some((l) => l.includes('KV block 1 failed its checksum')), 'the decode worker names the block');
+      assert.ok(!lines.some((l) => l.includes('decode finished')), 'nothing was decoded from it');
+      assert.equal(metric(await workerMetrics(cluster, 'decode'), 'pdserve_kv_transfer_failures_total', 'reason="checksum"'), 1);
+    });
+
+    test('a prompt of one block (block 1 never sent) goes through int8 and decodes', async () => {
+      const ids = engine.tokenizer.encode('Sam went');
+      assert.ok(ids.length <= 16);
+      const r = await postJson(`${cluster.url}/v1/completions`, { model: cluster.modelName, prompt: ids, max_tokens: 10, temperature: 0, ignore_eos: true });
+      assert.equal(r.status, 200, JSON.stringify(r.json));
+      assert.equal(r.json.usage.completion_tokens, 10);
+      // A float32 scale per row of head_dim int8 values: 4*D / (D + 4) (8 for stories260K: 2.67).
+      const D = JSON.parse(readFileSync(join(model.dir, 'config.json'), 'utf8')).head_dim as number;
+      const ratio = metric(await workerMetrics(cluster, 'prefill'), 'pdserve_kv_transfer_compression_ratio', 'wire_dtype="int8"');
+      assert.ok(Math.abs(ratio - (4 * D) / (D + 4)) < 1e-9, `int8 ratio ${ratio} with head_dim ${D}`);
+    });
+  });
+});
