@@ -1,8 +1,10 @@
 export * from './engine.ts';
 export * from './generate.ts';
+export * from './quality.ts';
 export * from './model/config.ts';
 export { convertLlama2c, type ConvertLlama2cOptions } from './model/convert.ts';
 export { DUMMY_PRESETS, writeDummyModel } from './model/dummy.ts';
+export { DEFAULT_QUANT_BLOCK_SIZE, parseWeightDtype, QUANT_BLOCK_SIZES, WEIGHT_DTYPES, WeightDtypeError, type WeightDtype, type WeightFormat } from './model/weight-storage.ts';
 export * from './kv/layout.ts';
 export * from './kv/codec.ts';
 export type { KvSequence } from './kv/slot-cache.ts';

@@ -1,6 +1,6 @@
 // Option parsers shared by the subcommands: each rejects bad values with a message naming them.
 import { InvalidArgumentError } from 'commander';
-import { DEVICES, type Device } from '@pdserve/engine';
+import { DEVICES, parseWeightDtype, WeightDtypeError, type Device, type WeightDtype } from '@pdserve/engine';
 
 export function positiveInt(value: string): number {
   const n = Number(value);
@@ -23,4 +23,13 @@ export function positiveNumber(value: string): number {
 export function device(value: string): Device {
   if (!(DEVICES as readonly string[]).includes(value)) throw new InvalidArgumentError(`expected one of ${DEVICES.join(', ')}, got ${value}`);
   return value as Device;
+}
+
+export function weightDtype(value: string): WeightDtype {
+  try {
+    return parseWeightDtype(value);
+  } catch (err) {
+    if (err instanceof WeightDtypeError) throw new InvalidArgumentError(err.message);
+    throw err;
+  }
 }
