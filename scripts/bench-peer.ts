@@ -11,6 +11,9 @@
 // Q8_0 / Q4_0 quantized by ggml's block formats). Roofline: bytes a decode step must read (weights
 // at the dtype's bytes per weight + the KV cache at the engine's KV dtype) over the read bandwidth
 // of ORT's own 1 GiB GEMV at that thread count (scripts/lib/read-bandwidth.ts).
+// The machine is shared: each figure is the median over --rounds rounds (pdserve and llama.cpp
+// alternate within a round), and the read reference is the fastest GEMV run seen at that thread
+// count (what the machine can read; a contended run only reads slower).
 // Prints a markdown table, then a JSON blob.
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
@@ -19,7 +22,7 @@ import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Engine } from '../packages/engine/src/engine.ts';
 import { DUMMY_PRESETS, dummyWeights, writeDummyModel } from '../packages/engine/src/model/dummy.ts';
-import type { WeightDtype } from '../packages/engine/src/model/weight-storage.ts';
+import { parseWeightDtype, type WeightDtype } from '../packages/engine/src/model/weight-storage.ts';
 import type { KvSequence } from '../packages/engine/src/kv/slot-cache.ts';
 import { llama2cVocab, writeGguf, type GgufType } from './lib/gguf.ts';
 import { gemvReadBandwidth, type ReadBandwidth } from './lib/read-bandwidth.ts';
@@ -29,11 +32,16 @@ const { values: args } = parseArgs({
     'node-llama-cpp': { type: 'string', default: '/tmp/nlc' },
     threads: { type: 'string', default: '1,2' },
     dtypes: { type: 'string', default: 'fp32,q8,q4' },
+    rounds: { type: 'string', default: '2' },
     one: { type: 'string' }, // internal: "pdserve|llama.cpp:DTYPE:THREADS", run in a child process
   },
 });
 const threadCounts = args.threads!.split(',').map(Number);
-const dtypes = args.dtypes!.split(',') as WeightDtype[];
+// A dtype, or dtype-bN for a quantization block of N weights (default 32), e.g. q8-b16.
+type Variant = string;
+const dtypes: Variant[] = args.dtypes!.split(',');
+const dtypeOf = (v: Variant) => parseWeightDtype(v.split('-b')[0]);
+const blockOf = (v: Variant) => (v.includes('-b') ? Number(v.split('-b')[1]) : undefined);
 const GGUF_TYPE: Record<WeightDtype, GgufType> = { fp32: 'F32', q8: 'Q8_0', q4: 'Q4_0' };
 const PRESET = 'smollm2-135m';
 const p = DUMMY_PRESETS[PRESET];
@@ -55,18 +63,19 @@ const randomTokens = (n: number): number[] => Array.from({ length: n }, () => {
 // Models: one pdserve directory per dtype, one GGUF per llama.cpp type, all from seed 0.
 const cacheDir = resolve('.cache/bench-models');
 mkdirSync(cacheDir, { recursive: true });
-const modelDir = (dtype: WeightDtype) => join(cacheDir, dtype === 'fp32' ? PRESET : `${PRESET}-${dtype}`);
-for (const dtype of args.one ? [] : dtypes) {
-  if (!existsSync(join(modelDir(dtype), 'config.json'))) {
-    log(`building ${PRESET} ${dtype} into ${modelDir(dtype)}`);
-    writeDummyModel(PRESET, modelDir(dtype), { maxSeqLen: 2048, dtype });
+const modelDir = (v: Variant) => join(cacheDir, v === 'fp32' ? PRESET : `${PRESET}-${v}`);
+for (const v of args.one ? [] : dtypes) {
+  if (!existsSync(join(modelDir(v), 'config.json'))) {
+    log(`building ${PRESET} ${v} into ${modelDir(v)}`);
+    writeDummyModel(PRESET, modelDir(v), { maxSeqLen: 2048, dtype: dtypeOf(v), blockSize: blockOf(v) });
   }
-  const gguf = join(cacheDir, `${PRESET}-${GGUF_TYPE[dtype]}.gguf`);
+  const type = GGUF_TYPE[dtypeOf(v)];
+  const gguf = join(cacheDir, `${PRESET}-${type}.gguf`);
   if (!existsSync(gguf)) {
     log(`writing ${gguf}`);
-    const cfg = JSON.parse(readFileSync(join(modelDir(dtype), 'config.json'), 'utf8'));
-    const vocab = llama2cVocab(readFileSync(join(modelDir(dtype), 'tokenizer.bin')), p.vocab_size);
-    writeGguf(gguf, { ...cfg, ...vocab, bos: 1, eos: 2 }, dummyWeights(p, cfg.source.seed), GGUF_TYPE[dtype]);
+    const cfg = JSON.parse(readFileSync(join(modelDir(v), 'config.json'), 'utf8'));
+    const vocab = llama2cVocab(readFileSync(join(modelDir(v), 'tokenizer.bin')), p.vocab_size);
+    writeGguf(gguf, { ...cfg, ...vocab, bos: 1, eos: 2 }, dummyWeights(p, cfg.source.seed), type);
   }
 }
 
@@ -76,18 +85,15 @@ const hd = p.dim / p.n_heads;
 const kvDim = p.n_kv_heads * hd;
 const matrixParams = p.n_layers * (p.dim * p.dim + 2 * kvDim * p.dim + p.dim * p.dim + 3 * p.hidden_dim * p.dim) + p.vocab_size * p.dim;
 const kvElemsPerToken = p.n_layers * 2 * kvDim;
-const BYTES_PER_WEIGHT: Record<string, number> = {
-  // pdserve: codes + one float32 scale per 32-weight block
-  fp32: 4, q8: 1 + 4 / 32, q4: 0.5 + 4 / 32,
-  // llama.cpp: codes + one fp16 scale per 32-weight block
-  F32: 4, Q8_0: 34 / 32, Q4_0: 18 / 32,
-};
-const stepBytes = (type: string, batch: number, kvBytesPerElem: number) => matrixParams * BYTES_PER_WEIGHT[type] + batch * CTX * kvElemsPerToken * kvBytesPerElem;
+// pdserve: codes + one float32 scale per block; llama.cpp: codes + one fp16 scale per 32 weights.
+const pdserveBytesPerWeight = (v: Variant) => (dtypeOf(v) === 'fp32' ? 4 : (dtypeOf(v) === 'q8' ? 1 : 0.5) + 4 / (blockOf(v) ?? 32));
+const GGUF_BYTES_PER_WEIGHT: Record<GgufType, number> = { F32: 4, Q8_0: 34 / 32, Q4_0: 18 / 32 };
+const stepBytes = (bytesPerWeight: number, batch: number, kvBytesPerElem: number) => matrixParams * bytesPerWeight + batch * CTX * kvElemsPerToken * kvBytesPerElem;
 
-interface Figures { prefillTokS: number; decode1TokS: number; decode16TokS: number; prefillMs: number[]; decode1Ms: number[]; decode16Ms: number[] }
+interface Figures { version?: string; rssMiB?: number; prefillTokS: number; decode1TokS: number; decode16TokS: number; prefillMs: number[]; decode1Ms: number[]; decode16Ms: number[] }
 
-async function benchPdserve(dtype: WeightDtype, threads: number): Promise<Figures> {
-  const engine = await Engine.load(modelDir(dtype), { threads, maxSequences: BATCH, maxModelLen: 1024, prefillChunk: PREFILL });
+async function benchPdserve(v: Variant, threads: number): Promise<Figures> {
+  const engine = await Engine.load(modelDir(v), { threads, maxSequences: BATCH, maxModelLen: 1024, prefillChunk: PREFILL });
   try {
     const warm = engine.newSequence('warm');
     await engine.prefill(warm, randomTokens(32));
@@ -180,8 +186,8 @@ async function benchLlamaCpp(type: GgufType, threads: number): Promise<Figures &
 }
 
 if (args.one) {
-  const [engineName, dtype, t] = args.one.split(':');
-  const figures = engineName === 'pdserve' ? await benchPdserve(dtype as WeightDtype, Number(t)) : await benchLlamaCpp(GGUF_TYPE[dtype as WeightDtype], Number(t));
+  const [engineName, v, t] = args.one.split(':');
+  const figures = engineName === 'pdserve' ? await benchPdserve(v, Number(t)) : await benchLlamaCpp(GGUF_TYPE[dtypeOf(v)], Number(t));
   process.stdout.write(`${JSON.stringify({ ...figures, rssMiB: process.memoryUsage().rss / 2 ** 20 })}\n`);
   process.exit(0);
 }
@@ -194,36 +200,44 @@ function runOne(spec: string): Figures & { version?: string; rssMiB: number } {
 }
 
 // ---------------------------------------------------------------------------------------------
-const rows: Array<{ threads: number; dtype: WeightDtype; bandwidth: ReadBandwidth; pdserve: Figures; llamaCpp: (Figures & { version?: string }) | null }> = [];
-for (const threads of threadCounts) {
-  log(`threads ${threads}: measuring read bandwidth (1 GiB ORT GEMV)`);
-  const bandwidth = await gemvReadBandwidth(threads);
-  log(`  ${bandwidth.gbPerS.toFixed(1)} GB/s`);
-  for (const dtype of dtypes) {
-    log(`threads ${threads} ${dtype}: pdserve`);
-    const pd = runOne(`pdserve:${dtype}:${threads}`);
-    log(`  decode ${pd.decode1TokS.toFixed(1)} / batch16 ${pd.decode16TokS.toFixed(1)} / prefill ${pd.prefillTokS.toFixed(1)} tok/s`);
-    let lc = null;
-    if (haveLlamaCpp) {
-      log(`threads ${threads} ${dtype}: llama.cpp ${GGUF_TYPE[dtype]}`);
-      lc = runOne(`llama.cpp:${dtype}:${threads}`);
-      log(`  decode ${lc.decode1TokS.toFixed(1)} / batch16 ${lc.decode16TokS.toFixed(1)} / prefill ${lc.prefillTokS.toFixed(1)} tok/s`);
+const rounds = Number(args.rounds);
+type Row = { threads: number; dtype: Variant; bandwidth: ReadBandwidth[]; bestGbPerS: number; pdserve: Figures[]; llamaCpp: Figures[] };
+const rows: Row[] = [];
+for (const threads of threadCounts) for (const dtype of dtypes) rows.push({ threads, dtype, bandwidth: [], bestGbPerS: 0, pdserve: [], llamaCpp: [] });
+for (let round = 0; round < rounds; round++) {
+  for (const threads of threadCounts) {
+    log(`round ${round + 1}, threads ${threads}: read bandwidth (1 GiB ORT GEMV)`);
+    const bw = await gemvReadBandwidth(threads);
+    log(`  ${bw.gbPerS.toFixed(1)} GB/s (best ${bw.bestGbPerS.toFixed(1)})`);
+    for (const dtype of dtypes) {
+      const row = rows.find((r) => r.threads === threads && r.dtype === dtype)!;
+      row.bandwidth.push(bw);
+      const order = round % 2 === 0 ? ['pdserve', 'llama.cpp'] : ['llama.cpp', 'pdserve'];
+      for (const engineName of order) {
+        if (engineName === 'llama.cpp' && !haveLlamaCpp) continue;
+        log(`round ${round + 1}, threads ${threads}, ${dtype}: ${engineName}`);
+        const fig = runOne(`${engineName}:${dtype}:${threads}`);
+        log(`  decode ${fig.decode1TokS.toFixed(1)} / batch16 ${fig.decode16TokS.toFixed(1)} / prefill ${fig.prefillTokS.toFixed(1)} tok/s`);
+        (engineName === 'pdserve' ? row.pdserve : row.llamaCpp).push(fig);
+      }
     }
-    rows.push({ threads, dtype, bandwidth, pdserve: pd, llamaCpp: lc });
   }
 }
+for (const r of rows) r.bestGbPerS = Math.max(...r.bandwidth.map((b) => b.bestGbPerS));
+const med = (figs: Figures[], key: 'decode1TokS' | 'decode16TokS' | 'prefillTokS') => (figs.length ? median(figs.map((x) => x[key])) : 0);
 
 const f = (x: number, d = 1) => x.toFixed(d);
 const pct = (x: number) => `${(x * 100).toFixed(0)}%`;
 const ratio = (a: number, b: number | undefined) => (b ? `${f(a / b, 2)}x` : 'n/a');
-console.log('| threads | dtype (llama.cpp type) | read GB/s (ORT GEMV) | decode b=1 pdserve | decode b=1 llama.cpp | pdserve / llama.cpp | pdserve share of roofline | llama.cpp share of roofline | decode b=16 pdserve / llama.cpp | prefill 512 pdserve / llama.cpp |');
+console.log('| threads | dtype (llama.cpp type) | read GB/s (fastest ORT GEMV) | decode b=1 pdserve | decode b=1 llama.cpp | pdserve / llama.cpp | pdserve share of roofline | llama.cpp share of roofline | decode b=16 pdserve / llama.cpp | prefill 512 pdserve / llama.cpp |');
 console.log('|---|---|---|---|---|---|---|---|---|---|');
 for (const r of rows) {
-  const bw = r.bandwidth.gbPerS * 1e9;
-  const pdRoof = bw / stepBytes(r.dtype, 1, 4); // tok/s the read rate allows: KV float32
-  const lcRoof = bw / stepBytes(GGUF_TYPE[r.dtype], 1, 2); // llama.cpp's KV cache is f16
-  const lc = r.llamaCpp;
-  console.log(`| ${r.threads} | ${r.dtype} (${GGUF_TYPE[r.dtype]}) | ${f(r.bandwidth.gbPerS)} | ${f(r.pdserve.decode1TokS)} tok/s | ${lc ? `${f(lc.decode1TokS)} tok/s` : 'n/a'} | ${ratio(r.pdserve.decode1TokS, lc?.decode1TokS)} | ${pct(r.pdserve.decode1TokS / pdRoof)} of ${f(pdRoof, 0)} | ${lc ? `${pct(lc.decode1TokS / lcRoof)} of ${f(lcRoof, 0)}` : 'n/a'} | ${f(r.pdserve.decode16TokS)} / ${lc ? f(lc.decode16TokS) : 'n/a'} tok/s (${ratio(r.pdserve.decode16TokS, lc?.decode16TokS)}) | ${f(r.pdserve.prefillTokS)} / ${lc ? f(lc.prefillTokS) : 'n/a'} tok/s (${ratio(r.pdserve.prefillTokS, lc?.prefillTokS)}) |`);
+  const bw = r.bestGbPerS * 1e9;
+  const pdRoof = bw / stepBytes(pdserveBytesPerWeight(r.dtype), 1, 4); // tok/s the read rate allows: KV float32
+  const lcRoof = bw / stepBytes(GGUF_BYTES_PER_WEIGHT[GGUF_TYPE[dtypeOf(r.dtype)]], 1, 2); // llama.cpp's KV cache is f16
+  const pd = { d1: med(r.pdserve, 'decode1TokS'), d16: med(r.pdserve, 'decode16TokS'), p: med(r.pdserve, 'prefillTokS') };
+  const lc = r.llamaCpp.length ? { d1: med(r.llamaCpp, 'decode1TokS'), d16: med(r.llamaCpp, 'decode16TokS'), p: med(r.llamaCpp, 'prefillTokS') } : null;
+  console.log(`| ${r.threads} | ${r.dtype} (${GGUF_TYPE[dtypeOf(r.dtype)]}) | ${f(r.bestGbPerS)} | ${f(pd.d1)} tok/s | ${lc ? `${f(lc.d1)} tok/s` : 'n/a'} | ${ratio(pd.d1, lc?.d1)} | ${pct(pd.d1 / pdRoof)} of ${f(pdRoof, 0)} | ${lc ? `${pct(lc.d1 / lcRoof)} of ${f(lcRoof, 0)}` : 'n/a'} | ${f(pd.d16)} / ${lc ? f(lc.d16) : 'n/a'} tok/s (${ratio(pd.d16, lc?.d16)}) | ${f(pd.p)} / ${lc ? f(lc.p) : 'n/a'} tok/s (${ratio(pd.p, lc?.p)}) |`);
 }
-console.log('\n```json\n' + JSON.stringify({ date: new Date().toISOString(), node: process.version, preset: PRESET, context: CTX, llamaCpp: rows.find((r) => r.llamaCpp)?.llamaCpp?.version ?? null, matrixParams, rows }, null, 2) + '\n```');
+console.log('\n```json\n' + JSON.stringify({ date: new Date().toISOString(), node: process.version, preset: PRESET, context: CTX, rounds, llamaCpp: rows.find((r) => r.llamaCpp.length)?.llamaCpp[0]?.version ?? null, matrixParams, rows }, null, 2) + '\n```');
 process.exit(0);
