@@ -49,7 +49,8 @@ const url = await new Promise<string>((res, rej) => {
 });
 const rss = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) / 1024;
 try {
-  const r = await fetch(`${url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: cfg.name, prompt: 'Once upon a time', max_tokens: 16, temperature: 0, ignore_eos: true }) });
+  const served = ((await (await fetch(`${url}/v1/models`)).json()) as any).data[0].id as string;
+  const r = await fetch(`${url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: served, prompt: 'Once upon a time', max_tokens: 16, temperature: 0, ignore_eos: true }) });
   const body = (await r.json()) as any;
   if (r.status !== 200) throw new Error(`completion failed: ${JSON.stringify(body)}`);
   log(`cluster completion: ${body.usage.completion_tokens} tokens`);
