@@ -47,7 +47,8 @@ const url = await new Promise<string>((res, rej) => {
   up.stdout!.on('data', () => { const m = /^ready (http:\S+)$/m.exec(out); if (m) { clearTimeout(timer); res(m[1]); } });
   up.on('exit', (c) => rej(new Error(`pdserve up exited ${c}:\n${out.slice(-3000)}`)));
 });
-const rss = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) / 1024;
+const status = (pid: number, key: string) => Number(new RegExp(`${key}:\\s+(\\d+)`).exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) / 1024;
+const rss = (pid: number) => status(pid, 'VmRSS');
 try {
   const served = ((await (await fetch(`${url}/v1/models`)).json()) as any).data[0].id as string;
   const r = await fetch(`${url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: served, prompt: 'Once upon a time', max_tokens: 16, temperature: 0, ignore_eos: true }) });
@@ -57,15 +58,15 @@ try {
   const workers = ((await (await fetch(`${url}/workers`)).json()) as any).workers as any[];
   const children = spawnSync('pgrep', ['-P', String(up.pid)], { encoding: 'utf8' }).stdout.split('\n').filter(Boolean).map(Number);
   const workerRss = children
-    .map((pid) => ({ pid, cmd: readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').join(' '), rssMiB: rss(pid) }))
+    .map((pid) => ({ pid, cmd: readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').join(' '), rssMiB: rss(pid), anonMiB: status(pid, 'RssAnon'), fileMiB: status(pid, 'RssFile') }))
     .filter((p) => / worker /.test(p.cmd))
-    .map((p) => ({ role: /--role (\w+)/.exec(p.cmd)?.[1] ?? '?', rssMiB: p.rssMiB }));
+    .map((p) => ({ role: /--role (\w+)/.exec(p.cmd)?.[1] ?? '?', rssMiB: p.rssMiB, anonMiB: p.anonMiB, fileMiB: p.fileMiB }));
   const bound = weightBytes / MiB + kvBudgetMb + 300;
   const genBound = weightBytes / MiB + genKvMiB + 300;
   console.log(`| where | resident | bound (weights ${(weightBytes / MiB).toFixed(0)} MiB + KV + 300 MiB) | within |`);
   console.log('|---|---|---|---|');
   console.log(`| \`pdserve generate\` (peak; KV ${genKvMiB.toFixed(0)} MiB for one ${cfg.max_seq_len}-token sequence) | ${genPeakMiB.toFixed(0)} MiB | ${genBound.toFixed(0)} MiB | ${genPeakMiB <= genBound ? 'yes' : 'no'} |`);
-  for (const w of workerRss) console.log(`| cluster ${w.role} worker (KV budget ${kvBudgetMb} MiB) | ${w.rssMiB.toFixed(0)} MiB | ${bound.toFixed(0)} MiB | ${w.rssMiB <= bound ? 'yes' : 'no'} |`);
+  for (const w of workerRss) console.log(`| cluster ${w.role} worker (KV budget ${kvBudgetMb} MiB) | ${w.rssMiB.toFixed(0)} MiB (anonymous ${w.anonMiB.toFixed(0)}, file-backed ${w.fileMiB.toFixed(0)}) | ${bound.toFixed(0)} MiB | ${w.rssMiB <= bound ? 'yes' : 'no'} |`);
   console.log('\n```json\n' + JSON.stringify({ date: new Date().toISOString(), model: dir, dtype, weightBytes, genPeakMiB, genKvMiB, kvBudgetMb, workers: workerRss, workersSeen: workers.length }, null, 2) + '\n```');
 } finally {
   up.kill('SIGTERM');
