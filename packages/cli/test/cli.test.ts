@@ -51,3 +51,32 @@ test('dummy builds a model that generate can run; bad arguments exit non-zero wi
   assert.notEqual(badTemp.status, 0);
   assert.match(badTemp.stderr, /temperature/);
 });
+
+test('--dtype: convert and dummy record it in config.json and generate runs the model; a bad --dtype exits non-zero naming it', (t) => {
+  const src = requireShared(t, 'models', 'stories260K');
+  if (!src) return;
+  const dir = mkdtempSync(join(tmpdir(), 'pdserve-cli-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const out = join(dir, 'stories260K-q8');
+  const conv = pdserve('convert', '--from', 'llama2c', '--checkpoint', join(src, 'stories260K.bin'), '--tokenizer', join(src, 'tok512.bin'), '--out', out, '--dtype', 'q8');
+  assert.equal(conv.status, 0, conv.stderr);
+  assert.match(conv.stdout, /q8/);
+  assert.equal(JSON.parse(readFileSync(join(out, 'config.json'), 'utf8')).dtype, 'q8');
+  const gen = pdserve('generate', '--model', out, '--prompt', 'Once upon a time', '--max-tokens', '8', '--temperature', '0', '--json');
+  assert.equal(gen.status, 0, gen.stderr);
+  assert.equal(JSON.parse(gen.stdout.trim().split('\n').at(-1)!).ids.length, 8);
+  const d = pdserve('dummy', '--preset', 'tiny', '--out', join(dir, 'tiny-q4'), '--dtype', 'q4', '--block-size', '16');
+  assert.equal(d.status, 0, d.stderr);
+  const cfg = JSON.parse(readFileSync(join(dir, 'tiny-q4', 'config.json'), 'utf8'));
+  assert.equal(cfg.dtype, 'q4');
+  assert.equal(cfg.quantization.block_size, 16);
+  const bad = pdserve('dummy', '--preset', 'tiny', '--out', join(dir, 'x'), '--dtype', 'int2');
+  assert.notEqual(bad.status, 0);
+  assert.match(bad.stderr, /unknown --dtype "int2" \(expected one of fp32, q8, q4\)/);
+  const fp16 = pdserve('convert', '--from', 'llama2c', '--checkpoint', join(src, 'stories260K.bin'), '--tokenizer', join(src, 'tok512.bin'), '--out', join(dir, 'y'), '--dtype', 'fp16');
+  assert.notEqual(fp16.status, 0);
+  assert.match(fp16.stderr, /fp16 is not supported/);
+  const block = pdserve('dummy', '--preset', 'tiny', '--out', join(dir, 'z'), '--dtype', 'q8', '--block-size', '20');
+  assert.notEqual(block.status, 0);
+  assert.match(block.stderr, /block size 20/);
+});

@@ -1,11 +1,13 @@
 export * from './engine.ts';
 export * from './generate.ts';
+export * from './quality.ts';
 export * from './model/config.ts';
 export { convertLlama2c, type ConvertLlama2cOptions } from './model/convert.ts';
 export { convertHf, parseHfConfig, type ConvertHfOptions } from './model/hf.ts';
 export { SafetensorsCheckpoint, SafetensorsFile, writeSafetensors, type TensorToWrite } from './model/safetensors.ts';
 export { writeDirAtomically } from './model/model-dir.ts';
 export { DUMMY_PRESETS, writeDummyModel } from './model/dummy.ts';
+export { DEFAULT_QUANT_BLOCK_SIZE, parseWeightDtype, QUANT_BLOCK_SIZES, WEIGHT_DTYPES, WeightDtypeError, type WeightDtype, type WeightFormat } from './model/weight-storage.ts';
 export * from './kv/layout.ts';
 export * from './kv/codec.ts';
 export * from './kv/wire.ts';

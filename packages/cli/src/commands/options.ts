@@ -1,6 +1,6 @@
 // Option parsers shared by the subcommands: each rejects bad values with a message naming them.
 import { InvalidArgumentError } from 'commander';
-import { DEVICES, isKvWireDtype, KV_WIRE_DTYPES, type Device, type KvWireDtype } from '@pdserve/engine';
+import { DEVICES, isKvWireDtype, KV_WIRE_DTYPES, parseWeightDtype, WeightDtypeError, type Device, type KvWireDtype, type WeightDtype } from '@pdserve/engine';
 
 export function positiveInt(value: string): number {
   const n = Number(value);
@@ -28,4 +28,13 @@ export function device(value: string): Device {
 export function kvWireDtype(value: string): KvWireDtype {
   if (!isKvWireDtype(value)) throw new InvalidArgumentError(`expected one of ${KV_WIRE_DTYPES.join(', ')}, got ${value}`);
   return value;
+}
+
+export function weightDtype(value: string): WeightDtype {
+  try {
+    return parseWeightDtype(value);
+  } catch (err) {
+    if (err instanceof WeightDtypeError) throw new InvalidArgumentError(err.message);
+    throw err;
+  }
 }

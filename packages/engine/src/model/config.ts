@@ -2,6 +2,7 @@
 // convention, the tokenizer and generation defaults. See the README's "Model directory" section.
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { WEIGHT_DTYPES, type WeightDtype } from './weight-storage.ts';
 
 export const MODEL_FORMAT = 'pdserve-model/1';
 
@@ -46,7 +47,10 @@ export interface ModelConfig {
   rope_scaling?: RopeScaling | null;
   norm_eps: number;
   tied_embeddings: boolean;
-  dtype: 'float32';
+  /** How the weight matrices are stored (weight-storage.ts); activations and the KV cache are float32 at every dtype. */
+  dtype: WeightDtype;
+  /** For quantized dtypes: the operator, bits, block size and accuracy level. */
+  quantization?: Record<string, unknown>;
   onnx: { file: string; io: GraphIo };
   tokenizer: { kind: 'llama2c' | 'hf'; file: string };
   generation: { bos_token_id: number | null; eos_token_ids: number[]; add_bos: boolean };
@@ -74,6 +78,11 @@ export function readModelConfig(dir: string): ModelConfig {
   }
   for (const key of ['dim', 'n_layers', 'n_heads', 'n_kv_heads', 'head_dim', 'vocab_size', 'max_seq_len'] as const) {
     if (!Number.isInteger(cfg[key]) || cfg[key] <= 0) throw new ModelLoadError(`${path}: ${key} must be a positive integer`);
+  }
+  // Model directories written before weight dtypes existed say "float32".
+  if ((cfg.dtype as string) === 'float32' || cfg.dtype === undefined) cfg.dtype = 'fp32';
+  if (!(WEIGHT_DTYPES as readonly string[]).includes(cfg.dtype)) {
+    throw new ModelLoadError(`${path}: unsupported dtype ${JSON.stringify(cfg.dtype)} (expected one of ${WEIGHT_DTYPES.join(', ')})`);
   }
   if (cfg.n_heads % cfg.n_kv_heads !== 0) throw new ModelLoadError(`${path}: n_heads must be a multiple of n_kv_heads`);
   const onnxPath = join(dir, cfg.onnx?.file ?? '');

@@ -6,12 +6,17 @@ import { basename, resolve } from 'node:path';
 import { ModelLoadError, type ModelConfig } from './config.ts';
 import { writeLlamaModelDir } from './model-dir.ts';
 import { readLlama2cCheckpoint } from './llama2c.ts';
+import type { WeightDtype } from './weight-storage.ts';
 
 export interface ConvertLlama2cOptions {
   checkpoint: string;
   tokenizer: string;
   out: string;
   name?: string;
+  /** Weight storage (default fp32, exact to run.c). */
+  dtype?: WeightDtype;
+  /** Quantization block length for q8/q4 (default 32). */
+  blockSize?: number;
 }
 
 function sha256(path: string): string {
@@ -41,5 +46,5 @@ export function convertLlama2c(opts: ConvertLlama2cOptions): ModelConfig {
       tokenizer: basename(opts.tokenizer),
       tokenizer_sha256: sha256(opts.tokenizer),
     },
-  }, weights, { kind: 'llama2c', bin: readFileSync(opts.tokenizer) });
+  }, weights, { kind: 'llama2c', bin: readFileSync(opts.tokenizer) }, { dtype: opts.dtype ?? 'fp32', blockSize: opts.blockSize });
 }

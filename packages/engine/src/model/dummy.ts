@@ -4,6 +4,7 @@
 import type { ModelConfig } from './config.ts';
 import type { LlamaLayerWeights, LlamaWeightSource } from './llama-graph.ts';
 import { writeLlamaModelDir } from './model-dir.ts';
+import type { WeightDtype } from './weight-storage.ts';
 
 export interface DummyPreset {
   dim: number;
@@ -99,7 +100,7 @@ function byteTokenizer(vocab: number): Buffer {
   return Buffer.concat(parts);
 }
 
-export function writeDummyModel(presetName: string, out: string, opts: { seed?: number; maxSeqLen?: number } = {}): ModelConfig {
+export function writeDummyModel(presetName: string, out: string, opts: { seed?: number; maxSeqLen?: number; dtype?: WeightDtype; blockSize?: number } = {}): ModelConfig {
   const p = DUMMY_PRESETS[presetName];
   if (!p) throw new Error(`unknown dummy preset ${JSON.stringify(presetName)} (known: ${Object.keys(DUMMY_PRESETS).join(', ')})`);
   const seed = opts.seed ?? 0;
@@ -116,5 +117,5 @@ export function writeDummyModel(presetName: string, out: string, opts: { seed?: 
     tied_embeddings: p.tied_embeddings,
     generation: { bos_token_id: 1, eos_token_ids: [2], add_bos: true },
     source: { kind: 'dummy', preset: presetName, seed, note: 'random weights: output text is meaningless' },
-  }, dummyWeights(p, seed), { kind: 'llama2c', bin: byteTokenizer(p.vocab_size) });
+  }, dummyWeights(p, seed), { kind: 'llama2c', bin: byteTokenizer(p.vocab_size) }, { dtype: opts.dtype ?? 'fp32', blockSize: opts.blockSize });
 }

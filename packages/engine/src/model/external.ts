@@ -356,7 +356,7 @@ export function describeExternalModel(dir: string, file: string, graph: GraphSig
     rope_theta: typeof hf.rope_theta === 'number' ? hf.rope_theta : 0,
     norm_eps: [hf.rms_norm_eps, hf.layer_norm_epsilon, hf.layer_norm_eps].find((v): v is number => typeof v === 'number') ?? 0,
     tied_embeddings: hf.tie_word_embeddings !== false,
-    dtype: 'float32',
+    dtype: 'fp32',
     onnx: { file, io: convention },
     tokenizer: { kind: 'hf', file: 'tokenizer.json' },
     // Whether a BOS goes in front is the tokenizer's post-processor's business for these exports.

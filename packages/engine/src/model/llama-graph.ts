@@ -18,6 +18,7 @@
 import { GraphBuilder } from '../onnx/graph-builder.ts';
 import { DataType } from '../onnx/onnx-proto.ts';
 import type { ModelConfig } from './config.ts';
+import { WeightStorage, type WeightFormat } from './weight-storage.ts';
 
 /** Weights in llama2.c's layout: linear layers are [out, in], row-major. */
 export interface LlamaLayerWeights {
@@ -47,22 +48,13 @@ export interface LlamaWeightSource {
 export const ONNX_FILE = 'model.onnx';
 export const ONNX_DATA_FILE = 'model.onnx.data';
 
-/** [out, in] -> [in, out], writing into `into` at column offset `col` of a [in, totalOut] matrix. */
-function transposeInto(w: Float32Array, out: number, inDim: number, into: Float32Array, totalOut: number, col: number): void {
-  for (let o = 0; o < out; o++) {
-    const row = o * inDim;
-    for (let i = 0; i < inDim; i++) into[i * totalOut + col + o] = w[row + i];
-  }
-}
-
-/** Concatenates several [out_k, in] matrices along `out` and transposes to [in, sum(out_k)]. */
-function fusedTransposed(parts: Array<{ w: Float32Array; out: number }>, inDim: number): Float32Array {
-  const total = parts.reduce((s, p) => s + p.out, 0);
-  const into = new Float32Array(inDim * total);
-  let col = 0;
+/** Concatenates [out_k, in] matrices along `out`: one matrix whose product gives all parts at once. */
+function concatRows(parts: Float32Array[]): Float32Array {
+  const into = new Float32Array(parts.reduce((s, p) => s + p.length, 0));
+  let at = 0;
   for (const p of parts) {
-    transposeInto(p.w, p.out, inDim, into, total, col);
-    col += p.out;
+    into.set(p, at);
+    at += p.length;
   }
   return into;
 }
@@ -105,8 +97,10 @@ export function ropeTables(cfg: ModelConfig): { cos: Float32Array; sin: Float32A
   return { cos, sin };
 }
 
-export function buildLlamaGraph(cfg: ModelConfig, weights: LlamaWeightSource, modelPath: string, dataPath: string): void {
+export function buildLlamaGraph(cfg: ModelConfig, weights: LlamaWeightSource, modelPath: string, dataPath: string, format: WeightFormat = { dtype: 'fp32' }): void {
   const g = new GraphBuilder(dataPath);
+  // Every weight matrix goes through `store`: the dtype decides how it is stored and multiplied.
+  const store = new WeightStorage(g, format);
   const { dim, n_heads: nh, n_kv_heads: kvh, head_dim: hd, hidden_dim: hidden, vocab_size: vocab } = cfg;
   const qDim = nh * hd;
   const kvDim = kvh * hd;
@@ -118,8 +112,8 @@ export function buildLlamaGraph(cfg: ModelConfig, weights: LlamaWeightSource, mo
   const biasNew = g.input('attn_bias_new', DataType.FLOAT, ['seq', 'seq']);
   const logitRows = g.input('logit_rows', DataType.INT64, ['rows']);
 
-  const embedding = g.weight('tok_embeddings', weights.tokenEmbedding(), [vocab, dim]);
-  let x = g.node('Gather', [embedding, inputIds], 1, { axis: 0 })[0];
+  const embedding = store.embedding('tok_embeddings', inputIds, weights.tokenEmbedding(), vocab, dim);
+  let x = embedding.rows;
 
   // RoPE tables gathered once per run. Each head's features are viewed as [hd/2, 2] (adjacent
   // pairs: a pair's members on the last axis) or [2, hd/2] (rotate-half: the members hd/2 apart),
@@ -172,8 +166,7 @@ export function buildLlamaGraph(cfg: ModelConfig, weights: LlamaWeightSource, mo
     const w = weights.layer(l);
     const attnNorm = g.weight(`layers.${l}.attention_norm`, w.attnNorm, [dim]);
     const xn = g.node('SimplifiedLayerNormalization', [x, attnNorm], 1, { axis: -1, epsilon: eps })[0];
-    const wqkv = g.weight(`layers.${l}.wqkv`, fusedTransposed([{ w: w.wq, out: qDim }, { w: w.wk, out: kvDim }, { w: w.wv, out: kvDim }], dim), [dim, qDim + 2 * kvDim]);
-    let qkv = g.node('MatMul', [xn, wqkv])[0];
+    let qkv = store.linear(`layers.${l}.wqkv`, xn, concatRows([w.wq, w.wk, w.wv]), qDim + 2 * kvDim, dim);
     if (w.bq || w.bk || w.bv) {
       const bias = new Float32Array(qDim + 2 * kvDim);
       if (w.bq) bias.set(w.bq, 0);
@@ -197,17 +190,15 @@ export function buildLlamaGraph(cfg: ModelConfig, weights: LlamaWeightSource, mo
     const ctx = g.node('Add', [g.node('MatMul', [pPast, pastV])[0], g.node('MatMul', [pNew, vNew])[0]])[0];
     const ctxHeads = g.node('Transpose', [g.node('Reshape', [ctx, qUngroupedShape])[0]], 1, { perm: toBhsd })[0];
     const attn = g.node('Reshape', [ctxHeads, attnOutShape])[0];
-    const wo = g.weight(`layers.${l}.wo`, fusedTransposed([{ w: w.wo, out: dim }], qDim), [qDim, dim]);
-    x = g.node('Add', [x, g.node('MatMul', [attn, wo])[0]])[0];
+    x = g.node('Add', [x, store.linear(`layers.${l}.wo`, attn, w.wo, dim, qDim)])[0];
 
     const ffnNorm = g.weight(`layers.${l}.ffn_norm`, w.ffnNorm, [dim]);
     const hn = g.node('SimplifiedLayerNormalization', [x, ffnNorm], 1, { axis: -1, epsilon: eps })[0];
-    const w13 = g.weight(`layers.${l}.w13`, fusedTransposed([{ w: w.w1, out: hidden }, { w: w.w3, out: hidden }], dim), [dim, 2 * hidden]);
-    const [h1, h3] = g.node('Split', [g.node('MatMul', [hn, w13])[0], ffnSplit], 2, { axis: -1 });
+    const h13 = store.linear(`layers.${l}.w13`, hn, concatRows([w.w1, w.w3]), 2 * hidden, dim);
+    const [h1, h3] = g.node('Split', [h13, ffnSplit], 2, { axis: -1 });
     // SiLU(h1) * h3, in run.c's order: (h1 * sigmoid(h1)) * h3.
     const gated = g.node('Mul', [g.node('Mul', [h1, g.node('Sigmoid', [h1])[0]])[0], h3])[0];
-    const w2 = g.weight(`layers.${l}.w2`, fusedTransposed([{ w: w.w2, out: dim }], hidden), [hidden, dim]);
-    x = g.node('Add', [x, g.node('MatMul', [gated, w2])[0]])[0];
+    x = g.node('Add', [x, store.linear(`layers.${l}.w2`, gated, w.w2, dim, hidden)])[0];
   }
 
   // Only the requested rows reach the classifier: a prefill needs one row, not the whole prompt.
@@ -215,8 +206,8 @@ export function buildLlamaGraph(cfg: ModelConfig, weights: LlamaWeightSource, mo
   const finalNorm = g.weight('norm', weights.finalNorm(), [dim]);
   const xf = g.node('SimplifiedLayerNormalization', [rows, finalNorm], 1, { axis: -1, epsilon: eps })[0];
   const cls = weights.classifier();
-  const classifier = cls ? g.weight('output', cls, [vocab, dim]) : embedding;
-  g.node('Gemm', [xf, classifier], ['logits'], { transB: 1 });
+  if (cls) store.logits('output', xf, cls, vocab, dim, 'logits');
+  else embedding.tiedLogits(xf, 'logits');
   g.output('logits', DataType.FLOAT, ['rows', vocab]);
 
   g.save(modelPath, { '': 17, 'com.microsoft': 1 }, { 'pdserve.io': 'pdserve-kv-in/1' });

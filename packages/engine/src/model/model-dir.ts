@@ -8,6 +8,7 @@ import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, statSync, write
 import { basename, dirname, join, resolve } from 'node:path';
 import { MODEL_FORMAT, ModelLoadError, type ModelConfig } from './config.ts';
 import { buildLlamaGraph, ONNX_DATA_FILE, ONNX_FILE, type LlamaWeightSource } from './llama-graph.ts';
+import { checkWeightFormat, quantizationInfo, type WeightFormat } from './weight-storage.ts';
 
 export type LlamaModelFields = Pick<ModelConfig,
   'name' | 'dim' | 'hidden_dim' | 'n_layers' | 'n_heads' | 'n_kv_heads' | 'vocab_size' | 'max_seq_len' |
@@ -19,19 +20,22 @@ export type TokenizerFiles =
   | { kind: 'llama2c'; bin: Uint8Array }
   | { kind: 'hf'; files: Record<string, string | Uint8Array> };
 
-export function writeLlamaModelDir(out: string, fields: LlamaModelFields, weights: LlamaWeightSource, tok: TokenizerFiles): ModelConfig {
+export function writeLlamaModelDir(out: string, fields: LlamaModelFields, weights: LlamaWeightSource, tok: TokenizerFiles, format: WeightFormat = { dtype: 'fp32' }): ModelConfig {
+  const { dtype } = checkWeightFormat(format); // before anything is written
+  const quantization = quantizationInfo(format);
   const cfg: ModelConfig = {
     format: MODEL_FORMAT,
     architecture: 'llama',
     head_dim: fields.dim / fields.n_heads,
     norm_eps: 1e-5,
-    dtype: 'float32',
+    dtype,
+    ...(quantization ? { quantization } : {}),
     onnx: { file: ONNX_FILE, io: 'pdserve-kv-in/1' },
     tokenizer: tok.kind === 'llama2c' ? { kind: 'llama2c', file: 'tokenizer.bin' } : { kind: 'hf', file: 'tokenizer.json' },
     ...fields,
   };
   return writeDirAtomically(out, (dir) => {
-    buildLlamaGraph(cfg, weights, join(dir, ONNX_FILE), join(dir, ONNX_DATA_FILE));
+    buildLlamaGraph(cfg, weights, join(dir, ONNX_FILE), join(dir, ONNX_DATA_FILE), format);
     // Written, not copied: keeps no read-only mode from the source.
     if (tok.kind === 'llama2c') writeFileSync(join(dir, 'tokenizer.bin'), tok.bin);
     else for (const [name, content] of Object.entries(tok.files)) writeFileSync(join(dir, name), content);

@@ -40,8 +40,13 @@ export class GraphBuilder {
     this.outputs.push(valueInfo(name, elemType, shape));
   }
 
-  /** A weight tensor, written to the external-data file now. */
+  /** A float32 weight tensor, written to the external-data file now. */
   weight(name: string, data: Float32Array, dims: number[]): string {
+    return this.weightOf(name, DataType.FLOAT, data, dims);
+  }
+
+  /** A weight tensor of any element type (uint8 codes, float16 bits as Uint16Array, ...). */
+  weightOf(name: string, dataType: DataTypeId, data: Float32Array | Uint16Array | Uint8Array, dims: number[]): string {
     const count = dims.reduce((a, b) => a * b, 1);
     if (count !== data.length) throw new Error(`weight ${name}: ${data.length} values for shape [${dims}]`);
     const pad = (DATA_ALIGNMENT - (this.dataOffset % DATA_ALIGNMENT)) % DATA_ALIGNMENT;
@@ -52,7 +57,7 @@ export class GraphBuilder {
     this.initializers.push({
       name,
       dims,
-      dataType: DataType.FLOAT,
+      dataType,
       dataLocation: 1,
       externalData: [
         { key: 'location', value: basename(this.dataPath) },
