@@ -280,3 +280,19 @@ test('rope_scaling llama3: high frequencies kept, low ones divided by the factor
   const linear = ropeFrequencies({ ...base, rope_scaling: { rope_type: 'linear', factor: 2 } });
   assert.equal(linear[5], Math.fround(plain[5] / 2));
 });
+
+test('--dtype q8 applies to Hugging Face folders: recorded, and greedy text stays the model\'s', async (t) => {
+  const src = requireShared(t, 'models', 'stories260K');
+  const goldenPath = requireShared(t, 'golden', 'stories260K.once-upon-a-time.json');
+  if (!src || !goldenPath) return;
+  const golden = JSON.parse(readFileSync(goldenPath, 'utf8'));
+  const dir = tempDir(t);
+  exportSharedModelToHf('stories260K', join(dir, 'hf'), { dtype: 'BF16' });
+  const cfg = convertHf({ dir: join(dir, 'hf'), out: join(dir, 'q8'), dtype: 'q8' });
+  assert.equal(cfg.dtype, 'q8');
+  assert.equal(cfg.rope_layout, 'rotate-half');
+  const engine = await Engine.load(join(dir, 'q8'), { threads: 1, maxSequences: 1 });
+  const r = await generate(engine, golden.prompt_ids, { temperature: 0, topK: 0, topP: 1, maxTokens: 20 });
+  // bf16 storage then int8 blocks: on this machine the first 60+ tokens still equal fp32's; 20 leaves margin.
+  assert.deepEqual(r.ids, golden.generated_ids.slice(0, 20));
+});
