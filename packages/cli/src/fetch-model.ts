@@ -4,7 +4,7 @@
 // converted into a model directory (by default in the model cache that `pdserve up` looks in).
 import { readFileSync, existsSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { convertHf, convertLlama2c, type ModelConfig } from '@pdserve/engine';
+import { convertHf, convertLlama2c, type ModelConfig, type WeightDtype } from '@pdserve/engine';
 import { downloadFile, hubEndpoint, HubError, IntegrityError, repoInfo, resolveUrl, type HubFile } from './hf-hub.ts';
 import { cachedModelDir, modelCacheDir } from './model-cache.ts';
 
@@ -30,6 +30,9 @@ export interface FetchOptions {
   revision?: string;
   /** Keep the downloaded Hugging Face files after converting (default: delete them). */
   keepDownload?: boolean;
+  /** Weight storage of the converted model (default fp32) and its q8/q4 block length. */
+  dtype?: WeightDtype;
+  blockSize?: number;
   /** Attempts per file (default 3); each resumes where the previous stopped. */
   attempts?: number;
   log?: (line: string) => void;
@@ -92,7 +95,7 @@ export async function fetchHfRepo(repo: string, opts: FetchOptions = {}): Promis
   }
   const out = opts.out ?? cachedModelDir(repo);
   log(`converting into ${out}`);
-  const config = convertHf({ dir, out, name: repo, source: { repo, revision: info.sha, endpoint: hubEndpoint() } });
+  const config = convertHf({ dir, out, name: repo, source: { repo, revision: info.sha, endpoint: hubEndpoint() }, dtype: opts.dtype, blockSize: opts.blockSize });
   if (!opts.keepDownload) rmSync(dir, { recursive: true, force: true });
   return { out, config };
 }
@@ -115,7 +118,7 @@ export async function fetchLlama2cModel(name: string, opts: FetchOptions = {}): 
     throw err;
   }
   const out = opts.out ?? cachedModelDir(name);
-  const config = convertLlama2c({ checkpoint: join(dir, spec.checkpoint), tokenizer: join(dir, spec.tokenizer), out, name });
+  const config = convertLlama2c({ checkpoint: join(dir, spec.checkpoint), tokenizer: join(dir, spec.tokenizer), out, name, dtype: opts.dtype, blockSize: opts.blockSize });
   rmSync(dir, { recursive: true, force: true });
   return { out, config };
 }

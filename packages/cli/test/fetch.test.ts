@@ -124,6 +124,9 @@ test('fetch OWNER/NAME from a hub: verified, resumed after an interruption, wron
   assert.equal(sharded.status, 0, sharded.stderr);
   for (let i = 1; i <= 3; i++) assert.match(sharded.stderr, new RegExp(`downloading model-0000${i}-of-00003\\.safetensors`));
   assert.ok(readFileSync(join(dir, 'sharded', 'model.onnx.data')).equals(readFileSync(join(out, 'model.onnx.data'))));
+  const q8 = await pdserve(env, 'fetch', 'test-org/stories-sharded', '--out', join(dir, 'sharded-q8'), '--dtype', 'q8');
+  assert.equal(q8.status, 0, q8.stderr);
+  assert.match(q8.stdout, /context 512, q8/);
 
   // An unknown repository and an unreachable hub: clear errors.
   const unknown = await pdserve(env, 'fetch', 'test-org/absent');
