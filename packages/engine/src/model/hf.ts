@@ -10,6 +10,7 @@ import { ModelLoadError, type ModelConfig, type RopeScaling } from './config.ts'
 import type { LlamaLayerWeights, LlamaWeightSource } from './llama-graph.ts';
 import { writeLlamaModelDir } from './model-dir.ts';
 import { SafetensorsCheckpoint } from './safetensors.ts';
+import type { WeightDtype } from './weight-storage.ts';
 
 export interface ConvertHfOptions {
   /** The Hugging Face model folder. */
@@ -20,6 +21,10 @@ export interface ConvertHfOptions {
   maxSeqLen?: number;
   /** Recorded in config.json's source, e.g. {repo, revision} from `pdserve fetch`. */
   source?: Record<string, unknown>;
+  /** Weight storage of the graph (default fp32); the source's F16/BF16 are widened first either way. */
+  dtype?: WeightDtype;
+  /** Quantization block length for q8/q4. */
+  blockSize?: number;
 }
 
 type Json = Record<string, unknown>;
@@ -285,7 +290,7 @@ export function convertHf(opts: ConvertHfOptions): ModelConfig {
         ...(a.slidingWindow !== null ? { note: `context capped at the sliding window of ${a.slidingWindow}` } : {}),
         ...opts.source,
       },
-    }, weights, { kind: 'hf', files: tokenizerFiles });
+    }, weights, { kind: 'hf', files: tokenizerFiles }, { dtype: opts.dtype ?? 'fp32', blockSize: opts.blockSize });
   } finally {
     ckpt.close();
   }
