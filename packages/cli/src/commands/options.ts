@@ -18,3 +18,10 @@ export function device(value: string): Device {
   if (!(DEVICES as readonly string[]).includes(value)) throw new InvalidArgumentError(`expected one of ${DEVICES.join(', ')}, got ${value}`);
   return value as Device;
 }
+
+export function oneOf<T extends string>(flag: string, values: readonly T[]): (value: string) => T {
+  return (value: string) => {
+    if (!(values as readonly string[]).includes(value)) throw new InvalidArgumentError(`${flag} must be one of ${values.join(', ')}, got ${value}`);
+    return value as T;
+  };
+}

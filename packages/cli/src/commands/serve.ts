@@ -3,9 +3,9 @@ import type { Command } from 'commander';
 import pino from 'pino';
 import { exitWhenParentDies, WORKER_ROLES, type WorkerRole } from '@pdserve/common';
 import { startWorker } from '@pdserve/worker';
-import { startRouter } from '@pdserve/router';
+import { PLACEMENT_MODES, startRouter } from '@pdserve/router';
 import { resolveApiKey } from './api-key.ts';
-import { device, positiveInt } from './options.ts';
+import { device, oneOf, positiveInt } from './options.ts';
 
 function role(value: string): WorkerRole {
   if (!(WORKER_ROLES as readonly string[]).includes(value)) throw new Error(`--role must be one of ${WORKER_ROLES.join(', ')}`);
@@ -73,6 +73,9 @@ export function register(program: Command): void {
     .option('--max-model-len <n>', 'context limit (default: the model\'s)', positiveInt)
     .option('--slo-ttft-ms <ms>', 'default time-to-first-token SLO for admission and metrics', positiveInt)
     .option('--slo-tpot-ms <ms>', 'default time-per-output-token SLO for admission and metrics', positiveInt)
+    .option('--admission <mode>', "slo: refuse (503) requests the estimates say would miss their SLO; off: never", oneOf('--admission', ['slo', 'off'] as const), 'slo')
+    .option('--prefill-placement <mode>', 'auto: decide per request; remote: always a prefill worker; local: always the decode worker', oneOf('--prefill-placement', PLACEMENT_MODES), 'auto')
+    .option('--local-prefill-max-tokens <n>', 'auto placement: prompts longer than this always go to a prefill worker', positiveInt)
     .action(async (o) => {
       const log = pino({ name: 'pdserve-router', level: process.env.PDSERVE_LOG_LEVEL ?? 'info' });
       const { apiKeyFile: _file, generateTimeoutS, prefillTimeoutS, tokenTimeoutS, requestTimeoutS, connectionTimeoutS, ...rest } = o;
