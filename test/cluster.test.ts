@@ -14,7 +14,9 @@ import { join } from 'node:path';
 import { dashboardExpressions, findExecutable, freePort } from '../packages/common/src/index.ts';
 
 const modes: Array<{ name: string; args: string[]; workers: number }> = [
-  { name: 'disaggregated 1 prefill + 1 decode', args: ['--prefill', '1', '--decode', '1'], workers: 2 },
+  // Every prompt through the prefill worker and a KV transfer (auto placement, which may prefill
+  // short prompts on the decode worker, is test/slo.test.ts).
+  { name: 'disaggregated 1 prefill + 1 decode', args: ['--prefill', '1', '--decode', '1', '--prefill-placement', 'remote'], workers: 2 },
   { name: 'unified 1', args: ['--unified', '1'], workers: 1 },
 ];
 

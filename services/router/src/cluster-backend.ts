@@ -1,10 +1,11 @@
-// The Backend that runs a request through the disaggregated cluster:
-//   1. pick a prefill worker and a decode worker from their load reports (plus what this router
-//      has in flight on each, since reports lag by a heartbeat),
-//   2. admission: refuse early (503) when the chosen prefill worker's queue predicts a TTFT beyond
-//      the request's SLO, or the decode worker's step time a TPOT beyond it,
+// The Backend that runs a request through the cluster (mechanism):
+//   1. pick a decode worker from the load reports (plus what this router has in flight on each,
+//      since reports lag by a heartbeat: load-ledger.ts),
+//   2. placement.ts decides where the prompt is prefilled (a prefill worker, or the decode worker
+//      itself) and admission.ts whether to take the request at all (503 before any gRPC call),
 //   3. Decode.Generate reserves KV room on the decode worker; once `reserved`, Prefill.Prefill
-//      runs the prompt and pushes the KV blocks straight to that decode worker,
+//      runs the prompt on the chosen worker, which pushes the KV blocks to the decode worker (or,
+//      prefilling locally, writes them straight into the reserved sequence),
 //   4. the decode worker's stream of tokens is this request's stream. Aborting the request cancels
 //      both calls, which frees the KV blocks on both workers; so does every other way out (error,
 //      timeout, the consumer stopping early).
@@ -15,7 +16,10 @@
 import { randomBytes } from 'node:crypto';
 import { canDecode, canPrefill, decodeClient, grpc, prefillClient, requestMetadata, WorkerDirectory, type GenerateEventMsg, type PrefillResponseMsg, type SamplingParamsMsg, type WorkerInfo } from '@pdserve/common';
 import type { Logger } from 'pino';
+import { judgeAdmission, type AdmissionConfig } from './admission.ts';
 import { BackendError, type Backend, type GenerateRequest, type GenerationEvent, type WorkerSummary } from './backend.ts';
+import { LoadLedger } from './load-ledger.ts';
+import { decidePlacement, type Placement, type PlacementConfig } from './placement.ts';
 import { WorkerHealth } from './worker-health.ts';
 
 export interface ClusterBackendOptions {
@@ -36,6 +40,12 @@ export interface ClusterBackendOptions {
   tokenIdleTimeoutMs?: number;
   /** Directory poll interval (tests). */
   pollMs?: number;
+  /** Where prompts are prefilled (default: auto, no local threshold). */
+  placement?: PlacementConfig;
+  /** SLO admission (default on: requests with an SLO are judged against the estimates). */
+  admission?: AdmissionConfig;
+  /** Every placement decision of an admitted request (for pdserve_prefill_placement_total). */
+  onPlacement?(p: Placement): void;
 }
 
 export const DEFAULT_GENERATE_TIMEOUT_MS = 30 * 60_000;
@@ -58,6 +68,8 @@ export class ClusterBackend implements Backend {
   private readonly clients = new Map<string, Clients>();
   /** Requests this router has in flight per worker id (entries at 0 are removed). */
   private readonly inflight = new Map<string, number>();
+  /** Load this router sent each worker since its last report, and the measured transfer cost. */
+  readonly ledger = new LoadLedger();
   private readonly health: WorkerHealth;
   /** Workers already reported as serving another model (logged once each). */
   private readonly wrongModel = new Set<string>();
@@ -127,6 +139,7 @@ export class ClusterBackend implements Backend {
       this.clients.delete(address);
     }
     this.health.retain(ids);
+    this.ledger.retain(ids);
     for (const id of this.wrongModel) if (!ids.has(id)) this.wrongModel.delete(id);
   }
 
@@ -160,51 +173,32 @@ export class ClusterBackend implements Backend {
     return w.load.queue_len + w.load.running + w.load.waiting + (this.inflight.get(w.id) ?? 0) - w.load.free_kv_blocks / Math.max(1, w.load.total_kv_blocks);
   }
 
-  private pick(req: GenerateRequest, exclude: ReadonlySet<string>): { prefill: WorkerInfo; decode: WorkerInfo } {
+  /** The decode worker, the placement of the prefill, and admission's verdict (throws the refusal). */
+  private pick(req: GenerateRequest, exclude: ReadonlySet<string>): { prefill: WorkerInfo; decode: WorkerInfo; placement: Placement } {
     const fresh = this.directory.staleSince() === undefined;
     const healthy = this.directory.list().filter((w) => w.healthy && !exclude.has(w.id) && this.servesOurModel(w) && this.health.usable(w, fresh));
-    const byScore = (a: WorkerInfo, b: WorkerInfo) => this.score(a) - this.score(b);
-    const decoders = healthy.filter((w) => canDecode(w.role)).sort(byScore);
-    const prefillers = healthy.filter((w) => canPrefill(w.role)).sort(byScore);
-    if (decoders.length === 0 || prefillers.length === 0) {
-      throw new BackendError('no prefill or decode worker is available', 503, 'no_capacity', 2);
-    }
-    // A unified worker keeps the whole request (prefill in place, no KV transfer); a dedicated
-    // prefill worker is preferred for prefill when one exists.
-    const dedicated = prefillers.filter((w) => w.role === 'prefill');
+    const decoders = healthy.filter((w) => canDecode(w.role)).sort((a, b) => this.score(a) - this.score(b));
+    if (decoders.length === 0) throw new BackendError('no decode worker is available', 503, 'no_capacity', 2);
     const decode = decoders[0];
-    const prefill = decode.role === 'unified' && dedicated.length === 0 ? decode : (dedicated[0] ?? prefillers[0]);
-    this.admit(req, prefill, decode);
-    return { prefill, decode };
-  }
-
-  /**
-   * Admission: the cluster-wide state an operator or controller sets in Redis
-   * (`{prefix}:admission`: closed refuses everything, throttled admits only onto an idle prefill
-   * worker), then the request's own SLO against measured speeds; never refuses an idle worker.
-   */
-  private admit(req: GenerateRequest, prefill: WorkerInfo, decode: WorkerInfo): void {
-    const cluster = this.directory.admission();
-    const why = cluster?.reason ? `: ${cluster.reason}` : '';
-    if (cluster?.state === 'closed') throw new BackendError(`the cluster is not admitting requests${why}`, 503, 'admission_closed', 5);
-    if (cluster?.state === 'throttled' && prefill.load.queue_len + (this.inflight.get(prefill.id) ?? 0) > 0) {
-      throw new BackendError(`the cluster is throttling admissions${why}`, 503, 'admission_throttled', 1);
-    }
-    const slo = req.slo;
-    if (!slo) return;
-    const ahead = prefill.load.queue_len + (this.inflight.get(prefill.id) ?? 0);
-    const tokPerS = prefill.load.prefill_tokens_per_s;
-    if (slo.ttftMs && tokPerS && ahead > 0) {
-      // Assume the prompts ahead are like this one: a crude, cheap, measured estimate.
-      const estimate = ((ahead + 1) * req.promptIds.length * 1000) / tokPerS;
-      if (estimate > slo.ttftMs) {
-        throw new BackendError(`predicted time to first token ${Math.round(estimate)} ms exceeds the SLO of ${slo.ttftMs} ms`, 503, 'slo_ttft', Math.ceil(estimate / 1000));
-      }
-    }
-    const step = decode.load.step_ms_p50;
-    if (slo.tpotMs && step && decode.load.running > 0 && step > slo.tpotMs) {
-      throw new BackendError(`decode step time ${Math.round(step)} ms exceeds the TPOT SLO of ${slo.tpotMs} ms`, 503, 'slo_tpot', 1);
-    }
+    const prefillers = healthy.filter((w) => w.role === 'prefill');
+    const dv = this.ledger.view(decode);
+    const placement = decidePlacement({
+      promptTokens: req.promptIds.length,
+      decode: dv,
+      prefillers: prefillers.map((w) => this.ledger.view(w)),
+      transfer: this.ledger.transferCost(),
+      tpotSloMs: req.slo?.tpotMs,
+    }, this.opts.placement ?? { mode: 'auto' });
+    const prefill = placement.where === 'local' ? decode : prefillers.find((w) => w.id === placement.prefillWorker)!;
+    const refusal = judgeAdmission({
+      slo: req.slo, placement, cluster: this.directory.admission(),
+      queuedPrefillTokens: placement.where === 'local' ? dv.queuedPrefillTokens : this.ledger.view(prefill).queuedPrefillTokens,
+      decodeBatch: dv.batch,
+      decodeSeats: decode.load.max_sequences,
+    }, this.opts.admission ?? { sloAdmission: true });
+    if (refusal) throw new BackendError(refusal.message, 503, refusal.code, refusal.retryAfterS);
+    this.opts.onPlacement?.(placement);
+    return { prefill, decode, placement };
   }
 
   generate(req: GenerateRequest): AsyncIterable<GenerationEvent> {
@@ -230,7 +224,8 @@ export class ClusterBackend implements Backend {
 
   private async *attempt(req: GenerateRequest, failed: Set<string>, progress: { yielded: boolean }): AsyncGenerator<GenerationEvent> {
     const arrived = performance.now();
-    const { prefill, decode } = this.pick(req, failed);
+    const { prefill, decode, placement } = this.pick(req, failed);
+    const n = req.promptIds.length;
     const log = this.opts.logger;
     const sampling: SamplingParamsMsg = {
       temperature: req.sampling.temperature, top_p: req.sampling.topP, top_k: req.sampling.topK,
@@ -249,6 +244,7 @@ export class ClusterBackend implements Backend {
 
     this.bump(prefill.id, 1);
     if (decode.id !== prefill.id) this.bump(decode.id, 1);
+    const held = this.ledger.begin(decode.id, prefill.id, n, placement.localPrefillMs);
     const decodeClients = this.acquire(decode.grpc_address);
     let prefillClients: Clients | undefined;
     const stream = decodeClients.decode.Generate(
@@ -302,6 +298,19 @@ export class ClusterBackend implements Backend {
     };
 
     let prefillResult: PrefillResponseMsg | undefined;
+    // The KV transfer's share of the TTFT, as this router sees it: from sending the prefill to the
+    // first token, less the prefill worker's queue and compute and the decode worker's wait to join
+    // its batch. (The reply's transfer_tail_ms also holds the wait for the prefill worker's engine
+    // thread to take the acknowledgement, which is not on the TTFT path.)
+    const transferClock: { sentAt?: number; firstAt?: number; done?: boolean } = {};
+    const observeTransfer = () => {
+      const p = prefillResult;
+      if (placement.where !== 'remote' || transferClock.done || !p || transferClock.sentAt === undefined || transferClock.firstAt === undefined) return;
+      transferClock.done = true;
+      const chunk = prefill.load.prefill_chunk_tokens ?? n;
+      const ms = transferClock.firstAt - transferClock.sentAt - p.queue_ms - p.prefill_ms - (timings.first_decode ?? 0);
+      this.ledger.observeTransfer(n - Math.floor((n - 1) / chunk) * chunk, Math.max(0, ms));
+    };
     let prefillError: Error | undefined;
     let prefillSettled: () => void = () => {};
     const prefillDone = new Promise<void>((r) => { prefillSettled = r; });
@@ -318,6 +327,7 @@ export class ClusterBackend implements Backend {
         if (e instanceof Error) throw prefillError ?? e;
         if (e.event === 'reserved') {
           const reservedAt = performance.now();
+          transferClock.sentAt = reservedAt;
           prefillClients = this.acquire(prefill.grpc_address);
           prefillPending = true;
           prefillCall = prefillClients.prefill.Prefill(
@@ -326,13 +336,17 @@ export class ClusterBackend implements Backend {
             (err: grpc.ServiceError | null, res: PrefillResponseMsg) => {
               prefillPending = false;
               prefillSettled();
+              held.prefilled();
               if (err) {
                 if (err.code !== grpc.status.CANCELLED) {
                   onUnavailable(prefill, err);
                   prefillError = toBackendError(err, 'prefill', prefill, log, req.requestId);
                 }
                 stream.cancel();
-              } else prefillResult = res;
+              } else {
+                prefillResult = res;
+                observeTransfer();
+              }
               wake?.(); // re-arms the idle timer now that the prefill has answered
             },
           ) as grpc.ClientUnaryCall;
@@ -341,6 +355,9 @@ export class ClusterBackend implements Backend {
           if (first) {
             first = false;
             timings.first_decode = e.tokens!.admit_ms;
+            held.prefilled(); // the prompt is done (the prefill's reply may still be on its way)
+            transferClock.firstAt = performance.now();
+            observeTransfer();
           }
           for (const t of e.tokens!.tokens) {
             progress.yielded = true;
@@ -349,6 +366,8 @@ export class ClusterBackend implements Backend {
         } else if (e.event === 'finished') {
           const f = e.finished!;
           finished = true;
+          // Over for the load ledger now, not when the consumer lets this generator finish.
+          held.ended();
           // The prefill's reply (its share of the TTFT) may land just after the last token: the
           // response goes out now, the metrics get the full breakdown when it arrives.
           const complete = (): Record<string, number> => {
@@ -375,6 +394,7 @@ export class ClusterBackend implements Backend {
       if (!finished) prefillCall?.cancel();
       this.bump(prefill.id, -1);
       if (decode.id !== prefill.id) this.bump(decode.id, -1);
+      held.ended();
       this.release(decode.grpc_address);
       if (prefillClients) this.release(prefill.grpc_address);
     }

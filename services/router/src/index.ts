@@ -5,3 +5,5 @@ export type { Endpoint, ErrorInfo, RequestEndInfo, RequestStartInfo, RouterObser
 export { ApiError } from './errors.ts';
 export { startRouter, type RouterOptions, type RunningRouter } from './server.ts';
 export { ClusterBackend } from './cluster-backend.ts';
+export { decidePlacement, PLACEMENT_MODES, PLACEMENT_REASONS, type Placement, type PlacementMode, type PlacementReason } from './placement.ts';
+export { judgeAdmission, type Refusal, type RefusalCode } from './admission.ts';

@@ -20,8 +20,10 @@ const MAX_PARTS = 256;
 const MAX_STOP_CHARS = 1024;
 const MAX_NAME_CHARS = 256;
 
+// A misspelt field (`ttft`, `ttftMs`) would otherwise be ignored silently and the default SLO used.
 const slo = {
   type: nullable('object'),
+  additionalProperties: false,
   properties: {
     ttft_ms: { type: nullable('number'), exclusiveMinimum: 0, maximum: MAX_SLO_MS },
     tpot_ms: { type: nullable('number'), exclusiveMinimum: 0, maximum: MAX_SLO_MS },

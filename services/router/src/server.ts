@@ -4,6 +4,7 @@ import { createRouterMetrics } from '@pdserve/common';
 import { loadTokenizer, readModelConfig } from '@pdserve/engine';
 import { buildRouterApp } from './app.ts';
 import { ClusterBackend } from './cluster-backend.ts';
+import { PLACEMENT_REASONS, type PlacementMode } from './placement.ts';
 import { metricsObserver, workerStateLabel } from './metrics-observer.ts';
 import { combineObservers, LoadStats, LoadStatsPublisher } from './load-stats.ts';
 import { basename, resolve } from 'node:path';
@@ -26,6 +27,12 @@ export interface RouterOptions {
   /** HTTP server bounds (app.ts has the defaults). */
   requestTimeoutMs?: number;
   connectionTimeoutMs?: number;
+  /** Where prompts are prefilled: auto (default) decides per request; remote or local force one. */
+  prefillPlacement?: PlacementMode;
+  /** In auto mode, prompts longer than this are always prefilled remotely. */
+  localPrefillMaxTokens?: number;
+  /** 'slo' (default): refuse requests whose SLO the estimates say cannot be met; 'off': never. */
+  admission?: 'slo' | 'off';
   logger?: Logger;
 }
 
@@ -41,15 +48,19 @@ export async function startRouter(o: RouterOptions): Promise<RunningRouter> {
   const tokenizer = loadTokenizer(o.model, { kind: config.tokenizer.kind, vocabSize: config.vocab_size });
   // Hugging Face tokenizers carry a Jinja chat template and the BOS/EOS texts it refers to.
   const hf = tokenizer as { chatTemplate?: string; bosToken?: string; eosToken?: string };
+  const metrics = createRouterMetrics(undefined, { slo: { ttftSeconds: o.sloTtftMs ? o.sloTtftMs / 1000 : undefined, tpotSeconds: o.sloTpotMs ? o.sloTpotMs / 1000 : undefined } });
+  for (const where of ['remote', 'local']) for (const reason of PLACEMENT_REASONS) metrics.prefillPlacement.inc({ where, reason }, 0);
   const backend = new ClusterBackend({
     redisUrl: o.redisUrl, prefix: o.prefix, logger: log, model: config.name,
     generateTimeoutMs: o.generateTimeoutMs, prefillTimeoutMs: o.prefillTimeoutMs, tokenIdleTimeoutMs: o.tokenIdleTimeoutMs,
+    placement: { mode: o.prefillPlacement ?? 'auto', localMaxTokens: o.localPrefillMaxTokens },
+    admission: { sloAdmission: (o.admission ?? 'slo') === 'slo' },
+    onPlacement: (p) => metrics.prefillPlacement.inc({ where: p.where, reason: p.reason }),
   });
   await backend.start();
   // Rolling request statistics for the planner (services/planner), published to Redis.
   const loadStats = new LoadStats({ slo: { ttftMs: o.sloTtftMs, tpotMs: o.sloTpotMs } });
   const statsPublisher = new LoadStatsPublisher(loadStats, { redisUrl: o.redisUrl, prefix: o.prefix, logger: log });
-  const metrics = createRouterMetrics(undefined, { slo: { ttftSeconds: o.sloTtftMs ? o.sloTtftMs / 1000 : undefined, tpotSeconds: o.sloTpotMs ? o.sloTpotMs / 1000 : undefined } });
   const app = buildRouterApp({
     backend, tokenizer,
     modelName: o.servedModelName ?? basename(resolve(o.model)),
@@ -76,7 +87,10 @@ export async function startRouter(o: RouterOptions): Promise<RunningRouter> {
   const address = app.server.address();
   const port = typeof address === 'object' && address ? address.port : o.port;
   const url = `http://${o.host === '0.0.0.0' ? '127.0.0.1' : o.host}:${port}`;
-  log.info({ url, model: config.name, router_instance: backend.instanceId }, 'router listening');
+  log.info({
+    url, model: config.name, router_instance: backend.instanceId, prefill_placement: o.prefillPlacement ?? 'auto', local_prefill_max_tokens: o.localPrefillMaxTokens ?? null,
+    admission: o.admission ?? 'slo', slo_ttft_ms: o.sloTtftMs ?? null, slo_tpot_ms: o.sloTpotMs ?? null,
+  }, 'router listening');
   return {
     url, port,
     stop: async () => {

@@ -72,6 +72,8 @@ async function main(): Promise<void> {
         decode_step_ms: decodeMs.length ? Math.round(decodeMs[Math.floor(decodeMs.length / 2)] * 100) / 100 : undefined,
         decode_batch: decodes.length ? Math.round((decodes.reduce((n, d) => n + d.batch, 0) / decodes.length) * 100) / 100 : undefined,
         queued_prefill_tokens: scheduler.queuedPrefillTokens,
+        prefill_chunk_tokens: engine.prefillChunk,
+        decode_step_ms_by_batch: Object.fromEntries([...scheduler.decodeStepMsByBatch].map(([b, ms]) => [String(b), Math.round(ms * 100) / 100])),
       },
     });
   }

@@ -39,7 +39,10 @@ export class Scheduler {
   readonly recentStepMs: number[] = [];
   /** The last few decode steps alone (the planner's step-time model needs them apart from prefill chunks). */
   readonly recentDecodeSteps: Array<{ ms: number; batch: number }> = [];
-  prefillTokensPerS = 0;
+  /** Tokens and milliseconds of the last prefill passes, for a throughput that matches this worker's mix of prompts. */
+  private readonly recentPrefill: Array<{ tokens: number; ms: number }> = [];
+  /** Moving average of the decode step time per batch size (what a router needs to predict TPOT). */
+  readonly decodeStepMsByBatch = new Map<number, number>();
 
   constructor(readonly engine: Engine, private readonly opts: SchedulerOptions) {}
 
@@ -156,6 +159,14 @@ export class Scheduler {
     let n = this.reserveQueue.length;
     for (const r of this.decodes.values()) if (r.status !== 'running') n++;
     return n;
+  }
+
+  /** Prefill tokens per second over the recent passes; 0 before the first. */
+  get prefillTokensPerS(): number {
+    let tokens = 0;
+    let ms = 0;
+    for (const p of this.recentPrefill) { tokens += p.tokens; ms += p.ms; }
+    return ms > 0 ? (tokens / ms) * 1000 : 0;
   }
 
   get runningCount(): number {
@@ -403,10 +414,14 @@ export class Scheduler {
   private recordStep(phase: 'prefill' | 'decode', ms: number, tokens: number, batch: number): void {
     this.recentStepMs.push(ms);
     if (this.recentStepMs.length > 32) this.recentStepMs.shift();
-    if (phase === 'prefill') this.prefillTokensPerS = (tokens / ms) * 1000;
-    else {
+    if (phase === 'prefill') {
+      this.recentPrefill.push({ tokens, ms });
+      if (this.recentPrefill.length > 16) this.recentPrefill.shift();
+    } else {
       this.recentDecodeSteps.push({ ms, batch });
       if (this.recentDecodeSteps.length > 16) this.recentDecodeSteps.shift();
+      const prev = this.decodeStepMsByBatch.get(batch);
+      this.decodeStepMsByBatch.set(batch, prev === undefined ? ms : prev + 0.2 * (ms - prev));
     }
     this.opts.onStep?.({ phase, ms, tokens, batch, assembleMs: this.engine.runner.lastTimings.assembleMs });
   }

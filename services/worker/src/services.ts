@@ -60,6 +60,8 @@ export function prefillHandlers(ctx: ServiceContext): grpc.UntypedServiceImpleme
     Prefill(call: grpc.ServerUnaryCall<PrefillRequestMsg, PrefillResponseMsg>, callback: grpc.sendUnaryData<PrefillResponseMsg>) {
       const req = call.request;
       const log = ctx.log.child({ request_id: requestIdOf(call, req.request_id) });
+      // Local: the prompt of a sequence this worker reserved for decoding. Every decode-capable worker
+      // prefills its own requests (the router's placement decides when), chunked between decode steps.
       const local = req.decode_address === ctx.selfAddress;
       // A local prefill belongs to a decode this worker already holds: it is finished even while
       // the worker moves away from prefilling (a live role change).

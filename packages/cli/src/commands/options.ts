@@ -38,3 +38,10 @@ export function weightDtype(value: string): WeightDtype {
     throw err;
   }
 }
+
+export function oneOf<T extends string>(flag: string, values: readonly T[]): (value: string) => T {
+  return (value: string) => {
+    if (!(values as readonly string[]).includes(value)) throw new InvalidArgumentError(`${flag} must be one of ${values.join(', ')}, got ${value}`);
+    return value as T;
+  };
+}

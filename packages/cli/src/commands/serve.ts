@@ -3,10 +3,10 @@ import type { Command } from 'commander';
 import type pino from 'pino';
 import { createLogger, exitWhenParentDies, WORKER_ROLES, type WorkerRole } from '@pdserve/common';
 import { ENGINE_STALL_MS, startWorker } from '@pdserve/worker';
-import { startRouter } from '@pdserve/router';
+import { PLACEMENT_MODES, startRouter } from '@pdserve/router';
 import { KV_WIRE_DTYPES } from '@pdserve/engine';
 import { resolveApiKey } from './api-key.ts';
-import { device, kvWireDtype, positiveInt, positiveNumber } from './options.ts';
+import { device, kvWireDtype, oneOf, positiveInt, positiveNumber } from './options.ts';
 
 function role(value: string): WorkerRole {
   if (!(WORKER_ROLES as readonly string[]).includes(value)) throw new Error(`--role must be one of ${WORKER_ROLES.join(', ')}`);
@@ -76,6 +76,9 @@ export function register(program: Command): void {
     .option('--max-model-len <n>', 'context limit (default: the model\'s)', positiveInt)
     .option('--slo-ttft-ms <ms>', 'default time-to-first-token SLO for admission and metrics', positiveInt)
     .option('--slo-tpot-ms <ms>', 'default time-per-output-token SLO for admission and metrics', positiveInt)
+    .option('--admission <mode>', "slo: refuse (503) requests the estimates say would miss their SLO; off: never", oneOf('--admission', ['slo', 'off'] as const), 'slo')
+    .option('--prefill-placement <mode>', 'auto: decide per request; remote: always a prefill worker; local: always the decode worker', oneOf('--prefill-placement', PLACEMENT_MODES), 'auto')
+    .option('--local-prefill-max-tokens <n>', 'auto placement: prompts longer than this always go to a prefill worker', positiveInt)
     .action(async (o) => {
       const log = createLogger('pdserve-router');
       const { apiKeyFile: _file, generateTimeoutS, prefillTimeoutS, tokenTimeoutS, requestTimeoutS, connectionTimeoutS, ...rest } = o;

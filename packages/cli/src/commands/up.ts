@@ -10,10 +10,11 @@
 import { InvalidArgumentError, type Command } from 'commander';
 import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
-import { createLogger, freePort, startRedisServer, Supervisor, SUPERVISOR_PID_ENV } from '@pdserve/common';
+import { createLogger, DEFAULT_SLO_TARGETS, freePort, startRedisServer, Supervisor, SUPERVISOR_PID_ENV } from '@pdserve/common';
 import { KV_WIRE_DTYPES } from '@pdserve/engine';
+import { PLACEMENT_MODES } from '@pdserve/router';
 import { resolveDefaultModel } from '../default-model.ts';
-import { device, kvWireDtype, positiveInt, positiveNumber } from './options.ts';
+import { device, kvWireDtype, oneOf, positiveInt, positiveNumber } from './options.ts';
 
 const MAIN = fileURLToPath(new URL('../main.ts', import.meta.url));
 
@@ -43,6 +44,11 @@ interface UpFlags {
   planner: 'on' | 'off';
   pinRoles?: boolean;
   roleGraceMs?: number;
+  sloTtftMs: number;
+  sloTpotMs: number;
+  admission: 'slo' | 'off';
+  prefillPlacement: string;
+  localPrefillMaxTokens?: number;
 }
 
 /** Supervisor SIGTERM-to-SIGKILL grace: a worker may drain for its whole bound and still exit on its own. */
@@ -94,6 +100,13 @@ export function register(program: Command): void {
     .option('--planner <on|off>', 'run the planner, which moves workers between roles as the load changes', plannerFlag, 'on')
     .option('--pin-roles', 'start every worker with --pin-role: roles stay as given')
     .option('--role-grace-ms <ms>', "workers' grace period for old-kind calls after a role change", positiveInt)
+    // SLO admission is on by default: the defaults are generous for a small model on CPU (docs/slo.md)
+    // and keep an overloaded cluster from queueing into a collapse.
+    .option('--slo-ttft-ms <ms>', 'default TTFT SLO (admission and metrics; a request\'s `slo` overrides it; 0 = none)', positiveInt, DEFAULT_SLO_TARGETS.ttftSeconds * 1000)
+    .option('--slo-tpot-ms <ms>', 'default TPOT SLO (admission and metrics; 0 = none)', positiveInt, DEFAULT_SLO_TARGETS.tpotSeconds * 1000)
+    .option('--admission <mode>', 'slo: refuse (503) what the estimates say would miss its SLO; off: never', oneOf('--admission', ['slo', 'off'] as const), 'slo')
+    .option('--prefill-placement <mode>', 'auto: decide per request; remote: always a prefill worker; local: always the decode worker', oneOf('--prefill-placement', PLACEMENT_MODES), 'auto')
+    .option('--local-prefill-max-tokens <n>', 'auto placement: prompts longer than this always go to a prefill worker', positiveInt)
     .action(async (o: UpFlags) => {
       const log = createLogger('pdserve-up');
       const model = await resolveDefaultModel(log, o.model);
@@ -129,7 +142,11 @@ export function register(program: Command): void {
       for (const [role, count] of roles) for (let i = 0; i < count; i++) node(`${role}-${i}`, ['worker', '--role', role, ...common, ...pinRole], o.pin);
       if (o.planner === 'on') node('planner', ['planner', '--redis-url', redisUrl]);
       const port = o.port || (await freePort());
-      node('router', ['router', '--model', model, '--redis-url', redisUrl, '--host', o.host, '--port', String(port)]);
+      const routing = ['--admission', o.admission, '--prefill-placement', o.prefillPlacement];
+      if (o.sloTtftMs > 0) routing.push('--slo-ttft-ms', String(o.sloTtftMs));
+      if (o.sloTpotMs > 0) routing.push('--slo-tpot-ms', String(o.sloTpotMs));
+      if (o.localPrefillMaxTokens !== undefined) routing.push('--local-prefill-max-tokens', String(o.localPrefillMaxTokens));
+      node('router', ['router', '--model', model, '--redis-url', redisUrl, '--host', o.host, '--port', String(port), ...routing]);
       const shutdown = async (code: number) => {
         if (stopping) return;
         stopping = true;

@@ -78,6 +78,7 @@ export interface RouterMetrics {
   requestSuccess: Counter<'finished_reason'>;
   requestErrors: Counter<'code'>;
   admissionRejected: Counter<'reason'>;
+  prefillPlacement: Counter<'where' | 'reason'>;
 
   requestPromptTokens: Histogram<string>;
   requestGenerationTokens: Histogram<string>;
@@ -159,6 +160,13 @@ export function createRouterMetrics(registry: Registry = new Registry(), options
     registers,
   });
 
+  const prefillPlacement = new Counter({
+    name: 'pdserve_prefill_placement_total',
+    help: 'Admitted requests by where their prompt was prefilled (where=remote|local) and why (reason).',
+    labelNames: ['where', 'reason'] as const,
+    registers,
+  });
+
   const requestPromptTokens = new Histogram({
     name: 'pdserve_request_prompt_tokens',
     help: 'Prompt length of finished requests, tokens.',
@@ -214,6 +222,7 @@ export function createRouterMetrics(registry: Registry = new Registry(), options
     requestSuccess,
     requestErrors,
     admissionRejected,
+    prefillPlacement,
     requestPromptTokens,
     requestGenerationTokens,
     numRequestsRunning,

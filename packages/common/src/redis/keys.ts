@@ -44,16 +44,21 @@ export interface WorkerLoad {
   step_ms_p50?: number;
   /** The last few engine step times, ms, newest last (keep it short: <= 32 entries). */
   step_ms_recent?: number[];
-  /** Prefill throughput over the recent window. */
+  /** Prefill throughput over the recent window (tokens over milliseconds of the last prefill passes), tokens/s. */
   prefill_tokens_per_s?: number;
   /** Median duration of the recent decode steps alone, ms (step_ms_p50 mixes in prefill chunks). */
   decode_step_ms?: number;
   /** Mean batch size of those decode steps. */
   decode_batch?: number;
-  /** Prompt tokens waiting for prefill here (queued and not yet computed). */
+  /** Prompt tokens queued or part-way through prefill here (not a count of prompts): the work ahead of a new prompt. */
   queued_prefill_tokens?: number;
-  /** Sequences this worker holds at most. */
+  /** Sequences this worker holds at most, and how many of those are free. */
   max_sequences?: number;
+  free_sequences?: number;
+  /** Prompt tokens per prefill pass (a local prefill stalls this worker's running batch one chunk at a time). */
+  prefill_chunk_tokens?: number;
+  /** Decode step time, ms, by batch size (keys are batch sizes), a moving average per size measured here. */
+  decode_step_ms_by_batch?: Record<string, number>;
 }
 
 /** The last role change a worker carried out, as it reports it in its record. */
@@ -216,6 +221,11 @@ export function parseWorkerRecord(json: string | null | undefined): WorkerRecord
   if (l.step_ms_p50 !== undefined && !isNum(l.step_ms_p50)) return undefined;
   if (l.prefill_tokens_per_s !== undefined && !isNum(l.prefill_tokens_per_s)) return undefined;
   if (l.step_ms_recent !== undefined && !(Array.isArray(l.step_ms_recent) && l.step_ms_recent.every(isNum))) return undefined;
+  for (const k of ['queued_prefill_tokens', 'prefill_chunk_tokens', 'max_sequences', 'free_sequences']) {
+    if (l[k] !== undefined && !(isNum(l[k]) && (l[k] as number) >= 0)) return undefined;
+  }
+  const byBatch = l.decode_step_ms_by_batch;
+  if (byBatch !== undefined && !(isObj(byBatch) && Object.entries(byBatch).every(([b, ms]) => /^[1-9][0-9]{0,5}$/.test(b) && isNum(ms) && ms >= 0))) return undefined;
   return v as unknown as WorkerRecord;
 }
 

@@ -1,0 +1,163 @@
+// pdserve's default mode (1 prefill + 1 decode worker, conditional disaggregation + SLO admission)
+// against the fixed configurations, side by side in one run, on the smollm2-135m dummy, for the
+// `chat` and `summarize` workloads; then the overload target: the default mode at 3x the rate where
+// its attainment (good / sent) falls below 90%.
+//
+//   node --import tsx scripts/bench-slo.ts [--model DIR] [--requests 12] [--workload chat|summarize]
+//     [--systems default,remote,...] [--skip-sweep] [--skip-overload] [--overload-rate R]
+//
+// Writes bench-results/slo-<workload>-<system>.json (pdserve bench sweeps), slo-overload.json, and
+// prints markdown tables. Attainment here is good / SENT (a refused request counts as a miss, so
+// admission cannot buy attainment by refusing); bench's own slo_attainment (good / completed) is the
+// "admitted" column.
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { writeDummyModel } from '../packages/engine/src/index.ts';
+import { freePort } from '../packages/common/src/index.ts';
+
+const { values } = parseArgs({ options: {
+  model: { type: 'string' }, requests: { type: 'string', default: '12' }, out: { type: 'string', default: 'bench-results' },
+  workload: { type: 'string' }, systems: { type: 'string' }, 'skip-overload': { type: 'boolean' }, 'skip-sweep': { type: 'boolean' }, 'overload-rate': { type: 'string' },
+} });
+const root = new URL('..', import.meta.url).pathname;
+const main = join(root, 'packages/cli/src/main.ts');
+
+// The SLOs and scales of scripts/bench-disagg.ts (chosen there from the engine's measured speed).
+const experiments = [
+  { workload: 'chat', scale: ['--output-len-scale', '0.5'], ttft: 2000, tpot: 150, rates: [1.5, 3, 5] },
+  { workload: 'summarize', scale: ['--input-len-scale', '0.5'], ttft: 4000, tpot: 150, rates: [0.6, 1.2, 2] },
+];
+
+const slo = (e: { ttft: number; tpot: number }) => ['--slo-ttft-ms', String(e.ttft), '--slo-tpot-ms', String(e.tpot)];
+const systems = [
+  { key: 'default', name: 'default: 1P+1D, placement auto + SLO admission', args: ['--prefill', '1', '--decode', '1', '--pin', '--threads', '1'], admission: true },
+  { key: 'auto-noadm', name: '1P+1D, placement auto, admission off', args: ['--prefill', '1', '--decode', '1', '--pin', '--threads', '1', '--admission', 'off'], admission: false },
+  { key: 'unified1x2', name: '--unified 1 --threads 2', args: ['--unified', '1', '--threads', '2', '--admission', 'off'], admission: false },
+  { key: 'unified2x1', name: '--unified 2 --threads 1', args: ['--unified', '2', '--threads', '1', '--pin', '--admission', 'off'], admission: false },
+  { key: 'remote', name: '--prefill 1 --decode 1 --prefill-placement remote', args: ['--prefill', '1', '--decode', '1', '--pin', '--threads', '1', '--prefill-placement', 'remote', '--admission', 'off'], admission: false },
+];
+
+interface Cluster { url: string; lines: string[]; stop(): Promise<unknown> }
+
+async function startCluster(model: string, args: string[]): Promise<Cluster> {
+  const port = await freePort();
+  const proc = spawn(process.execPath, ['--import', 'tsx', main, 'up', '--model', model, '--port', String(port), '--max-sequences', '16', ...args], { stdio: ['ignore', 'pipe', 'ignore'] });
+  const lines: string[] = [];
+  let rest = '';
+  proc.stdout!.on('data', (d) => {
+    const parts = (rest + String(d)).split('\n');
+    rest = parts.pop()!;
+    for (const l of parts) if (l.includes('request completed') || l.startsWith('ready ')) lines.push(l);
+  });
+  const url = await new Promise<string>((resolve, reject) => {
+    const t = setInterval(() => { const l = lines.find((x) => x.startsWith('ready ')); if (l) { clearInterval(t); resolve(l.slice(6).trim()); } }, 100);
+    proc.on('exit', (c) => { clearInterval(t); reject(new Error(`up exited ${c}`)); });
+  });
+  return { url, lines, stop: () => new Promise((r) => { proc.once('exit', r); proc.kill('SIGTERM'); }) };
+}
+
+function bench(url: string, exp: (typeof experiments)[number], rates: number[], requests: string, file: string, name: string): any {
+  const r = spawnSync(process.execPath, ['--import', 'tsx', main, 'bench', '--url', url, '--workload', exp.workload, ...exp.scale,
+    '--sweep', rates.join(','), '--requests', requests, ...slo(exp), '--seed', '1', '--warmup', '2', '--series-name', name, '--out', file, '--quiet'],
+  { stdio: ['ignore', 'pipe', 'inherit'], encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`bench failed for ${exp.workload} on ${name}`);
+  return JSON.parse(readFileSync(file, 'utf8'));
+}
+
+interface Row { rate: number; sent: number; completed: number; refused: number; good: number; attainment: number; admitted: number; goodput: number; ttft: string; tpot: string }
+
+function rows(sweep: any): Row[] {
+  return sweep.results.map((res: any) => {
+    const reqs = res.requests as any[];
+    const good = reqs.filter((r) => r.good).length;
+    return {
+      rate: res.rate, sent: reqs.length, completed: res.completed, refused: reqs.filter((r) => /HTTP 503/.test(r.error ?? '')).length, good,
+      attainment: good / reqs.length, admitted: res.slo_attainment, goodput: res.goodput,
+      ttft: `${res.ttft_ms.p50?.toFixed(0)} / ${res.ttft_ms.p99?.toFixed(0)}`, tpot: `${res.tpot_ms.p50?.toFixed(1)} / ${res.tpot_ms.p99?.toFixed(1)}`,
+    };
+  });
+}
+
+/** Highest rate with attainment (good / sent) >= 90%, linear between swept rates; '>= r' when the top rate passes. */
+function rateAt90(rs: Row[]): string {
+  let last: Row | undefined;
+  for (const r of rs) {
+    if (r.attainment >= 0.9) { last = r; continue; }
+    if (!last) return `< ${r.rate}`;
+    const x = last.rate + ((last.attainment - 0.9) / (last.attainment - r.attainment)) * (r.rate - last.rate);
+    return x.toFixed(2);
+  }
+  return last ? `>= ${last.rate}` : 'none';
+}
+
+function percentile(xs: number[], p: number): number | undefined {
+  if (xs.length === 0) return undefined;
+  const s = [...xs].sort((a, b) => a - b);
+  const rank = (p / 100) * (s.length - 1);
+  const lo = Math.floor(rank);
+  return s[lo] + (s[Math.ceil(rank)] - s[lo]) * (rank - lo);
+}
+
+async function run(): Promise<void> {
+  const model = values.model ?? join(root, '.cache/bench-models/smollm2-135m-4k');
+  if (!existsSync(join(model, 'config.json'))) writeDummyModel('smollm2-135m', model, { maxSeqLen: 4096 });
+  mkdirSync(values.out!, { recursive: true });
+  const table: string[] = [];
+  const summary: string[] = [];
+  let chatDefault: Row[] | undefined;
+  for (const exp of experiments.filter((e) => !values.workload || e.workload === values.workload)) {
+    if (values['skip-sweep']) {
+      // The overload run still needs the default mode's sweep: read it from an earlier run.
+      const f = join(values.out!, `slo-${exp.workload}-default.json`);
+      if (exp.workload === 'chat' && existsSync(f)) chatDefault = rows(JSON.parse(readFileSync(f, 'utf8')));
+      continue;
+    }
+    // A throwaway run first: the first cluster of a run pays for cold page caches (model files) and
+    // ONNX Runtime's first passes at each shape, which would count against whichever system ran first.
+    if (exp === experiments[0]) {
+      const warm = await startCluster(model, [...systems[0].args, ...slo(exp)]);
+      bench(warm.url, exp, [exp.rates[0]], '4', join(values.out!, 'slo-warmup.json'), 'warm-up');
+      await warm.stop();
+    }
+    for (const sys of systems.filter((x) => !values.systems || values.systems.split(',').includes(x.key))) {
+      const cluster = await startCluster(model, [...sys.args, ...slo(exp)]);
+      const sweep = bench(cluster.url, exp, exp.rates, values.requests!, join(values.out!, `slo-${exp.workload}-${sys.key}.json`), sys.name);
+      await cluster.stop();
+      const rs = rows(sweep);
+      if (exp.workload === 'chat' && sys.key === 'default') chatDefault = rs;
+      for (const r of rs) {
+        table.push(`| ${exp.workload} | ${sys.name} | ${r.rate} | ${r.good}/${r.sent} good, ${r.refused} refused | ${(100 * r.attainment).toFixed(0)}% | ${(100 * r.admitted).toFixed(0)}% | ${r.goodput.toFixed(3)} | ${r.ttft} | ${r.tpot} |`);
+      }
+      summary.push(`| ${exp.workload} | ${sys.name} | ${rateAt90(rs)} | ${Math.max(...rs.map((r) => r.goodput)).toFixed(3)} |`);
+    }
+  }
+  console.log('| workload | system | rate (req/s) | requests | attainment (good/sent) | admitted attainment (good/completed) | goodput (req/s) | TTFT p50/p99 ms | TPOT p50/p99 ms |');
+  console.log('|---|---|---|---|---|---|---|---|---|');
+  for (const r of table) console.log(r);
+  console.log('\n| workload | system | rate at 90% attainment (req/s) | peak goodput (req/s) |\n|---|---|---|---|');
+  for (const r of summary) console.log(r);
+
+  if (values['skip-overload']) return;
+  // Overload: 3x the rate where the default mode's attainment (good / sent) fell below 90%.
+  const exp = experiments[0];
+  const fail = chatDefault?.find((r) => r.attainment < 0.9)?.rate;
+  const rate = values['overload-rate'] ? Number(values['overload-rate']) : 3 * (fail ?? exp.rates.at(-1)!);
+  const peak = chatDefault ? Math.max(...chatDefault.map((r) => r.goodput)) : undefined;
+  const cluster = await startCluster(model, [...systems[0].args, ...slo(exp)]);
+  const requests = String(2 * Number(values.requests));
+  const sweep = bench(cluster.url, exp, [rate], requests, join(values.out!, 'slo-overload.json'), 'default at 3x');
+  await cluster.stop();
+  const r = rows(sweep)[0];
+  const refusals = cluster.lines.map((l) => { try { return JSON.parse(l); } catch { return undefined; } })
+    .filter((l) => l?.msg === 'request completed' && l.res?.statusCode === 503).map((l) => l.responseTime as number);
+  console.log(`\noverload (chat, default mode) at ${rate} req/s (3 x ${fail ?? '(no failing rate swept; 3x the top rate)'}), ${requests} requests:`);
+  console.log(`  sent ${r.sent}, completed ${r.completed}, refused ${r.refused}, good ${r.good}`);
+  console.log(`  admitted requests meeting the SLO: ${(100 * r.admitted).toFixed(1)}% (target >= 90%)`);
+  console.log(`  goodput ${r.goodput.toFixed(3)} req/s; peak of the sweep ${peak?.toFixed(3) ?? '?'} -> ${peak ? (100 * r.goodput / peak).toFixed(0) : '?'}% (target >= 80%)`);
+  console.log(`  refusals answered in (router responseTime) p50 ${percentile(refusals, 50)?.toFixed(2)} ms, p99 ${percentile(refusals, 99)?.toFixed(2)} ms, max ${refusals.length ? Math.max(...refusals).toFixed(2) : '-'} ms over ${refusals.length} (target p99 <= 10 ms)`);
+  console.log(`  TTFT p50/p99 ${r.ttft} ms, TPOT p50/p99 ${r.tpot} ms`);
+}
+
+await run();

@@ -1,0 +1,92 @@
+// Whether the router takes a request (policy): the one place that refuses. It judges the placement
+// placement.ts chose (its TTFT and TPOT estimates, from measured numbers) against the request's SLO,
+// and the cluster-wide state an operator or controller sets in Redis (`{prefix}:admission`).
+// A refusal is a 503 with Retry-After and an OpenAI error code, decided before any gRPC call, so it
+// answers in well under a few milliseconds; a request the estimate says cannot meet its SLO on the
+// best placement is refused rather than queued (queueing it would make it, and those behind it,
+// miss).
+//
+//   admission_closed     the cluster is closed (`{prefix}:admission` state closed)
+//   admission_throttled  throttled: only onto an idle prefill worker
+//   overloaded           the request has an SLO and the decode worker's sequence slots are all
+//                        taken: it would wait for one with no bound on its TTFT
+//   slo_ttft             the estimated TTFT exceeds the SLO
+//   slo_tpot             the decode worker's step time at the batch it would have exceeds the TPOT SLO
+//
+// Never refuses onto an idle cluster (nothing queued, nothing running): whatever the estimate says,
+// waiting cannot make that request faster, and refusing everything would be a collapse.
+import type { Admission } from '@pdserve/common';
+import type { LatencySlo } from './backend.ts';
+import type { Placement } from './placement.ts';
+
+export type RefusalCode = 'admission_closed' | 'admission_throttled' | 'overloaded' | 'slo_ttft' | 'slo_tpot';
+
+export interface Refusal {
+  code: RefusalCode;
+  message: string;
+  retryAfterS: number;
+}
+
+export interface AdmissionInput {
+  slo?: LatencySlo;
+  placement: Placement;
+  /** `{prefix}:admission`, when set. */
+  cluster?: Admission;
+  /** Prompt tokens ahead on the prefilling worker, and sequences decoding on the decode worker. */
+  queuedPrefillTokens: number;
+  decodeBatch: number;
+  /** Sequences the decode worker can hold; undefined when it has not reported it. */
+  decodeSeats?: number;
+}
+
+export interface AdmissionConfig {
+  /** false: only the cluster-wide state in Redis refuses (--admission off). */
+  sloAdmission: boolean;
+}
+
+const MAX_RETRY_AFTER_S = 30;
+/**
+ * An estimate must stay within this fraction of the SLO: estimates are averages of recent
+ * measurements, and a request admitted at the edge misses on any noise (or on the requests
+ * admitted after it, which grow the batch it decodes in).
+ */
+export const ADMISSION_MARGIN = 0.9;
+
+/** Seconds a client should wait: about how much longer than the SLO the queue ahead would take. */
+function retryAfter(excessMs: number): number {
+  return Math.min(MAX_RETRY_AFTER_S, Math.max(1, Math.ceil(excessMs / 1000)));
+}
+
+/** undefined: admit. Otherwise the refusal to send. */
+export function judgeAdmission(input: AdmissionInput, config: AdmissionConfig): Refusal | undefined {
+  const cluster = input.cluster;
+  const why = cluster?.reason ? `: ${cluster.reason}` : '';
+  if (cluster?.state === 'closed') return { code: 'admission_closed', message: `the cluster is not admitting requests${why}`, retryAfterS: 5 };
+  if (cluster?.state === 'throttled' && input.queuedPrefillTokens > 0) {
+    return { code: 'admission_throttled', message: `the cluster is throttling admissions${why}`, retryAfterS: 1 };
+  }
+  if (!config.sloAdmission) return undefined;
+  const idle = input.queuedPrefillTokens === 0 && input.decodeBatch === 0;
+  if (idle) return undefined;
+  const slo = input.slo;
+  if (!slo) return undefined; // no latency target: waiting (the decode worker's bounded reservation queue) is fine
+  if (input.decodeSeats !== undefined && input.decodeBatch >= input.decodeSeats) {
+    return { code: 'overloaded', message: `every one of the decode worker's ${input.decodeSeats} sequence slots is taken (${input.decodeBatch} sequences decoding or about to)`, retryAfterS: 1 };
+  }
+  const p = input.placement;
+  if (slo.ttftMs !== undefined && p.ttftMs !== undefined && p.ttftMs > slo.ttftMs * ADMISSION_MARGIN) {
+    return {
+      code: 'slo_ttft',
+      message: `predicted time to first token ${Math.round(p.ttftMs)} ms (${input.queuedPrefillTokens} prompt tokens ahead on the ${p.where} prefill) leaves no margin within the SLO of ${slo.ttftMs} ms`,
+      retryAfterS: retryAfter(p.ttftMs - slo.ttftMs * ADMISSION_MARGIN),
+    };
+  }
+  if (slo.tpotMs !== undefined && p.tpotMs !== undefined && input.decodeBatch > 0 && p.tpotMs > slo.tpotMs * ADMISSION_MARGIN) {
+    return {
+      code: 'slo_tpot',
+      message: `predicted time per output token ${Math.round(p.tpotMs)} ms at a batch of ${input.decodeBatch + 1} leaves no margin within the SLO of ${slo.tpotMs} ms`,
+      retryAfterS: 1,
+    };
+  }
+  return undefined;
+}

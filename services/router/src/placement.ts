@@ -1,0 +1,197 @@
+// Where a request's prompt is prefilled: the one place that decides it (policy). The mechanism —
+// the gRPC calls, the KV transfer — is cluster-backend.ts; admission (whether to take the request at
+// all) is admission.ts, which judges the estimates made here.
+//
+//   remote: a dedicated prefill worker runs the prompt and streams its KV blocks to the decode worker
+//           (no prefill work lands on the decode worker's running batch; the transfer costs time).
+//   local:  the decode worker prefills the prompt itself, in chunks between the decode steps of its
+//           running batch (no transfer; every chunk stalls that batch for the chunk's duration).
+//
+// `auto` (the default) compares the two on measured numbers, the way llm-d's P/D decider and
+// DistServe's placement reason:
+//   TTFT(remote on p) = (queued prompt tokens on p + n) / p's prefill rate + transfer(last chunk) + one decode step
+//   TTFT(local)       = (queued prompt tokens on d + n) / d's prefill rate + one decode step per chunk
+//   TPOT(d)           = d's step time at the batch it would have
+// and takes the faster, unless the prompt is longer than the local threshold or a local prefill
+// would push the running batch's TPOT, step / (1 - share of d's time spent prefilling locally),
+// past its SLO (the headroom check). The share of time is counted over a window about one
+// request's decode lifetime long (LOCAL_SHARE_WINDOW_MS).
+import type { WorkerRole } from '@pdserve/common';
+
+export const PLACEMENT_MODES = ['auto', 'remote', 'local'] as const;
+export type PlacementMode = (typeof PLACEMENT_MODES)[number];
+export type PlacementWhere = 'remote' | 'local';
+
+/**
+ * Why a placement was chosen (the `reason` label of pdserve_prefill_placement_total):
+ *   forced            --prefill-placement remote|local
+ *   no_prefill_worker no healthy dedicated prefill worker: the decode worker prefills
+ *   unified           the decode worker is unified and no dedicated prefill worker exists
+ *   over_threshold    the prompt is longer than --local-prefill-max-tokens
+ *   tpot_headroom     a local prefill would push the decode worker's TPOT past the SLO
+ *   faster            the estimated TTFT is lower here
+ */
+export const PLACEMENT_REASONS = ['forced', 'no_prefill_worker', 'unified', 'over_threshold', 'tpot_headroom', 'faster'] as const;
+export type PlacementReason = (typeof PLACEMENT_REASONS)[number];
+
+/** Milliseconds of recent local prefill work over which a decode worker's prefill share is counted. */
+export const LOCAL_SHARE_WINDOW_MS = 4000;
+/** Without a TPOT SLO, local prefills may take at most this share of a busy decode worker's time. */
+export const MAX_LOCAL_SHARE_WITHOUT_SLO = 0.5;
+/** Fraction of the TPOT SLO a local prefill may use up (the rest is margin for the estimate's error). */
+export const TPOT_HEADROOM_MARGIN = 0.8;
+/** Rate assumed for a comparison before any worker has measured one (never used to refuse a request). */
+const ASSUMED_PREFILL_TOKENS_PER_S = 1000;
+
+/** What the policy needs to know of one worker: its reports plus what this router sent it since. */
+export interface WorkerView {
+  id: string;
+  role: WorkerRole;
+  /** Prompt tokens ahead of a new prompt here. */
+  queuedPrefillTokens: number;
+  /** Measured prefill rate, tokens/s; undefined before its first prefill. */
+  prefillTokensPerS?: number;
+  /** Sequences decoding (or about to) here. */
+  batch: number;
+  /** Measured decode step time, ms, by batch size. */
+  decodeStepMsByBatch: ReadonlyMap<number, number>;
+  prefillChunkTokens: number;
+  /** Share (0..1) of this worker's recent time taken by local prefills this router placed on it. */
+  localPrefillShare: number;
+}
+
+export interface PlacementInput {
+  promptTokens: number;
+  /** The decode worker this request will decode on (chosen before placement). */
+  decode: WorkerView;
+  /** Healthy dedicated prefill workers (never the decode worker itself). */
+  prefillers: readonly WorkerView[];
+  /**
+   * Measured KV transfer time not hidden behind the prefill: a fixed part plus a cost per token of
+   * the prompt's last chunk (earlier chunks' blocks stream while later chunks compute).
+   */
+  transfer: { fixedMs: number; msPerToken: number };
+  /** The request's TPOT SLO, ms. */
+  tpotSloMs?: number;
+}
+
+export interface PlacementConfig {
+  mode: PlacementMode;
+  /** Prompts longer than this are never prefilled locally in auto mode (undefined: no limit). */
+  localMaxTokens?: number;
+}
+
+export interface Placement {
+  where: PlacementWhere;
+  /** The worker that prefills: a dedicated prefill worker (remote) or the decode worker (local). */
+  prefillWorker: string;
+  reason: PlacementReason;
+  /** Estimated time to first token, ms; undefined when nothing needed for it has been measured yet. */
+  ttftMs?: number;
+  /** Estimated TPOT of this request: the decode worker's step time at the batch it would have, ms; undefined when unmeasured. */
+  tpotMs?: number;
+  /** Estimated milliseconds of the decode worker's time this prefill takes (local only). */
+  localPrefillMs?: number;
+}
+
+/**
+ * Step time at `batch`: the measured average at that size, else a least-squares line through every
+ * size measured (a CPU decode step is a fixed cost plus a cost per sequence), never below what a
+ * smaller measured size took. Noise between neighbouring small sizes must
+ * not make a batch of 16 look as cheap as one of 2.
+ */
+export function stepMsAt(table: ReadonlyMap<number, number>, batch: number): number | undefined {
+  if (table.size === 0) return undefined;
+  const exact = table.get(batch);
+  if (exact !== undefined) return exact;
+  const points = [...table].sort((a, b) => a[0] - b[0]);
+  if (points.length === 1) return points[0][1]; // one size measured: assume flat
+  const n = points.length;
+  const mx = points.reduce((s, p) => s + p[0], 0) / n;
+  const my = points.reduce((s, p) => s + p[1], 0) / n;
+  const sxx = points.reduce((s, p) => s + (p[0] - mx) ** 2, 0);
+  const slope = Math.max(0, points.reduce((s, p) => s + (p[0] - mx) * (p[1] - my), 0) / sxx);
+  const fitted = my + slope * (batch - mx);
+  const below = points.filter((p) => p[0] < batch).map((p) => p[1]);
+  return Math.max(fitted, ...below, 0);
+}
+
+function rateOf(w: WorkerView, fallback: number | undefined): { rate: number; measured: boolean } {
+  if (w.prefillTokensPerS && w.prefillTokensPerS > 0) return { rate: w.prefillTokensPerS, measured: true };
+  if (fallback && fallback > 0) return { rate: fallback, measured: true };
+  return { rate: ASSUMED_PREFILL_TOKENS_PER_S, measured: false };
+}
+
+/** A placement with its TTFT estimate always filled in (from an assumed rate when nothing is measured). */
+interface Option extends Placement {
+  ttftMs: number;
+  measured: boolean;
+}
+
+function transferMs(input: PlacementInput, p: WorkerView): number {
+  const lastChunk = input.promptTokens - Math.floor((input.promptTokens - 1) / Math.max(1, p.prefillChunkTokens)) * p.prefillChunkTokens;
+  return input.transfer.fixedMs + input.transfer.msPerToken * lastChunk;
+}
+
+/** Estimates for one prefill on a dedicated worker `p`. */
+function remoteOption(input: PlacementInput, p: WorkerView): Option {
+  const n = input.promptTokens;
+  const d = input.decode;
+  const { rate, measured } = rateOf(p, undefined);
+  const step = stepMsAt(d.decodeStepMsByBatch, d.batch + 1);
+  return {
+    where: 'remote', prefillWorker: p.id, reason: 'faster', measured,
+    ttftMs: ((p.queuedPrefillTokens + n) / rate) * 1000 + transferMs(input, p) + (step ?? 0),
+    tpotMs: step,
+  };
+}
+
+/** Estimates for a prefill on the decode worker itself. */
+function localOption(input: PlacementInput): Option {
+  const n = input.promptTokens;
+  const d = input.decode;
+  // Same model, same engine: before the decode worker measured a prefill of its own, a prefill
+  // worker's rate is the best guess.
+  const others = input.prefillers.map((p) => p.prefillTokensPerS).filter((r): r is number => !!r && r > 0);
+  const { rate, measured } = rateOf(d, others.length ? Math.max(...others) : undefined);
+  const step = stepMsAt(d.decodeStepMsByBatch, d.batch + 1);
+  const ahead = d.queuedPrefillTokens + n;
+  // The scheduler runs one decode step between prefill chunks while a batch is running.
+  const chunks = Math.ceil(ahead / Math.max(1, d.prefillChunkTokens));
+  return {
+    where: 'local', prefillWorker: d.id, reason: 'faster', measured,
+    ttftMs: (ahead / rate) * 1000 + (d.batch > 0 ? chunks : 1) * (step ?? 0),
+    // This request's own prefill runs before its first token: it stalls the others, not itself
+    // (the headroom check below keeps the others' TPOT).
+    tpotMs: step,
+    localPrefillMs: (n / rate) * 1000,
+  };
+}
+
+/**
+ * Whether a local prefill leaves the decode worker's running batch within its TPOT SLO: the batch
+ * decodes in the time the local prefills leave it, so its TPOT is step / (1 - their share).
+ */
+function fitsTpotHeadroom(input: PlacementInput, local: Option): boolean {
+  if (input.decode.batch === 0) return true; // nothing running to stall
+  const share = Math.min(0.95, input.decode.localPrefillShare + (local.localPrefillMs ?? 0) / LOCAL_SHARE_WINDOW_MS);
+  if (input.tpotSloMs === undefined || local.tpotMs === undefined) return share <= MAX_LOCAL_SHARE_WITHOUT_SLO;
+  return local.tpotMs / (1 - share) <= input.tpotSloMs * TPOT_HEADROOM_MARGIN;
+}
+
+/** Decides where the prompt is prefilled; see the header for the rules. */
+export function decidePlacement(input: PlacementInput, config: PlacementConfig): Placement {
+  const done = (o: Option, reason: PlacementReason): Placement => {
+    const { measured, ttftMs, ...rest } = o;
+    return { ...rest, reason, ttftMs: measured ? ttftMs : undefined };
+  };
+  if (input.prefillers.length === 0) return done(localOption(input), input.decode.role === 'unified' ? 'unified' : 'no_prefill_worker');
+  // The remote prefill worker that would finish first.
+  const bestRemote = input.prefillers.map((p) => remoteOption(input, p)).reduce((a, b) => (b.ttftMs < a.ttftMs ? b : a));
+  if (config.mode === 'remote') return done(bestRemote, 'forced');
+  const local = localOption(input);
+  if (config.mode === 'local') return done(local, 'forced');
+  if (config.localMaxTokens !== undefined && input.promptTokens > config.localMaxTokens) return done(bestRemote, 'over_threshold');
+  if (!fitsTpotHeadroom(input, local)) return done(bestRemote, 'tpot_headroom');
+  return done(local.ttftMs <= bestRemote.ttftMs ? local : bestRemote, 'faster');
+}

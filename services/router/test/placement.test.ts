@@ -1,0 +1,191 @@
+// The placement and admission policies on made-up worker views (no processes: the policies are pure
+// functions of measured numbers; test/slo.test.ts runs them through a real cluster).
+import { describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { decidePlacement, stepMsAt, type PlacementInput, type WorkerView } from '../src/placement.ts';
+import { judgeAdmission, type AdmissionInput } from '../src/admission.ts';
+import { LoadLedger } from '../src/load-ledger.ts';
+import type { WorkerInfo } from '@pdserve/common';
+
+function worker(over: Partial<WorkerView> = {}): WorkerView {
+  return {
+    id: 'w', role: 'prefill', queuedPrefillTokens: 0, prefillTokensPerS: 400, batch: 0,
+    decodeStepMsByBatch: new Map(), prefillChunkTokens: 256, localPrefillShare: 0, ...over,
+  };
+}
+
+const decodeWorker = (over: Partial<WorkerView> = {}) =>
+  worker({ id: 'd', role: 'decode', prefillTokensPerS: 400, decodeStepMsByBatch: new Map([[1, 40], [8, 70], [16, 100]]), ...over });
+
+function input(over: Partial<PlacementInput> = {}): PlacementInput {
+  return { promptTokens: 100, decode: decodeWorker(), prefillers: [worker({ id: 'p' })], transfer: { fixedMs: 2, msPerToken: 0.01 }, tpotSloMs: 150, ...over };
+}
+
+describe('placement policy', () => {
+  test('an idle cluster prefills locally: no transfer, nothing to stall', () => {
+    const p = decidePlacement(input(), { mode: 'auto' });
+    assert.equal(p.where, 'local');
+    assert.equal(p.reason, 'faster');
+    assert.equal(p.prefillWorker, 'd');
+    // 100 tokens at 400 tok/s plus one decode step at batch 1.
+    assert.equal(Math.round(p.ttftMs!), 250 + 40);
+  });
+
+  test('a prompt above the local threshold goes remote', () => {
+    const p = decidePlacement(input({ promptTokens: 600 }), { mode: 'auto', localMaxTokens: 512 });
+    assert.deepEqual([p.where, p.reason, p.prefillWorker], ['remote', 'over_threshold', 'p']);
+    assert.equal(decidePlacement(input({ promptTokens: 512 }), { mode: 'auto', localMaxTokens: 512 }).where, 'local');
+  });
+
+  test('a long prompt on a busy decode worker goes remote: its chunks would push the batch past the TPOT SLO', () => {
+    const busy = decodeWorker({ batch: 12 });
+    const short = decidePlacement(input({ decode: busy, promptTokens: 64 }), { mode: 'auto' });
+    assert.equal(short.where, 'local', 'a short prompt fits the headroom');
+    const long = decidePlacement(input({ decode: busy, promptTokens: 1024 }), { mode: 'auto' });
+    assert.deepEqual([long.where, long.reason], ['remote', 'tpot_headroom']);
+    // With a looser TPOT SLO it fits the headroom, and goes remote only because that is faster:
+    // four chunks locally wait for four decode steps of the batch.
+    const loose = decidePlacement(input({ decode: busy, promptTokens: 1024, tpotSloMs: 1000 }), { mode: 'auto' });
+    assert.deepEqual([loose.where, loose.reason], ['remote', 'faster']);
+  });
+
+  test('recent local prefills use up the headroom', () => {
+    const tired = decodeWorker({ batch: 8, localPrefillShare: 0.45 });
+    const p = decidePlacement(input({ decode: tired, promptTokens: 64 }), { mode: 'auto' });
+    assert.deepEqual([p.where, p.reason], ['remote', 'tpot_headroom']);
+  });
+
+  test('tokens queued on the decode worker make the prefill worker faster, and the other way round', () => {
+    const queuedHere = decidePlacement(input({ decode: decodeWorker({ queuedPrefillTokens: 2000 }) }), { mode: 'auto' });
+    assert.deepEqual([queuedHere.where, queuedHere.reason], ['remote', 'faster']);
+    const queuedThere = decidePlacement(input({ prefillers: [worker({ id: 'p', queuedPrefillTokens: 2000 })] }), { mode: 'auto' });
+    assert.equal(queuedThere.where, 'local');
+  });
+
+  test('the prefill worker with the fewest queued tokens (per its rate) is chosen', () => {
+    const p = decidePlacement(input({
+      promptTokens: 2000,
+      prefillers: [worker({ id: 'p1', queuedPrefillTokens: 3000 }), worker({ id: 'p2', queuedPrefillTokens: 1000 }), worker({ id: 'p3', queuedPrefillTokens: 1500, prefillTokensPerS: 2000 })],
+    }), { mode: 'remote' });
+    assert.deepEqual([p.where, p.prefillWorker, p.reason], ['remote', 'p3', 'forced']);
+  });
+
+  test('forced modes, and no prefill worker at all', () => {
+    assert.deepEqual(Object.values(pick(decidePlacement(input(), { mode: 'remote' }))), ['remote', 'forced']);
+    assert.deepEqual(Object.values(pick(decidePlacement(input({ promptTokens: 4000, decode: decodeWorker({ batch: 15 }) }), { mode: 'local' }))), ['local', 'forced']);
+    assert.deepEqual(Object.values(pick(decidePlacement(input({ prefillers: [] }), { mode: 'remote' }))), ['local', 'no_prefill_worker']);
+    assert.deepEqual(Object.values(pick(decidePlacement(input({ prefillers: [], decode: decodeWorker({ role: 'unified' }) }), { mode: 'auto' }))), ['local', 'unified']);
+  });
+
+  test('before anything is measured the comparison still works, but gives no estimate to refuse on', () => {
+    const cold = input({ decode: worker({ id: 'd', role: 'decode', prefillTokensPerS: undefined }), prefillers: [worker({ id: 'p', prefillTokensPerS: undefined })] });
+    const p = decidePlacement(cold, { mode: 'auto' });
+    assert.equal(p.where, 'local');
+    assert.equal(p.ttftMs, undefined);
+    assert.equal(p.tpotMs, undefined);
+  });
+
+  test('step time by batch: exact, else a fitted line, never below a smaller measured size', () => {
+    const t = new Map([[1, 40], [8, 70], [16, 100]]);
+    assert.equal(stepMsAt(t, 8), 70);
+    const at12 = stepMsAt(t, 12)!;
+    assert.ok(at12 > 80 && at12 < 90, `batch 12: ${at12}`);
+    const at24 = stepMsAt(t, 24)!;
+    assert.ok(at24 > 125 && at24 < 135, `batch 24: ${at24}`);
+    assert.equal(stepMsAt(new Map([[4, 50]]), 9), 50);
+    assert.equal(stepMsAt(new Map([[1, 60], [2, 50]]), 3), 60, 'noise making bigger batches look faster is not extrapolated');
+    assert.equal(stepMsAt(new Map(), 3), undefined);
+  });
+});
+
+function pick(p: { where: string; reason: string }) {
+  return { where: p.where, reason: p.reason };
+}
+
+describe('admission policy', () => {
+  const base = (over: Partial<AdmissionInput> = {}): AdmissionInput => ({
+    slo: { ttftMs: 1000, tpotMs: 100 },
+    placement: { where: 'remote', prefillWorker: 'p', reason: 'faster', ttftMs: 500, tpotMs: 60 },
+    queuedPrefillTokens: 200, decodeBatch: 3, decodeSeats: 16, ...over,
+  });
+  const on = { sloAdmission: true };
+
+  test('admits what the estimates say meets the SLO', () => {
+    assert.equal(judgeAdmission(base(), on), undefined);
+  });
+
+  test('refuses a predicted TTFT miss with slo_ttft and a Retry-After from the excess', () => {
+    const r = judgeAdmission(base({ placement: { where: 'remote', prefillWorker: 'p', reason: 'faster', ttftMs: 3400, tpotMs: 60 } }), on)!;
+    assert.equal(r.code, 'slo_ttft');
+    assert.equal(r.retryAfterS, 3);
+    assert.match(r.message, /3400 ms.*SLO of 1000 ms/);
+    // Within the SLO but without the margin for the estimate's error.
+    assert.equal(judgeAdmission(base({ placement: { where: 'remote', prefillWorker: 'p', reason: 'faster', ttftMs: 950, tpotMs: 60 } }), on)!.code, 'slo_ttft');
+  });
+
+  test('refuses a predicted TPOT miss with slo_tpot', () => {
+    const r = judgeAdmission(base({ placement: { where: 'local', prefillWorker: 'd', reason: 'faster', ttftMs: 100, tpotMs: 95 } }), on)!;
+    assert.equal(r.code, 'slo_tpot');
+    assert.equal(r.retryAfterS, 1);
+  });
+
+  test('refuses with overloaded when every decode slot is taken and the request has an SLO', () => {
+    assert.equal(judgeAdmission(base({ decodeBatch: 16 }), on)!.code, 'overloaded');
+    assert.equal(judgeAdmission(base({ decodeBatch: 16, slo: { tpotMs: 500 } }), on)!.code, 'overloaded');
+    assert.equal(judgeAdmission(base({ decodeBatch: 16, slo: undefined }), on), undefined, 'without a latency target it may wait for a slot');
+  });
+
+  test('never refuses onto an idle cluster, nor without an estimate, nor with admission off', () => {
+    const hopeless = { where: 'remote' as const, prefillWorker: 'p', reason: 'faster' as const, ttftMs: 99_000, tpotMs: 9_000 };
+    assert.equal(judgeAdmission(base({ placement: hopeless, queuedPrefillTokens: 0, decodeBatch: 0 }), on), undefined);
+    assert.equal(judgeAdmission(base({ placement: { ...hopeless, ttftMs: undefined, tpotMs: undefined } }), on), undefined);
+    assert.equal(judgeAdmission(base({ placement: hopeless }), { sloAdmission: false }), undefined);
+    assert.equal(judgeAdmission(base({ placement: hopeless, slo: undefined }), on), undefined);
+  });
+
+  test('the cluster state in Redis: closed refuses everything, throttled only onto a busy prefill worker, even with admission off', () => {
+    const off = { sloAdmission: false };
+    assert.equal(judgeAdmission(base({ cluster: { state: 'closed', reason: 'maintenance', updated_ms: 0 } }), off)!.code, 'admission_closed');
+    assert.equal(judgeAdmission(base({ cluster: { state: 'throttled', reason: '', updated_ms: 0 } }), off)!.code, 'admission_throttled');
+    assert.equal(judgeAdmission(base({ cluster: { state: 'throttled', reason: '', updated_ms: 0 }, queuedPrefillTokens: 0 }), off), undefined);
+  });
+});
+
+describe('load ledger', () => {
+  const info = (load: Partial<WorkerInfo['load']>, heartbeat: number): WorkerInfo => ({
+    id: 'd', role: 'decode', grpc_address: 'x:1', metrics_url: '', model: 'm', started_at: 0, last_heartbeat_ms: heartbeat, ttl_ms: 3000, heartbeat_ms: 1000,
+    state: 'ready', healthy: true,
+    load: { queue_len: 0, running: 0, waiting: 0, free_kv_blocks: 10, total_kv_blocks: 10, kv_block_tokens: 16, ...load },
+  } as WorkerInfo);
+
+  test('counts what it sent until the reports catch up, and discounts what finished after a report', () => {
+    let now = 10_000;
+    const ledger = new LoadLedger(() => now);
+    const a = ledger.begin('d', 'p', 300);
+    const b = ledger.begin('d', 'd', 50, 125);
+    assert.equal(ledger.view(info({}, now)).batch, 2, 'a stale empty report: the router knows of two');
+    assert.equal(ledger.view(info({}, now)).queuedPrefillTokens, 50);
+    assert.equal(ledger.localShare('d'), 125 / 4000);
+    // A report taken while both ran, then both finish: the report still says 2, the router knows better.
+    const report = info({ running: 2, queued_prefill_tokens: 50 }, now);
+    now += 100;
+    a.ended(); b.ended(); b.ended();
+    assert.equal(ledger.view(report).batch, 0);
+    assert.equal(ledger.view(report).queuedPrefillTokens, 0);
+    // Another router's load (in a fresh report) still counts.
+    assert.equal(ledger.view(info({ running: 3, queued_prefill_tokens: 700 }, now + 1000)).batch, 3);
+    now += 5000;
+    assert.equal(ledger.localShare('d'), 0, 'the local share window moved on');
+    ledger.retain(new Set());
+    assert.equal(ledger.size, 0, 'nothing kept for workers that left');
+  });
+
+  test('fits the transfer cost as fixed + per token from the replies', () => {
+    const ledger = new LoadLedger(() => 0);
+    assert.deepEqual(ledger.transferCost(), { fixedMs: 0, msPerToken: 0 });
+    for (const [n, ms] of [[16, 1.2], [256, 6], [64, 2.16], [128, 3.44]]) ledger.observeTransfer(n, ms);
+    const c = ledger.transferCost();
+    assert.ok(Math.abs(c.fixedMs - 0.88) < 1e-6, `fixed ${c.fixedMs}`);
+    assert.ok(Math.abs(c.msPerToken - 0.02) < 1e-9, `per token ${c.msPerToken}`);
+  });
+});
