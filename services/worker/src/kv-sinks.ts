@@ -16,6 +16,12 @@ export function toTokenMsg(t: SampledToken): TokenMsg {
 
 export class ThreadKvSink implements KvSink {
   private ack?: { resolve(): void; reject(e: Error): void };
+  /**
+   * Set when the push ended in failure before the last chunk was handed over (the decode side
+   * refused or vanished mid-prompt): later chunks are not sent, and finish() fails at once instead
+   * of waiting for an acknowledgement that can no longer come.
+   */
+  private pushError?: Error;
 
   constructor(
     private readonly runner: ModelRunner,
@@ -25,12 +31,14 @@ export class ThreadKvSink implements KvSink {
   ) {}
 
   send(seq: KvSequence, first: number, count: number, tokenCount: number): void {
+    if (this.pushError) return;
     kvTrace('p.sink', this.requestId, { first, count });
     this.to.out(this.messages(seq, first, count, tokenCount, undefined), false);
     kvTrace('p.posted', this.requestId);
   }
 
   finish(seq: KvSequence, first: number, count: number, firstToken: SampledToken): Promise<void> {
+    if (this.pushError) return Promise.reject(this.pushError);
     const done = new Promise<void>((resolve, reject) => { this.ack = { resolve, reject }; });
     kvTrace('p.sink', this.requestId, { first, count, final: true });
     this.to.out(this.messages(seq, first, count, seq.length, firstToken), true);
@@ -45,8 +53,10 @@ export class ThreadKvSink implements KvSink {
 
   /** The decode worker has every block (or the push failed). */
   acknowledged(error?: string): void {
-    if (error) this.ack?.reject(new Error(error));
-    else this.ack?.resolve();
+    if (error) {
+      this.pushError = new Error(error);
+      this.ack?.reject(this.pushError);
+    } else this.ack?.resolve();
   }
 
   /** Reads the blocks now: the scheduler may free the sequence as soon as this returns. */

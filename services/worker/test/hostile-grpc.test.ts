@@ -278,6 +278,24 @@ test('defect 2: cancelling a unified request mid-prompt fails it alone; the runn
   await allHealthy();
 });
 
+test('a Prefill whose KV push is refused mid-prompt answers at once (it used to wait forever for an acknowledgement)', async (t) => {
+  if (!need(t)) return;
+  // Found by test/fuzz.test.ts: the decode side refused the push (its request was cancelled) while
+  // later prefill chunks were still computing; the refusal reached the sink before finish() and was
+  // dropped, so the last chunk waited for an acknowledgement that could not come. U prefills in
+  // chunks of 16 tokens, so a 480-token prompt is 30 chunks: the refusal lands mid-prompt.
+  const rid = id('refused-mid-prompt');
+  const g = generate(D, { request_id: rid, prompt_len: 480 });
+  await g.reserved;
+  await new Promise<void>((resolve) => (D.decode as any).Cancel({ request_id: rid }, () => resolve()));
+  assert.equal((await g.ended).code, grpc.status.CANCELLED);
+  const p = await prefill(U, { request_id: rid, prompt_ids: Array.from({ length: 480 }, (_, i) => 1 + (i % 300)), decode_address: D.address }, 15_000);
+  assert.notEqual(p.code, grpc.status.OK);
+  assert.notEqual(p.code, grpc.status.DEADLINE_EXCEEDED, `the Prefill never answered: ${p.details}`);
+  assert.match(p.details, /KV push/);
+  await allHealthy();
+});
+
 test('defect 2: a Prefill for a decode side that was cancelled answers (FAILED_PRECONDITION) instead of hanging', async (t) => {
   if (!need(t)) return;
   const rid = id('u-gone');
