@@ -52,6 +52,7 @@ interface UpFlags {
   threads: number;
   maxSequences: number;
   kvBudgetMb?: number;
+  prefillChunk?: number;
   readyTimeoutS: number;
   drainTimeoutS: number;
   engineStallS?: number;
@@ -101,6 +102,7 @@ export function register(program: Command): void {
     .option('--threads <n>', 'ONNX Runtime threads per worker (0 = one per core)', positiveInt, 1)
     .option('--max-sequences <n>', 'sequences per worker', positiveInt, 16)
     .option('--kv-budget-mb <n>', 'KV cache budget per worker, MiB', positiveInt)
+    .option('--prefill-chunk <n>', 'prompt tokens per prefill pass on every worker (default: the worker\'s, 256)', positiveInt)
     .option('--ready-timeout-s <n>', 'give up if the cluster is not ready by then', positiveInt, 120)
     .option('--drain-timeout-s <n>', 'how long a stopping worker may finish its requests (the stop grace is this plus 10 s)', positiveInt, 30)
     .option('--engine-stall-s <s>', "passed to every worker: report unhealthy while its engine thread is silent this long with work pending (default: the worker's, 30)", positiveNumber)
@@ -136,6 +138,7 @@ export function register(program: Command): void {
       if (o.kvBudgetMb !== undefined) common.push('--kv-budget-mb', String(o.kvBudgetMb));
       if (o.roleGraceMs !== undefined) common.push('--role-grace-ms', String(o.roleGraceMs));
       if (o.engineStallS !== undefined) common.push('--engine-stall-s', String(o.engineStallS));
+      if (o.prefillChunk !== undefined) common.push('--prefill-chunk', String(o.prefillChunk));
       const roles: Array<['prefill' | 'decode' | 'unified', number]> = o.unified ? [['unified', o.unified]] : [['prefill', o.prefill], ['decode', o.decode]];
       const pinRole = o.pinRoles ? ['--pin-role'] : [];
       for (const [role, count] of roles) for (let i = 0; i < count; i++) node(`${role}-${i}`, ['worker', '--role', role, ...common, ...pinRole], o.pin);
