@@ -3,7 +3,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { convertLlama2c } from '../../packages/engine/src/index.ts';
 import { freePort } from '../../packages/common/src/index.ts';
 import { repoRoot, sharedPath } from './shared.ts';
@@ -46,7 +46,7 @@ export async function startCluster(modelDir: string, args: string[] = [], timeou
     proc.on('exit', (code) => { clearTimeout(timer); reject(new Error(`pdserve up exited with ${code}:\n${out.slice(-4000)}`)); });
   });
   return {
-    url, modelDir, modelName: 'stories260K', proc, output: () => out,
+    url, modelDir, modelName: basename(modelDir), proc, output: () => out,
     stop: async () => {
       if (proc.exitCode !== null) return;
       const exited = new Promise((r) => proc.once('exit', r));
