@@ -255,8 +255,12 @@ for (const mode of modes) {
       const sent = await Promise.all(prompts.map((p) => postJson(`${cluster.url}/v1/completions`, { model: cluster.modelName, prompt: p, max_tokens: 6, temperature: 0, ignore_eos: true })));
       const promptTokens = sent.reduce((s, r) => s + r.json.usage.prompt_tokens, 0);
       const completionTokens = sent.reduce((s, r) => s + r.json.usage.completion_tokens, 0);
-      await new Promise((r) => setTimeout(r, 300)); // request-end hooks run after the last byte
-      const after = await scrape(`${cluster.url}/metrics`);
+      // Request-end hooks run after the last byte: poll until the router has counted every request.
+      const after = await waitFor(async () => {
+        const text = await scrape(`${cluster.url}/metrics`);
+        const counted = (name: string) => total(text, name) - total(before, name) >= prompts.length;
+        return counted('pdserve_request_success_total') && counted('pdserve_e2e_request_latency_seconds_count') ? text : undefined;
+      }, 10_000, 'the router to count every finished request');
       const delta = (name: string) => total(after, name) - total(before, name);
       assert.equal(delta('pdserve_request_success_total'), prompts.length);
       assert.equal(delta('pdserve_time_to_first_token_seconds_count'), prompts.length);

@@ -3,7 +3,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { convertLlama2c } from '../../packages/engine/src/index.ts';
 import { freePort } from '../../packages/common/src/index.ts';
 import { repoRoot, sharedPath } from './shared.ts';
@@ -55,7 +55,7 @@ export async function startCluster(modelDir: string | null, args: string[] = [],
     proc.on('exit', (code) => { clearTimeout(timer); reject(new Error(`pdserve up exited with ${code}:\n${out.slice(-4000)}`)); });
   });
   return {
-    url, modelDir: modelDir ?? '', modelName: opts.modelName ?? 'stories260K', proc, output: () => out,
+    url, modelDir: modelDir ?? '', modelName: opts.modelName ?? (modelDir === null ? 'stories260K' : basename(modelDir)), proc, output: () => out,
     stop: async () => {
       if (proc.exitCode !== null) return;
       const exited = new Promise((r) => proc.once('exit', r));

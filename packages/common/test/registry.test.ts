@@ -19,8 +19,10 @@ import { WorkerDirectory, WorkerRegistration, type WorkerInfo } from '../src/red
 import type { LogLike } from '../src/process/log-like.ts';
 import { sleep, waitFor } from './fixtures/util.ts';
 
-const HB = 100;
-const TTL = 300;
+// A heartbeat every 150 ms against a 1 s TTL: a live worker survives a 500 ms stall of this process
+// (a loaded CI machine) with margin, while a dead one still lapses within a second or so.
+const HB = 150;
+const TTL = 1000;
 const POLL = 100;
 
 /** Collects log lines so tests can assert on them and stay quiet. */
@@ -149,7 +151,7 @@ describe('redis worker registry', () => {
     await dir.refresh();
     assert.equal(dir.get('crashy')?.healthy, true);
 
-    const lost = await waitFor('crashy lost', () => dir.get('crashy')?.lost_since !== undefined && dir.get('crashy'), 2000);
+    const lost = await waitFor('crashy lost', () => dir.get('crashy')?.lost_since !== undefined && dir.get('crashy'), TTL + 5000);
     assert.equal(lost.healthy, false);
     assert.deepEqual(dir.healthy(), []);
     assert.deepEqual(await admin.smembers(keys.workers), [], 'expired member pruned by the reader');

@@ -210,28 +210,6 @@ test('selectTop matches a full sort, with and without ties', () => {
   }
 });
 
-test('fast enough for a 49152 vocabulary', () => {
-  const vocab = 49152;
-  const logits = randomLogits(vocab, 5, 8);
-  const configs: SamplingParams[] = [
-    { temperature: 0, topK: 0, topP: 1 },
-    { temperature: 1, topK: 0, topP: 1, seed: 1 },
-    { temperature: 0.8, topK: 50, topP: 1, seed: 1 },
-    { temperature: 0.8, topK: 0, topP: 0.95, seed: 1 },
-    { temperature: 0.8, topK: 50, topP: 0.9, seed: 1, logprobs: 5 },
-  ];
-  for (const params of configs) {
-    const s = new Sampler(params);
-    s.sample(logits); // warm up
-    const n = 50;
-    const start = performance.now();
-    for (let i = 0; i < n; i++) s.sample(logits);
-    const perCall = (performance.now() - start) / n;
-    // ~0.1-1 ms on a laptop core; the bound is loose for a busy shared machine.
-    assert.ok(perCall < 8, `${JSON.stringify(params)}: ${perCall.toFixed(2)} ms per sample`);
-  }
-});
-
 test('invalid parameters are rejected with the parameter named', () => {
   const bad = (p: Partial<SamplingParams>, pattern: RegExp): void => {
     assert.throws(() => new Sampler({ ...GREEDY, ...p }), (err: unknown) => err instanceof InvalidSamplingParamsError && err instanceof RangeError && pattern.test(err.message));

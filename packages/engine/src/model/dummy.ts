@@ -79,7 +79,7 @@ export function dummyWeights(p: DummyPreset, seed: number): LlamaWeightSource {
  * The byte-level tokenizer written beside dummy models: ids 3..258 are the 256 byte pieces, 259 is
  * " " (the dummy-prefix piece run.c's encoder looks up), the rest are placeholders.
  */
-function byteTokenizer(vocab: number): Buffer {
+export function byteTokenizer(vocab: number): Buffer {
   const parts: Buffer[] = [];
   const header = Buffer.alloc(4);
   header.writeInt32LE(16);
