@@ -224,7 +224,7 @@ async function main(): Promise<void> {
   const kv128 = 128 * 30 * 2 * 3 * 64 * 4; // a 128-token prompt of smollm2-135m, fp32
   const grpcAlone = await grpcPushMs(kv128, [4 * 2 ** 20, 2 ** 20, 256 * 1024]);
   const rows: Row[] = [];
-  for (const dtype of dtypes) rows.push(...await measure(`disaggregated ${dtype}`, model, ['--prefill', '1', '--decode', '1', '--kv-wire-dtype', dtype]));
+  for (const dtype of dtypes) rows.push(...await measure(`disaggregated ${dtype}`, model, ['--prefill', '1', '--decode', '1', '--prefill-placement', 'remote', '--kv-wire-dtype', dtype]));
   if (values.unified) rows.push(...await measure('unified', model, ['--unified', '1']));
   const memcpyAgain = memcpyGBs();
   console.log(`memcpy ${(memcpy / 1.073741824).toFixed(2)} GiB/s (${(memcpyAgain / 1.073741824).toFixed(2)} after the clusters), loopback TCP ${(tcp / 1.073741824).toFixed(2)} GiB/s (one stream, 4 MiB writes)`);

@@ -24,7 +24,7 @@ async function main(): Promise<void> {
   const model = values.model ?? join(root, '.cache/bench-models/tiny');
   if (!existsSync(join(model, 'config.json'))) writeDummyModel('tiny', model);
   const port = await freePort();
-  const up = spawn(process.execPath, ['--import', 'tsx', join(root, 'packages/cli/src/main.ts'), 'up', '--model', model, '--port', String(port), '--prefill', '1', '--decode', '1', '--threads', '1'], { stdio: ['ignore', 'pipe', 'ignore'] });
+  const up = spawn(process.execPath, ['--import', 'tsx', join(root, 'packages/cli/src/main.ts'), 'up', '--model', model, '--port', String(port), '--prefill', '1', '--decode', '1', '--prefill-placement', 'remote', '--threads', '1'], { stdio: ['ignore', 'pipe', 'ignore'] });
   const url = await new Promise<string>((resolve) => up.stdout!.on('data', (d) => { const m = /ready (\S+)/.exec(String(d)); if (m) resolve(m[1]); }));
   try {
     const name = ((await (await fetch(`${url}/v1/models`)).json()) as any).data[0].id;

@@ -37,7 +37,7 @@ test('bench-engine: the table and the JSON blob with prefill, decode and rooflin
   const json = /```json\n([\s\S]*?)\n```/.exec(out);
   assert.ok(json, 'a JSON blob');
   const res = JSON.parse(json[1]);
-  positive(res.machine.copyGBs, 'memory bandwidth');
+  positive(res.machine.readBandwidth.gbPerS, 'memory read bandwidth (ORT GEMV)');
   assert.ok(res.prefill.length > 0 && res.decode.length > 0);
   for (const p of res.prefill) for (const ms of p.samplesMs) positive(ms, `prefill ${p.L}`);
   for (const d of res.decode) for (const ms of d.samplesMs) positive(ms, `decode batch ${d.B}`);

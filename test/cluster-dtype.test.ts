@@ -12,8 +12,8 @@ import { postJson, startCluster, type TestCluster } from './support/cluster.ts';
 import { sharedPath } from './support/shared.ts';
 
 const cases: Array<{ dtype: WeightDtype; mode: string; args: string[] }> = [
-  { dtype: 'q8', mode: 'disaggregated 1 prefill + 1 decode', args: ['--prefill', '1', '--decode', '1'] },
-  { dtype: 'q4', mode: 'disaggregated 1 prefill + 1 decode', args: ['--prefill', '1', '--decode', '1'] },
+  { dtype: 'q8', mode: 'disaggregated 1 prefill + 1 decode', args: ['--prefill', '1', '--decode', '1', '--prefill-placement', 'remote'] },
+  { dtype: 'q4', mode: 'disaggregated 1 prefill + 1 decode', args: ['--prefill', '1', '--decode', '1', '--prefill-placement', 'remote'] },
   { dtype: 'q4', mode: 'unified 1', args: ['--unified', '1'] },
 ];
 const prompts = ['Once upon a time', 'The little dog ran to the park', 'Lily and Tom found a big red box under the tree. They opened it and', 'Sam'];

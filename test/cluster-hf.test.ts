@@ -14,7 +14,7 @@ import { postJson, startCluster, type TestCluster } from './support/cluster.ts';
 import { sharedPath } from './support/shared.ts';
 
 const cases = [
-  { name: 'stories260K', args: ['--prefill', '1', '--decode', '1'], mode: 'disaggregated 1 prefill + 1 decode' },
+  { name: 'stories260K', args: ['--prefill', '1', '--decode', '1', '--prefill-placement', 'remote'], mode: 'disaggregated 1 prefill + 1 decode' },
   { name: 'babyllama105', args: ['--unified', '1'], mode: 'unified 1' },
 ];
 const TEMPLATE = '{% for m in messages %}{{ m.content }}{% endfor %}';

@@ -64,7 +64,7 @@ describe('KV transfer between workers', { skip: !haveShared() && 'no ../shared m
       trace = join(mkdtempSync(join(tmpdir(), 'pdserve-kv-test-')), 'trace.jsonl');
       writeFileSync(trace, '');
       // debug: the decode worker logs each transfer's message count; the trace shows blocks arriving.
-      cluster = await startCluster(model.dir, ['--prefill', '1', '--decode', '1', '--prefill-chunk', '1', '--max-sequences', '4'], 60_000,
+      cluster = await startCluster(model.dir, ['--prefill', '1', '--decode', '1', '--prefill-placement', 'remote', '--prefill-chunk', '1', '--max-sequences', '4'], 60_000,
         { env: { PDSERVE_LOG_LEVEL: 'debug', PDSERVE_KV_TRACE: trace } });
     });
     after(async () => { await cluster?.stop(); rmSync(dirname(trace), { recursive: true, force: true }); });
@@ -139,7 +139,7 @@ describe('KV transfer between workers', { skip: !haveShared() && 'no ../shared m
 
   describe('fp16 on the wire', () => {
     let cluster: TestCluster;
-    before(async () => { cluster = await startCluster(model.dir, ['--prefill', '1', '--decode', '1', '--kv-wire-dtype', 'fp16', '--prefill-chunk', '16']); });
+    before(async () => { cluster = await startCluster(model.dir, ['--prefill', '1', '--decode', '1', '--prefill-placement', 'remote', '--kv-wire-dtype', 'fp16', '--prefill-chunk', '16']); });
     after(async () => cluster?.stop());
 
     test('halves the bytes and keeps the greedy text of the golden prompt and a long one', async () => {
@@ -159,7 +159,7 @@ describe('KV transfer between workers', { skip: !haveShared() && 'no ../shared m
   describe('int8 on the wire, with a prefill worker that corrupts block 1 of every transfer', () => {
     let cluster: TestCluster;
     before(async () => {
-      cluster = await startCluster(model.dir, ['--prefill', '1', '--decode', '1', '--kv-wire-dtype', 'int8'], 60_000, { env: { PDSERVE_TEST_CORRUPT_KV_BLOCK: '1' } });
+      cluster = await startCluster(model.dir, ['--prefill', '1', '--decode', '1', '--prefill-placement', 'remote', '--kv-wire-dtype', 'int8'], 60_000, { env: { PDSERVE_TEST_CORRUPT_KV_BLOCK: '1' } });
     });
     after(async () => cluster?.stop());
 

@@ -52,9 +52,9 @@ const total = (text: string, name: string, labels = '') => text.split('\n')
   .reduce((s, l) => s + Number(l.slice(l.lastIndexOf(' ') + 1)), 0);
 
 const modes: Array<{ name: string; args: string[] }> = [
-  { name: 'disaggregated 1 prefill + 1 decode', args: ['--prefill', '1', '--decode', '1'] },
+  { name: 'disaggregated 1 prefill + 1 decode', args: ['--prefill', '1', '--decode', '1', '--prefill-placement', 'remote'] },
   { name: 'unified 1', args: ['--unified', '1'] },
-  { name: 'disaggregated 2 prefill + 2 decode', args: ['--prefill', '2', '--decode', '2'] },
+  { name: 'disaggregated 2 prefill + 2 decode', args: ['--prefill', '2', '--decode', '2', '--prefill-placement', 'remote'] },
 ];
 
 describe('long prompts, prefilled in 128-token chunks', () => {
