@@ -9,6 +9,12 @@ export interface SessionOptions {
   device?: Device;
   /** Intra-op threads; 0 lets ONNX Runtime choose (one per core). */
   threads?: number;
+  /**
+   * Turns on ONNX Runtime's profiler, which writes a chrome-trace JSON (every node run with its
+   * op type and execution provider) to `<prefix>_<timestamp>.json` at session.endProfiling().
+   * For tests and diagnosis: it records every node of every run.
+   */
+  profileFilePrefix?: string;
 }
 
 export async function createSession(modelPath: string, opts: SessionOptions = {}): Promise<ort.InferenceSession> {
@@ -23,6 +29,7 @@ export async function createSession(modelPath: string, opts: SessionOptions = {}
       executionMode: 'sequential',
       graphOptimizationLevel: 'all',
       logSeverityLevel: 3,
+      ...(opts.profileFilePrefix !== undefined ? { enableProfiling: true, profileFilePrefix: opts.profileFilePrefix } : {}),
     });
   } catch (err) {
     throw new Error(`cannot load ${modelPath} on ${device}: ${(err as Error).message}`);
