@@ -41,7 +41,6 @@ test('bench-engine: the table and the JSON blob with prefill, decode and rooflin
   assert.ok(res.prefill.length > 0 && res.decode.length > 0);
   for (const p of res.prefill) for (const ms of p.samplesMs) positive(ms, `prefill ${p.L}`);
   for (const d of res.decode) for (const ms of d.samplesMs) positive(ms, `decode batch ${d.B}`);
-  assert.equal(res._sink, 0);
 });
 
 test('bench-router-overhead: a real cluster, both paths measured', () => {
