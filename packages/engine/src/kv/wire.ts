@@ -14,6 +14,7 @@
 //         Error: |x - y| <= max|row| / 254 (plus float32 rounding, max|row| * 2^-23).
 // Bounds hold for finite inputs; NaN and Inf survive fp32, fp16 and bf16 as themselves.
 import { blockBytes, type KvShape } from './layout.ts';
+import { halfToFloat32Table } from '../numeric/half.ts';
 
 export const KV_WIRE_DTYPES = ['fp32', 'fp16', 'bf16', 'int8'] as const;
 export type KvWireDtype = (typeof KV_WIRE_DTYPES)[number];
@@ -121,24 +122,8 @@ function encodeF16(src: Uint32Array, dst: Uint16Array): void {
   }
 }
 
-let f16Table: Float32Array | undefined;
-/** All 65536 halves as float32 (256 KiB, built once): decoding is one table read per value. */
-function halfTable(): Float32Array {
-  if (f16Table) return f16Table;
-  const t = new Float32Array(65536);
-  for (let h = 0; h < 65536; h++) {
-    const sign = h & 0x8000 ? -1 : 1;
-    const e = (h >>> 10) & 0x1f;
-    const m = h & 0x3ff;
-    if (e === 0) t[h] = sign * m * 2 ** -24;
-    else if (e === 31) t[h] = m ? NaN : sign * Infinity;
-    else t[h] = sign * (1 + m / 1024) * 2 ** (e - 15);
-  }
-  return (f16Table = t);
-}
-
 function decodeF16(src: Uint16Array, dst: Float32Array): void {
-  const t = halfTable();
+  const t = halfToFloat32Table();
   for (let i = 0; i < src.length; i++) dst[i] = t[src[i]];
 }
 

@@ -7,6 +7,7 @@
 import { closeSync, existsSync, fstatSync, openSync, readFileSync, readSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { ModelLoadError } from './config.ts';
+import { halfToFloat32Table } from '../numeric/half.ts';
 
 export type SafetensorsDtype = 'F64' | 'F32' | 'F16' | 'BF16' | 'I64' | 'I32' | 'I16' | 'I8' | 'U64' | 'U32' | 'U16' | 'U8' | 'BOOL' | 'F8_E4M3' | 'F8_E5M2';
 
@@ -163,26 +164,8 @@ export function bf16ToFloat32(src: Uint16Array): Float32Array {
   return new Float32Array(bits.buffer);
 }
 
-let f16Table: Float32Array | undefined;
-
-/** Every IEEE half as a float32, computed once (exact: half values are all representable). */
-function halfTable(): Float32Array {
-  if (f16Table) return f16Table;
-  const t = new Float32Array(65536);
-  for (let h = 0; h < 65536; h++) {
-    const sign = h & 0x8000 ? -1 : 1;
-    const exp = (h >> 10) & 0x1f;
-    const frac = h & 0x3ff;
-    if (exp === 0) t[h] = sign * frac * 2 ** -24;
-    else if (exp === 31) t[h] = frac ? NaN : sign * Infinity;
-    else t[h] = sign * (1 + frac / 1024) * 2 ** (exp - 15);
-  }
-  f16Table = t;
-  return t;
-}
-
 export function f16ToFloat32(src: Uint16Array): Float32Array {
-  const t = halfTable();
+  const t = halfToFloat32Table();
   const out = new Float32Array(src.length);
   for (let i = 0; i < src.length; i++) out[i] = t[src[i]];
   return out;
