@@ -90,7 +90,14 @@ describe('long prompts, prefilled in 128-token chunks', () => {
         const c = cluster!;
         const url = `${c.url}/v1/completions`;
         const body = (ids: number[], extra: object = {}) => ({ model: c.modelName, prompt: ids, max_tokens: OUTPUT, temperature: 0, ignore_eos: true, ...extra });
-        const workers = ((await (await fetch(`${c.url}/workers`)).json()) as any).workers as any[];
+        // `up` is ready once one worker of each role is; wait until every worker of this mode has
+        // registered, or one joining later would prefill tokens the snapshot below does not count.
+        const count = (flag: string) => (mode.args.includes(flag) ? Number(mode.args[mode.args.indexOf(flag) + 1]) : 0);
+        const expected = count('--prefill') + count('--decode') + count('--unified');
+        const workers = await waitFor(async () => {
+          const list = ((await (await fetch(`${c.url}/workers`)).json()) as any).workers as any[];
+          return list.filter((w) => w.healthy).length === expected ? list : undefined;
+        }, 30_000, `all ${expected} workers registered`);
         const before = await Promise.all(workers.map((w) => scrape(w.metrics_url)));
 
         for (const [i, ids] of prompts.entries()) {
@@ -119,9 +126,7 @@ describe('long prompts, prefilled in 128-token chunks', () => {
         const afterText = await waitFor(async () => {
           const t = await Promise.all(workers.map((w) => scrape(w.metrics_url)));
           const prefilled = t.reduce((s, x, i) => s + total(x, 'pdserve_prompt_tokens_total') - total(before[i], 'pdserve_prompt_tokens_total'), 0);
-          // At least every prompt token (not exactly: one full-suite run on the loaded machine counted
-          // more than once on 2P+2D and the cause was not found; see the issue 14 note).
-          return prefilled >= promptTokens ? t : undefined;
+          return prefilled === promptTokens ? t : undefined;
         }, 10_000, 'the workers to count every prompt token');
         const d = (i: number, name: string, labels = '') => total(afterText[i], name, labels) - total(before[i], name, labels);
         const passes = workers.reduce((s, w, i) => s + (w.role === 'decode' ? 0 : d(i, 'pdserve_step_duration_seconds_count', 'phase="prefill"')), 0);
