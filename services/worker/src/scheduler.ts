@@ -2,7 +2,7 @@
 // running batch, interleaved (a unified worker does both; a prefill or decode worker only has one
 // kind of work). Every change to the KV cache happens here, between forward passes, so a cache
 // window handed to ONNX Runtime never moves under it.
-import { blocksFor, decodeKvBlocks, Sampler, verifyBlocks, wireBlockBytes, type Engine, type KvSequence, type KvWireDtype, type SampledToken } from '@pdserve/engine';
+import { blocksFor, decodeKvBlocks, firstNonFinite, Sampler, verifyBlocks, wireBlockBytes, type Engine, type KvSequence, type KvWireDtype, type SampledToken } from '@pdserve/engine';
 import { kvTrace, type SamplingParamsMsg } from '@pdserve/common';
 import { RequestFailure, type DecodeRequest, type PrefillJob } from './requests.ts';
 
@@ -251,7 +251,13 @@ export class Scheduler {
             // The gRPC layer refused unknown dtypes and layouts before the chunk got here.
             const dtype = (chunk.wire_dtype || 'fp32') as KvWireDtype;
             verifyBlocks({ firstBlock: chunk.first_block, blockCount: chunk.block_count, tokenCount: chunk.token_count, data: chunk.data, checksums: chunk.checksums }, wireBlockBytes(shape, dtype));
-            this.engine.runner.writeBlocks(req.seq, chunk.first_block, decodeKvBlocks(chunk.data, shape, dtype), chunk.token_count);
+            const floats = decodeKvBlocks(chunk.data, shape, dtype);
+            const bad = firstNonFinite(floats);
+            if (bad >= 0) {
+              const block = chunk.first_block + Math.floor((bad * 4) / wireBlockBytes(shape, 'fp32'));
+              throw new RequestFailure(`KV block ${block} holds a NaN or infinite value; refused`, 'invalid');
+            }
+            this.engine.runner.writeBlocks(req.seq, chunk.first_block, floats, chunk.token_count);
             kvTrace('d.applied', req.requestId, { blocks: chunk.block_count });
           }
           // The main thread checks chunks as they arrive (validate.ts); this is the last line, so a

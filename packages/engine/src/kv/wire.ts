@@ -96,6 +96,25 @@ export function decodeKvBlocks(wire: Uint8Array, s: KvShape, dtype: KvWireDtype)
   return new Uint8Array(out.buffer);
 }
 
+/**
+ * Index of the first float32 of `floats` (a block payload in the cache's layout, at any byte
+ * alignment) whose exponent is all ones (NaN or Inf), or -1. A decode worker checks every block it
+ * is sent: attention reads the whole stride of a slot, masked positions included, so a NaN left in a
+ * freed slot (even in the padding past a block's last token) would poison every later sequence that
+ * slot holds (0 * NaN is NaN).
+ */
+export function firstNonFinite(floats: Uint8Array): number {
+  const n = floats.byteLength >>> 2;
+  if ((floats.byteOffset & 3) === 0) {
+    const u = new Uint32Array(floats.buffer, floats.byteOffset, n);
+    for (let i = 0; i < n; i++) if ((u[i] & 0x7f800000) === 0x7f800000) return i;
+    return -1;
+  }
+  const v = new DataView(floats.buffer, floats.byteOffset, n * 4);
+  for (let i = 0; i < n; i++) if ((v.getUint32(i * 4, true) & 0x7f800000) === 0x7f800000) return i;
+  return -1;
+}
+
 // ---- fp16 ----
 
 // Round to nearest even without a branch per bit (F. Giesen's float_to_half_fast3_rtne): normal
