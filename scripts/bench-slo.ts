@@ -5,6 +5,7 @@
 //
 //   node --import tsx scripts/bench-slo.ts [--model DIR] [--requests 12] [--workload chat|summarize]
 //     [--systems default,remote,...] [--skip-sweep] [--skip-overload] [--overload-rate R]
+//     [--overload-systems default,default-nice0]
 //
 // Writes bench-results/slo-<workload>-<system>.json (pdserve bench sweeps), slo-overload.json, and
 // prints markdown tables. Attainment here is good / SENT (a refused request counts as a miss, so
@@ -19,7 +20,7 @@ import { freePort } from '../packages/common/src/index.ts';
 
 const { values } = parseArgs({ options: {
   model: { type: 'string' }, requests: { type: 'string', default: '12' }, out: { type: 'string', default: 'bench-results' },
-  workload: { type: 'string' }, systems: { type: 'string' }, 'skip-overload': { type: 'boolean' }, 'skip-sweep': { type: 'boolean' }, 'overload-rate': { type: 'string' },
+  workload: { type: 'string' }, systems: { type: 'string' }, 'skip-overload': { type: 'boolean' }, 'skip-sweep': { type: 'boolean' }, 'overload-rate': { type: 'string' }, 'overload-systems': { type: 'string', default: 'default' },
 } });
 const root = new URL('..', import.meta.url).pathname;
 const main = join(root, 'packages/cli/src/main.ts');
@@ -37,6 +38,9 @@ const systems = [
   { key: 'unified1x2', name: '--unified 1 --threads 2', args: ['--unified', '1', '--threads', '2', '--admission', 'off'], admission: false },
   { key: 'unified2x1', name: '--unified 2 --threads 1', args: ['--unified', '2', '--threads', '1', '--pin', '--admission', 'off'], admission: false },
   { key: 'remote', name: '--prefill 1 --decode 1 --prefill-placement remote', args: ['--prefill', '1', '--decode', '1', '--pin', '--threads', '1', '--prefill-placement', 'remote', '--admission', 'off'], admission: false },
+  // Only when named (--systems / --overload-systems): the default mode with the engine threads at
+  // the process's own priority, to measure what --engine-nice buys.
+  { key: 'default-nice0', name: 'default, --engine-nice 0', args: ['--prefill', '1', '--decode', '1', '--pin', '--threads', '1', '--engine-nice', '0'], admission: true, optIn: true },
 ];
 
 interface Cluster { url: string; lines: string[]; stop(): Promise<unknown> }
@@ -121,7 +125,7 @@ async function run(): Promise<void> {
       bench(warm.url, exp, [exp.rates[0]], '4', join(values.out!, 'slo-warmup.json'), 'warm-up');
       await warm.stop();
     }
-    for (const sys of systems.filter((x) => !values.systems || values.systems.split(',').includes(x.key))) {
+    for (const sys of systems.filter((x) => (values.systems ? values.systems.split(',').includes(x.key) : !x.optIn))) {
       const cluster = await startCluster(model, [...sys.args, ...slo(exp)]);
       const sweep = bench(cluster.url, exp, exp.rates, values.requests!, join(values.out!, `slo-${exp.workload}-${sys.key}.json`), sys.name);
       await cluster.stop();
@@ -145,19 +149,23 @@ async function run(): Promise<void> {
   const fail = chatDefault?.find((r) => r.attainment < 0.9)?.rate;
   const rate = values['overload-rate'] ? Number(values['overload-rate']) : 3 * (fail ?? exp.rates.at(-1)!);
   const peak = chatDefault ? Math.max(...chatDefault.map((r) => r.goodput)) : undefined;
-  const cluster = await startCluster(model, [...systems[0].args, ...slo(exp)]);
   const requests = String(2 * Number(values.requests));
-  const sweep = bench(cluster.url, exp, [rate], requests, join(values.out!, 'slo-overload.json'), 'default at 3x');
-  await cluster.stop();
-  const r = rows(sweep)[0];
-  const refusals = cluster.lines.map((l) => { try { return JSON.parse(l); } catch { return undefined; } })
-    .filter((l) => l?.msg === 'request completed' && l.res?.statusCode === 503).map((l) => l.responseTime as number);
-  console.log(`\noverload (chat, default mode) at ${rate} req/s (3 x ${fail ?? '(no failing rate swept; 3x the top rate)'}), ${requests} requests:`);
-  console.log(`  sent ${r.sent}, completed ${r.completed}, refused ${r.refused}, good ${r.good}`);
-  console.log(`  admitted requests meeting the SLO: ${(100 * r.admitted).toFixed(1)}% (target >= 90%)`);
-  console.log(`  goodput ${r.goodput.toFixed(3)} req/s; peak of the sweep ${peak?.toFixed(3) ?? '?'} -> ${peak ? (100 * r.goodput / peak).toFixed(0) : '?'}% (target >= 80%)`);
-  console.log(`  refusals answered in (router responseTime) p50 ${percentile(refusals, 50)?.toFixed(2)} ms, p99 ${percentile(refusals, 99)?.toFixed(2)} ms, max ${refusals.length ? Math.max(...refusals).toFixed(2) : '-'} ms over ${refusals.length} (target p99 <= 10 ms)`);
-  console.log(`  TTFT p50/p99 ${r.ttft} ms, TPOT p50/p99 ${r.tpot} ms`);
+  for (const key of values['overload-systems']!.split(',')) {
+    const sys = systems.find((x) => x.key === key);
+    if (!sys) throw new Error(`unknown system ${key}`);
+    const cluster = await startCluster(model, [...sys.args, ...slo(exp)]);
+    const sweep = bench(cluster.url, exp, [rate], requests, join(values.out!, `slo-overload${key === 'default' ? '' : `-${key}`}.json`), `${sys.name} at 3x`);
+    await cluster.stop();
+    const r = rows(sweep)[0];
+    const refusals = cluster.lines.map((l) => { try { return JSON.parse(l); } catch { return undefined; } })
+      .filter((l) => l?.msg === 'request completed' && l.res?.statusCode === 503).map((l) => l.responseTime as number);
+    console.log(`\noverload (chat, ${sys.name}) at ${rate} req/s (3 x ${fail ?? '(no failing rate swept; 3x the top rate)'}), ${requests} requests:`);
+    console.log(`  sent ${r.sent}, completed ${r.completed}, refused ${r.refused}, good ${r.good}`);
+    console.log(`  admitted requests meeting the SLO: ${(100 * r.admitted).toFixed(1)}% (target >= 90%)`);
+    console.log(`  goodput ${r.goodput.toFixed(3)} req/s; peak of the sweep ${peak?.toFixed(3) ?? '?'} -> ${peak ? (100 * r.goodput / peak).toFixed(0) : '?'}% (target >= 80%)`);
+    console.log(`  refusals answered in (router responseTime) p50 ${percentile(refusals, 50)?.toFixed(2)} ms, p99 ${percentile(refusals, 99)?.toFixed(2)} ms, max ${refusals.length ? Math.max(...refusals).toFixed(2) : '-'} ms over ${refusals.length} (target p99 <= 10 ms)`);
+    console.log(`  TTFT p50/p99 ${r.ttft} ms, TPOT p50/p99 ${r.tpot} ms`);
+  }
 }
 
 await run();

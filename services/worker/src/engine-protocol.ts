@@ -6,12 +6,21 @@ import type { EngineOptions, KvShape, KvWireDtype, ModelConfig, SampledToken } f
 import type { KvChunkMsg, SamplingParamsMsg, WorkerLoad } from '@pdserve/common';
 import type { SchedulerOptions } from './scheduler.ts';
 
+/**
+ * Default nice value of the engine thread: below the I/O threads, so that a request's gRPC, SSE and
+ * admission work is not queued behind forward passes when cores are oversubscribed (2 cores running
+ * a router and two workers). Linux applies a nice value per thread, so only compute yields.
+ */
+export const ENGINE_NICE = 10;
+
 export interface EngineThreadData {
   model: string;
   engine: EngineOptions;
   scheduler: Omit<SchedulerOptions, 'onStep'>;
   /** How this worker's outgoing KV blocks travel (kv/wire.ts); incoming ones say their own. */
   kvWireDtype: KvWireDtype;
+  /** Nice value of the engine thread (and of ONNX Runtime's pool threads, which inherit it). */
+  nice: number;
 }
 
 export interface EngineInfo {

@@ -2,6 +2,7 @@
 // It talks to the main thread only through messages (engine-protocol.ts): requests in; tokens, KV
 // blocks to send and step statistics out.
 import { parentPort, workerData } from 'node:worker_threads';
+import { setPriority } from 'node:os';
 import { Engine, InvalidSamplingParamsError, InvalidTokenError, KvChecksumError, PromptTooLongError, type SampledToken } from '@pdserve/engine';
 import { kvTrace, type SamplingParamsMsg } from '@pdserve/common';
 import type { EngineThreadData, FailureKind, FromEngine, ToEngine } from './engine-protocol.ts';
@@ -37,6 +38,14 @@ function kindOf(err: Error): FailureKind {
 
 async function main(): Promise<void> {
   let engine: Engine;
+  // Before the session exists: ONNX Runtime's pool threads, created with it, inherit the value.
+  if (data.nice > 0) {
+    try {
+      setPriority(data.nice);
+    } catch (err) {
+      process.stderr.write(`pdserve worker: could not set the engine thread's nice value to ${data.nice}: ${(err as Error).message}\n`);
+    }
+  }
   try {
     engine = await Engine.load(data.model, data.engine);
   } catch (err) {

@@ -1,2 +1,3 @@
 export { startWorker, type WorkerOptions, type RunningWorker } from './worker.ts';
 export { ENGINE_STALL_MS } from './engine-watchdog.ts';
+export { ENGINE_NICE } from './engine-protocol.ts';

@@ -12,6 +12,7 @@ import {
 } from '@pdserve/common';
 import { EngineHost } from './engine-host.ts';
 import { ENGINE_STALL_MS, engineStall } from './engine-watchdog.ts';
+import { ENGINE_NICE } from './engine-protocol.ts';
 import { RoleSwitch } from './role-switch.ts';
 import { decodeHandlers, prefillHandlers } from './services.ts';
 
@@ -39,6 +40,12 @@ export interface WorkerOptions {
   drainTimeoutMs?: number;
   /** How long the engine thread may stay silent while work is pending before the worker reports itself unhealthy. */
   engineStallMs?: number;
+  /**
+   * Nice value (0-19) for the engine thread; default ENGINE_NICE. On a machine with fewer cores than
+   * runnable threads, the forward passes then yield to the I/O threads (this worker's gRPC and
+   * heartbeats, the router, other workers' KV streams), whose latency is on every request's path.
+   */
+  engineNice?: number;
   /** Keep this role: ignore role-change commands (the planner leaves pinned workers alone). */
   pinRole?: boolean;
   /** After a role change, calls of the old kind already routed here are still taken this long. Default 10000. */
@@ -79,6 +86,7 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
     },
     scheduler: { maxPrefillQueue: 256, maxReserveQueue: 256, reserveTimeoutMs: 30_000 },
     kvWireDtype: o.kvWireDtype ?? 'fp32',
+    nice: o.engineNice ?? ENGINE_NICE,
   });
   const { config } = host.info;
   if (config.source.kind === 'dummy') log.warn({ model: o.model }, 'serving a DUMMY model: random weights, meaningless text');

@@ -8,6 +8,12 @@ export function positiveInt(value: string): number {
   return n;
 }
 
+export function niceValue(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0 || n > 19) throw new InvalidArgumentError(`expected an integer from 0 to 19, got ${value}`);
+  return n;
+}
+
 export function nonNegativeNumber(value: string): number {
   const n = Number(value);
   if (!Number.isFinite(n) || n < 0) throw new InvalidArgumentError(`expected a non-negative number, got ${value}`);

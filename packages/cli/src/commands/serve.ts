@@ -2,11 +2,11 @@
 import type { Command } from 'commander';
 import type pino from 'pino';
 import { createLogger, exitWhenParentDies, WORKER_ROLES, type WorkerRole } from '@pdserve/common';
-import { ENGINE_STALL_MS, startWorker } from '@pdserve/worker';
+import { ENGINE_NICE, ENGINE_STALL_MS, startWorker } from '@pdserve/worker';
 import { PLACEMENT_MODES, startRouter } from '@pdserve/router';
 import { KV_WIRE_DTYPES } from '@pdserve/engine';
 import { resolveApiKey } from './api-key.ts';
-import { device, kvWireDtype, oneOf, positiveInt, positiveNumber } from './options.ts';
+import { device, kvWireDtype, niceValue, oneOf, positiveInt, positiveNumber } from './options.ts';
 
 function role(value: string): WorkerRole {
   if (!(WORKER_ROLES as readonly string[]).includes(value)) throw new Error(`--role must be one of ${WORKER_ROLES.join(', ')}`);
@@ -50,6 +50,7 @@ export function register(program: Command): void {
     .option('--drain-timeout-s <s>', 'on SIGTERM, how long to finish the requests held before exiting', positiveInt, 30)
     .option('--pin-role', 'keep --role: ignore role-change commands (the planner leaves this worker alone)')
     .option('--role-grace-ms <ms>', 'after a role change, old-kind calls already routed here are still taken this long', positiveInt, 10_000)
+    .option('--engine-nice <n>', 'nice value (0-19) of the engine thread, so forward passes yield to I/O on a busy machine (0 = as the process)', niceValue, ENGINE_NICE)
     .option('--engine-stall-s <s>', 'report unhealthy (heartbeat state and /health 503) while the engine thread is silent this long with work pending', positiveNumber, ENGINE_STALL_MS / 1000)
     .action(async (o) => {
       const log = createLogger('pdserve-worker');

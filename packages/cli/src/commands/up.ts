@@ -14,7 +14,7 @@ import { createLogger, DEFAULT_SLO_TARGETS, freePort, startRedisServer, Supervis
 import { KV_WIRE_DTYPES } from '@pdserve/engine';
 import { PLACEMENT_MODES } from '@pdserve/router';
 import { resolveDefaultModel } from '../default-model.ts';
-import { device, kvWireDtype, oneOf, positiveInt, positiveNumber } from './options.ts';
+import { device, kvWireDtype, niceValue, oneOf, positiveInt, positiveNumber } from './options.ts';
 
 const MAIN = fileURLToPath(new URL('../main.ts', import.meta.url));
 
@@ -40,6 +40,7 @@ interface UpFlags {
   readyTimeoutS: number;
   drainTimeoutS: number;
   engineStallS?: number;
+  engineNice?: number;
   pin?: boolean;
   planner: 'on' | 'off';
   pinRoles?: boolean;
@@ -95,6 +96,7 @@ export function register(program: Command): void {
     .option('--kv-wire-dtype <dtype>', `how prefill workers send KV blocks: ${KV_WIRE_DTYPES.join(', ')} (fp32 is exact)`, kvWireDtype, 'fp32')
     .option('--ready-timeout-s <n>', 'give up if the cluster is not ready by then', positiveInt, 120)
     .option('--drain-timeout-s <n>', 'how long a stopping worker may finish its requests (the stop grace is this plus 10 s)', positiveInt, 30)
+    .option('--engine-nice <n>', "passed to every worker: the engine thread's nice value (default: the worker's, 10)", niceValue)
     .option('--engine-stall-s <s>', "passed to every worker: report unhealthy while its engine thread is silent this long with work pending (default: the worker's, 30)", positiveNumber)
     .option('--pin', 'pin worker i to CPU core i mod cores (taskset), e.g. 1 prefill + 1 decode on their own cores')
     .option('--planner <on|off>', 'run the planner, which moves workers between roles as the load changes', plannerFlag, 'on')
@@ -135,6 +137,7 @@ export function register(program: Command): void {
       if (o.kvBudgetMb !== undefined) common.push('--kv-budget-mb', String(o.kvBudgetMb));
       if (o.roleGraceMs !== undefined) common.push('--role-grace-ms', String(o.roleGraceMs));
       if (o.engineStallS !== undefined) common.push('--engine-stall-s', String(o.engineStallS));
+      if (o.engineNice !== undefined) common.push('--engine-nice', String(o.engineNice));
       if (o.prefillChunk !== undefined) common.push('--prefill-chunk', String(o.prefillChunk));
       common.push('--kv-wire-dtype', o.kvWireDtype);
       const roles: Array<['prefill' | 'decode' | 'unified', number]> = o.unified ? [['unified', o.unified]] : [['prefill', o.prefill], ['decode', o.decode]];
