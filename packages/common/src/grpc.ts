@@ -56,8 +56,9 @@ export function prefillClient(address: string): grpc.Client {
   return new (pdserveV1().Prefill as ServiceCtor)(address, grpc.credentials.createInsecure(), CHANNEL_OPTIONS);
 }
 
-export function decodeClient(address: string): grpc.Client {
-  return new (pdserveV1().Decode as ServiceCtor)(address, grpc.credentials.createInsecure(), CHANNEL_OPTIONS);
+/** `options` override CHANNEL_OPTIONS (tests use a small 'grpc-node.flow_control_window'). */
+export function decodeClient(address: string, options: grpc.ChannelOptions = {}): grpc.Client {
+  return new (pdserveV1().Decode as ServiceCtor)(address, grpc.credentials.createInsecure(), { ...CHANNEL_OPTIONS, ...options });
 }
 
 // grpc-js applies 'grpc-node.flow_control_window' to the client end only; its server keeps

@@ -4,7 +4,7 @@
 import { after, before, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { grpc, type RedisServerHandle } from '../../../packages/common/src/index.ts';
+import { decodeClient, grpc, requestMetadata, type GenerateEventMsg, type RedisServerHandle } from '../../../packages/common/src/index.ts';
 import { checksumBlocks } from '../../../packages/engine/src/index.ts';
 import { stories260K } from '../../../test/support/cluster.ts';
 import { sharedPath } from '../../../test/support/shared.ts';
@@ -60,12 +60,17 @@ async function fullRequest(requestId: string, maxTokens: number, promptLen = 5) 
   return g.ended;
 }
 
-/** The worker's pdserve_prompt_tokens_total (prompt tokens prefilled so far), from /metrics. */
-async function promptTokens(w: WorkerProc): Promise<number> {
+/** A counter of the worker's /metrics (summed over labels). */
+async function counter(w: WorkerProc, name: string): Promise<number> {
   const text = await (await fetch(w.metricsUrl)).text();
-  const m = /^pdserve_prompt_tokens_total(?:\{[^}]*\})? (\d+)/m.exec(text);
-  return m ? Number(m[1]) : 0;
+  let sum = 0;
+  for (const m of text.matchAll(new RegExp(`^${name}(?:\\{[^}]*\\})? (\\d+)`, 'gm'))) sum += Number(m[1]);
+  return sum;
 }
+/** Prompt tokens the worker prefilled so far. */
+const promptTokens = (w: WorkerProc) => counter(w, 'pdserve_prompt_tokens_total');
+/** Tokens the worker's decode steps generated so far. */
+const generatedTokens = (w: WorkerProc) => counter(w, 'pdserve_generation_tokens_total');
 
 const tokensOf = (events: any[]) => events.filter((e) => e.event === 'tokens').flatMap((e) => e.tokens.tokens);
 
@@ -338,5 +343,70 @@ test('defect 2: a Prefill for a decode side that was cancelled answers (FAILED_P
   assert.equal(end.code, grpc.status.CANCELLED, `the cancelled Generate stream ends: ${end.details}`);
   const p = await prefill(U, { request_id: rid, decode_address: U.address }, 10_000);
   assert.equal(p.code, grpc.status.FAILED_PRECONDITION, `${p.code} ${p.details}`);
+  await allHealthy();
+});
+
+test('defect 13: a Generate client that stops reading pauses that request\'s decoding; others go on; it resumes and completes', async (t) => {
+  if (!need(t)) return;
+  const MAX = 400;
+  const promptIds = [5, 9, 33, 70, 2];
+  // With 20 top logprobs a token event is ~300 bytes, so 400 of them (~120 KB) outgrow what the
+  // server's HTTP/2 stream buffers and the client's window take (~16 + 0.25 KB): without the pause
+  // the whole generation would decode into that buffer (plain token events, ~20 bytes, fit: 400 of
+  // them were decoded while the client read nothing).
+  const params = (maxTokens: number) => sampling({ max_tokens: maxTokens, logprobs: 20 });
+  const unifiedRequest = async (requestId: string, maxTokens: number) => {
+    const g = generate(U, { request_id: requestId, prompt_len: promptIds.length, sampling: params(maxTokens) });
+    await g.reserved;
+    const p = await prefill(U, { request_id: requestId, prompt_ids: promptIds, decode_address: U.address, sampling: params(maxTokens) });
+    assert.equal(p.code, grpc.status.OK, p.details);
+    const end = await g.ended;
+    assert.equal(end.code, grpc.status.OK, end.details);
+    return tokensOf(end.events).map((x: any) => x.id);
+  };
+  // References, read normally: the long request's tokens, and what a short one adds to the counter.
+  const reference = await unifiedRequest(id('ref-long'), MAX);
+  const c0 = await generatedTokens(U);
+  const shortTokens = await unifiedRequest(id('ref-short'), 40);
+  const shortSteps = (await generatedTokens(U)) - c0;
+
+  // A client with a tiny HTTP/2 receive window that stops reading right after `reserved`.
+  const slow = decodeClient(U.address, { 'grpc-node.flow_control_window': 256 });
+  try {
+    const rid = id('u-slow');
+    const call = (slow as any).Generate(
+      { request_id: rid, prompt_len: promptIds.length, sampling: params(MAX), kv_timeout_ms: 30_000 },
+      requestMetadata(rid), { deadline: Date.now() + 60_000 },
+    ) as grpc.ClientReadableStream<GenerateEventMsg>;
+    const events: GenerateEventMsg[] = [];
+    const reserved = new Promise<void>((resolve) => call.on('data', (e: GenerateEventMsg) => { events.push(e); if (e.event === 'reserved') { call.pause(); resolve(); } }));
+    const ended = new Promise<grpc.StatusObject>((resolve) => call.on('status', resolve));
+    call.on('error', () => {});
+    await reserved;
+    const before = await generatedTokens(U);
+    const p = await prefill(U, { request_id: rid, prompt_ids: promptIds, decode_address: U.address, sampling: params(MAX) });
+    assert.equal(p.code, grpc.status.OK, p.details);
+
+    // Its decoding stops: the counter holds still, short of a full generation.
+    const stalledAt = await pollUntil(async () => {
+      const a = await generatedTokens(U);
+      await new Promise((r) => setTimeout(r, 300));
+      const b = await generatedTokens(U);
+      return a === b && b > before ? b : undefined;
+    }, 20_000, 'the unread request to stop decoding');
+    assert.ok(stalledAt - before < MAX - 1, `paused after ${stalledAt - before} of ${MAX} tokens, not decoded into a buffer`);
+
+    // Another request on the same worker runs meanwhile, and only its steps are added.
+    assert.deepEqual(await unifiedRequest(id('u-other'), 40), shortTokens);
+    assert.equal((await generatedTokens(U)) - stalledAt, shortSteps, 'the paused request did not decode meanwhile');
+
+    // The client reads again: the request resumes and completes with the right tokens.
+    call.resume();
+    const status = await ended;
+    assert.equal(status.code, grpc.status.OK, status.details);
+    assert.deepEqual(tokensOf(events).map((x: any) => x.id), reference);
+  } finally {
+    slow.close();
+  }
   await allHealthy();
 });
