@@ -130,6 +130,8 @@ export interface PrefillResponseMsg {
   prefill_ms: number;
   transfer_tail_ms: number;
   kv_bytes: number;
+  /** Prompt tokens the prefill worker's prefix cache held (not computed); 0 from older workers. */
+  cached_tokens: number;
 }
 
 export interface GenerateRequestMsg {

@@ -35,6 +35,8 @@ export interface PrefillResult {
   queueMs: number;
   prefillMs: number;
   transferTailMs: number;
+  /** Leading prompt tokens served by the prefix cache (not computed). */
+  cachedTokens: number;
   /** Set when the blocks went to another worker over gRPC. */
   transfer?: { bytes: number; rawBytes: number; ms: number };
 }
@@ -235,7 +237,7 @@ export class EngineHost {
         this.prefills.delete(m.requestId);
         const push = p?.push;
         p?.resolve({
-          firstToken: m.firstToken, queueMs: m.queueMs, prefillMs: m.prefillMs, transferTailMs: m.transferTailMs,
+          firstToken: m.firstToken, queueMs: m.queueMs, prefillMs: m.prefillMs, transferTailMs: m.transferTailMs, cachedTokens: m.cachedTokens,
           transfer: push ? { bytes: push.bytes, rawBytes: push.rawBytes, ms: (push.finishedAt ?? performance.now()) - (push.startedAt ?? performance.now()) } : undefined,
         });
         break;

@@ -51,7 +51,7 @@ export type ToEngine =
 export type FromEngine =
   | { type: 'ready'; info: EngineInfo }
   | { type: 'loadFailed'; message: string }
-  | { type: 'prefillDone'; requestId: string; firstToken: SampledToken; queueMs: number; prefillMs: number; transferTailMs: number }
+  | { type: 'prefillDone'; requestId: string; firstToken: SampledToken; queueMs: number; prefillMs: number; transferTailMs: number; cachedTokens: number }
   | { type: 'prefillFailed'; requestId: string; message: string; kind: FailureKind }
   | { type: 'kvOut'; requestId: string; chunks: KvChunkMsg[]; final: boolean }
   | { type: 'kvAbort'; requestId: string }

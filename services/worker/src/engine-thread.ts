@@ -126,7 +126,7 @@ async function main(): Promise<void> {
           });
         const job: PrefillJob = {
           requestId: m.requestId, promptIds: m.promptIds, sampling: m.sampling, sampler, sink, local: m.local,
-          enqueuedAt: performance.now(), computeMs: 0, sentBlocks: 0, cancelled: false,
+          enqueuedAt: performance.now(), computeMs: 0, sentBlocks: 0, cachedTokens: 0, cancelled: false,
           done: (r) => { sinks.delete(m.requestId); post({ type: 'prefillDone', requestId: m.requestId, ...r }); postLoad(); },
           fail: (err) => { sinks.delete(m.requestId); post({ type: 'prefillFailed', requestId: m.requestId, message: err.message, kind: kindOf(err) }); postLoad(); },
         };

@@ -36,10 +36,12 @@ export interface PrefillJob {
   startedAt?: number;
   computeMs: number;
   seq?: KvSequence;
+  /** Leading prompt tokens the prefix cache held when the job started (not computed again). */
+  cachedTokens: number;
   /** Blocks already handed to the sink. */
   sentBlocks: number;
   cancelled: boolean;
-  done(result: { firstToken: SampledToken; queueMs: number; prefillMs: number; transferTailMs: number }): void;
+  done(result: { firstToken: SampledToken; queueMs: number; prefillMs: number; transferTailMs: number; cachedTokens: number }): void;
   fail(err: Error): void;
 }
 

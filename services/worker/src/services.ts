@@ -99,12 +99,12 @@ export function prefillHandlers(ctx: ServiceContext): grpc.UntypedServiceImpleme
         (r) => {
           if (r.transfer) ctx.onKvTransfer?.({ seconds: r.transfer.ms / 1000, bytes: r.transfer.bytes, rawBytes: r.transfer.rawBytes });
           log.info({
-            prompt_tokens: req.prompt_ids.length, queue_ms: round(r.queueMs), prefill_ms: round(r.prefillMs), transfer_tail_ms: round(r.transferTailMs),
+            prompt_tokens: req.prompt_ids.length, cached_tokens: r.cachedTokens, queue_ms: round(r.queueMs), prefill_ms: round(r.prefillMs), transfer_tail_ms: round(r.transferTailMs),
             kv_bytes: r.transfer?.bytes ?? 0, kv_transfer_ms: round(r.transfer?.ms ?? 0), decode: local ? 'local' : req.decode_address,
           }, 'prefill done');
           answer(null, {
             first_token: toTokenMsg(r.firstToken), queue_ms: r.queueMs, prefill_ms: r.prefillMs,
-            transfer_tail_ms: r.transferTailMs, kv_bytes: r.transfer?.bytes ?? 0,
+            transfer_tail_ms: r.transferTailMs, kv_bytes: r.transfer?.bytes ?? 0, cached_tokens: r.cachedTokens,
           });
         },
         (err: EngineError) => {

@@ -32,6 +32,8 @@ export interface WorkerOptions {
   maxModelLen?: number;
   blockTokens: number;
   prefillChunk: number;
+  /** Automatic prefix caching (default on; it only uses idle KV slots, so it costs no memory). */
+  prefixCache?: boolean;
   /** How this worker sends KV blocks (default fp32, exact); a decode worker reads whatever arrives. */
   kvWireDtype?: KvWireDtype;
   id?: string;
@@ -82,7 +84,7 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
     engine: {
       device: o.device, threads: o.threads, maxSequences: o.maxSequences, maxModelLen: o.maxModelLen,
       kvBudgetBytes: o.kvBudgetMb !== undefined ? o.kvBudgetMb * 1024 * 1024 : undefined,
-      blockTokens: o.blockTokens, prefillChunk: o.prefillChunk,
+      blockTokens: o.blockTokens, prefillChunk: o.prefillChunk, prefixCache: o.prefixCache ?? true,
     },
     scheduler: { maxPrefillQueue: 256, maxReserveQueue: 256, reserveTimeoutMs: 30_000 },
     kvWireDtype: o.kvWireDtype ?? 'fp32',

@@ -45,6 +45,7 @@ export function register(program: Command): void {
     .option('--max-model-len <n>', 'longest sequence served (default: the model\'s)', positiveInt)
     .option('--block-tokens <n>', 'tokens per KV block', positiveInt, 16)
     .option('--prefill-chunk <n>', 'prompt tokens per prefill pass', positiveInt, 256)
+    .option('--prefix-cache <on|off>', "automatic prefix caching: an idle KV slot keeps its prompt's blocks for the next prompt that starts the same way (no extra memory)", oneOf('--prefix-cache', ['on', 'off'] as const), 'on')
     .option('--kv-wire-dtype <dtype>', `how KV blocks travel to decode workers: ${KV_WIRE_DTYPES.join(', ')} (fp32 is exact)`, kvWireDtype, 'fp32')
     .option('--id <id>', 'worker id (default: role-host-pid-random)')
     .option('--drain-timeout-s <s>', 'on SIGTERM, how long to finish the requests held before exiting', positiveInt, 30)
@@ -54,8 +55,8 @@ export function register(program: Command): void {
     .option('--engine-stall-s <s>', 'report unhealthy (heartbeat state and /health 503) while the engine thread is silent this long with work pending', positiveNumber, ENGINE_STALL_MS / 1000)
     .action(async (o) => {
       const log = createLogger('pdserve-worker');
-      const { drainTimeoutS, engineStallS, ...rest } = o;
-      const w = await startWorker({ ...rest, drainTimeoutMs: drainTimeoutS * 1000, engineStallMs: engineStallS * 1000, logger: log });
+      const { drainTimeoutS, engineStallS, prefixCache, ...rest } = o;
+      const w = await startWorker({ ...rest, prefixCache: prefixCache === 'on', drainTimeoutMs: drainTimeoutS * 1000, engineStallMs: engineStallS * 1000, logger: log });
       runUntilSignalled(w.stop, log);
     });
 
