@@ -352,6 +352,8 @@ export class ClusterBackend implements Backend {
           ) as grpc.ClientUnaryCall;
           timings.reserve = reservedAt - arrived;
         } else if (e.event === 'tokens') {
+          // The first token's message says how much of the prompt came from a prefix cache.
+          let cachedTokens = first ? e.tokens!.cached_tokens ?? 0 : undefined;
           if (first) {
             first = false;
             timings.first_decode = e.tokens!.admit_ms;
@@ -361,7 +363,8 @@ export class ClusterBackend implements Backend {
           }
           for (const t of e.tokens!.tokens) {
             progress.yielded = true;
-            yield { type: 'token', id: t.id, logprob: sampling.logprobs >= 0 ? t.logprob : undefined, topLogprobs: sampling.logprobs > 0 ? t.top_logprobs : undefined };
+            yield { type: 'token', id: t.id, logprob: sampling.logprobs >= 0 ? t.logprob : undefined, topLogprobs: sampling.logprobs > 0 ? t.top_logprobs : undefined, ...(cachedTokens !== undefined ? { cachedTokens } : {}) };
+            cachedTokens = undefined;
           }
         } else if (e.event === 'finished') {
           const f = e.finished!;

@@ -42,7 +42,8 @@ export interface PrefillResult {
 }
 
 export interface DecodeHandlers {
-  tokens(tokens: SampledToken[], admitMs?: number): void;
+  /** `admitMs` and `cachedTokens` come with the first token only. */
+  tokens(tokens: SampledToken[], admitMs?: number, cachedTokens?: number): void;
   finished(reason: 'stop' | 'length', stopTokenId: number | undefined, generated: number): void;
   failed(err: EngineError): void;
   /** A KV chunk for this request arrived (the KV wait restarts). */
@@ -72,6 +73,7 @@ interface PendingPrefill {
 export class EngineHost {
   load: WorkerLoad & Record<string, unknown>;
   onStep?: (s: { phase: 'prefill' | 'decode'; ms: number; tokens: number; batch: number }) => void;
+  onPrefixEvents?: (e: Extract<FromEngine, { type: 'prefixEvents' }>) => void;
   private readonly prefills = new Map<string, PendingPrefill>();
   private readonly reservations = new Map<string, { resolve(): void; reject(e: EngineError): void; handlers: DecodeHandlers; promptLen: number }>();
   private readonly decodes = new Map<string, DecodeEntry>();
@@ -267,7 +269,7 @@ export class EngineHost {
         break;
       }
       case 'tokens':
-        this.decodes.get(m.requestId)?.handlers.tokens(m.tokens, m.admitMs);
+        this.decodes.get(m.requestId)?.handlers.tokens(m.tokens, m.admitMs, m.cachedTokens);
         break;
       case 'kvApplied': {
         const d = this.decodes.get(m.requestId);
@@ -290,6 +292,9 @@ export class EngineHost {
         break;
       case 'load':
         this.load = m.load;
+        break;
+      case 'prefixEvents':
+        this.onPrefixEvents?.(m);
         break;
       case 'stopped':
         this.stopped?.();

@@ -277,6 +277,8 @@ export class Scheduler {
             break;
           }
           req.lastToken = { id: chunk.first_token!.id, logprob: chunk.first_token!.logprob, topLogprobs: chunk.first_token!.top_logprobs };
+          // The sender's word, only reported: bounded by the prompt so a bad peer cannot inflate it.
+          req.cachedTokens = Math.min(chunk.cached_tokens ?? 0, req.promptLen);
           req.kvDoneAt = performance.now();
           req.status = 'ready';
         }
@@ -365,7 +367,7 @@ export class Scheduler {
     const total = blocksFor(seq.length, B);
     const prefillEnd = performance.now();
     const queueMs = job.startedAt! - job.enqueuedAt;
-    const finishing = job.sink.finish(seq, job.sentBlocks, total - job.sentBlocks, firstToken);
+    const finishing = job.sink.finish(seq, job.sentBlocks, total - job.sentBlocks, firstToken, job.cachedTokens);
     if (!job.sharesDecodeSeq) this.releaseSeq(seq); // blocks are read; a remote sink owns the bytes now
     finishing.then(
       () => job.done({ firstToken, queueMs, prefillMs: job.computeMs, transferTailMs: performance.now() - prefillEnd, cachedTokens: job.cachedTokens }),

@@ -176,14 +176,14 @@ export function decodeHandlers(ctx: ServiceContext): grpc.UntypedServiceImplemen
       };
       ctx.host.reserve(r.request_id, r.prompt_len, r.sampling, {
         kvProgress: () => { if (waitingKv && !ended && kvTimer) armKvTimer(); },
-        tokens: (tokens, admitMs) => {
+        tokens: (tokens, admitMs, cachedTokens) => {
           waitingKv = false;
           clearTimeout(kvTimer);
           if (admitMs !== undefined) kvTrace('d.token_main', r.request_id);
           if (ended) return;
           // A client that does not read: stop decoding this sequence until the stream drains, so
           // its buffer stays bounded (a few steps in flight at most).
-          if (!call.write({ tokens: { tokens: tokens.map(toTokenMsg), admit_ms: admitMs ?? 0 } }) && !paused) {
+          if (!call.write({ tokens: { tokens: tokens.map(toTokenMsg), admit_ms: admitMs ?? 0, cached_tokens: cachedTokens ?? 0 } }) && !paused) {
             paused = true;
             ctx.host.pauseDecode(r.request_id, true);
             call.once('drain', () => {
