@@ -98,6 +98,15 @@ export class Engine {
   }
 
   /**
+   * Room for a decode reservation (its prompt not known yet); over a cached prefix when no slot is
+   * empty, so that the prompt's own prefill here (attachPrompt) can still find it. Its length is
+   * meaningless until attachPrompt or writeBlocks sets it.
+   */
+  reserveSequence(id: string): KvSequence | null {
+    return this.prefixCache ? this.prefixCache.reserve(id) : this.runner.allocate(id);
+  }
+
+  /**
    * Room for a prompt, holding as much of its beginning as the prefix cache has (whole blocks, never
    * the last token); null when every slot is in use. Prefill continues at `cachedTokens`.
    */
@@ -107,7 +116,7 @@ export class Engine {
     return seq ? { seq, cachedTokens: 0 } : null;
   }
 
-  /** The empty sequence `seq` (already allocated) takes the cached beginning of its prompt. */
+  /** The sequence `seq` (from reserveSequence, nothing written yet) takes the cached beginning of its prompt. */
   attachPrompt(seq: KvSequence, promptIds: readonly number[]): PrefixHit {
     return this.prefixCache ? this.prefixCache.attach(seq, promptIds) : { seq, cachedTokens: 0 };
   }

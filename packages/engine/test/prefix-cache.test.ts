@@ -291,3 +291,30 @@ test('attach: a reserved empty sequence (a unified worker\'s decode side) takes 
   assertHolds(cache, reserved, p, 12);
   assert.equal(cache.sequences.length, 1, 'its old empty slot is free again');
 });
+
+test('a reservation over a full cache keeps the LRU slot\'s contents for its own prompt, and only for it', () => {
+  const cache = arena(1);
+  const pc = new PrefixCache(cache, { model: 'm' });
+  const p = range(13, 1);
+  const a = pc.start('a', p)!;
+  compute(cache, a.seq, p);
+  pc.release(a.seq);
+  // The only slot is retained: the reservation takes it over, contents and all.
+  const r = pc.reserve('r')!;
+  assert.equal(r.length, 12, 'over the old contents (three blocks) until attach or a transfer sets it');
+  assert.equal(pc.start('other', p), null, 'no other slot, and a reservation\'s old contents are nobody else\'s');
+  const hit = pc.attach(r, [...p.slice(0, 8), 99, 98]);
+  assert.equal(hit.cachedTokens, 8);
+  assertHolds(cache, r, p, 8);
+  pc.release(r);
+
+  // A reservation whose KV then arrives from elsewhere (a decode worker) keeps nothing stale.
+  const r2 = pc.reserve('r2')!;
+  const incoming = range(10, 600);
+  r2.length = 0;
+  compute(cache, r2, incoming);
+  pc.release(r2);
+  assert.equal(cache.retainedBlocks, 0, 'its blocks have no known token ids: not cached');
+  const again = pc.start('again', [...p.slice(0, 8), 1])!;
+  assert.equal(again.cachedTokens, 0);
+});

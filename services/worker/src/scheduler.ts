@@ -97,7 +97,7 @@ export class Scheduler {
 
   /** Holds a KV slot for a request whose cache is about to arrive; waits (bounded) when none is free. */
   reserve(requestId: string): Promise<KvSequence> {
-    const seq = this.engine.allocate(requestId);
+    const seq = this.engine.reserveSequence(requestId);
     if (seq) return Promise.resolve(seq);
     if (this.reserveQueue.length >= this.opts.maxReserveQueue) {
       return Promise.reject(new QueueFullError(`no KV room and ${this.reserveQueue.length} requests already waiting`));
@@ -185,7 +185,7 @@ export class Scheduler {
     this.engine.release(seq);
     // Hand the freed slot to the oldest waiting reservation.
     while (this.reserveQueue.length > 0) {
-      const next = this.engine.allocate(this.reserveQueue[0].requestId);
+      const next = this.engine.reserveSequence(this.reserveQueue[0].requestId);
       if (!next) break;
       const w = this.reserveQueue.shift()!;
       clearTimeout(w.timer);

@@ -58,6 +58,12 @@ export class PrefixCache {
   readonly blockTokens: number;
   private readonly entries = new Map<KvSequence, Entry>();
   private readonly refs = new Map<BlockHash, number>();
+  /**
+   * Reservations that took over a retained slot (reserve()): the token ids its old contents stand
+   * for. Only that reservation's own attach() may use them; nobody else matches against them, since
+   * a KV transfer may overwrite them at any time.
+   */
+  private readonly reservedOver = new Map<KvSequence, number[]>();
   private readonly stats: PrefixCacheStats = { queries: 0, hits: 0, collisions: 0, evictions: 0 };
   private events: PrefixEvent[] = [];
   private eventsLost = false;
@@ -101,18 +107,32 @@ export class PrefixCache {
   allocate(id: string, keep?: KvSequence): KvSequence | null {
     const seq = this.slots.allocate(id);
     if (seq) return seq;
-    let victim: KvSequence | undefined;
-    let oldest = Infinity;
-    for (const h of this.slots.retained) {
-      if (h === keep) continue;
-      const used = this.entries.get(h)?.lastUsed ?? -1;
-      if (used < oldest) { oldest = used; victim = h; }
-    }
+    const victim = this.lru(keep);
     if (!victim) return null;
     this.dropEntry(victim);
     this.slots.free(victim);
     this.stats.evictions++;
     return this.slots.allocate(id);
+  }
+
+  /**
+   * A slot for a decode reservation whose prompt is not known yet. With no empty slot it takes the
+   * least recently used retained one *with its contents*: on a unified worker the prompt's own
+   * prefill (attach) may find its prefix right there, which evicting first would have destroyed.
+   * The sequence's length is then that of the old contents until attach() or a KV transfer sets it.
+   */
+  reserve(id: string): KvSequence | null {
+    const empty = this.slots.allocate(id);
+    if (empty) return empty;
+    const victim = this.lru();
+    if (!victim) return null;
+    const e = this.entries.get(victim);
+    this.dropEntry(victim);
+    this.stats.evictions++;
+    const seq = this.slots.adopt(victim, id, victim.length);
+    if (e) this.reservedOver.set(seq, e.tokens.slice(0, seq.length));
+    else seq.length = 0;
+    return seq;
   }
 
   /** A slot for a prompt, holding its longest cached prefix; null when no slot is free. */
@@ -136,12 +156,27 @@ export class PrefixCache {
     return this.counted(seq, promptIds.length);
   }
 
-  /** The empty live sequence `seq` (a unified worker's decode reservation) takes its prompt's cached prefix. */
+  /**
+   * The live sequence `seq` (a unified worker's decode reservation, empty or over a retained slot's
+   * old contents) takes its prompt's cached prefix: its own old contents where they match best, else
+   * another slot's.
+   */
   attach(seq: KvSequence, promptIds: readonly number[]): PrefixHit {
-    if (seq.length !== 0) throw new Error(`sequence ${seq.id} already holds ${seq.length} positions`);
+    const own = this.reservedOver.get(seq);
+    this.reservedOver.delete(seq);
+    if (seq.length !== 0 && !own) throw new Error(`sequence ${seq.id} already holds ${seq.length} positions`);
     this.dropEntry(seq);
-    const hashes = this.chain(this.root, promptIds, this.blockTokens);
+    const B = this.blockTokens;
+    const hashes = this.chain(this.root, promptIds, B);
     const m = this.match(promptIds, hashes);
+    const cap = Math.min(Math.floor(seq.length / B), Math.floor((promptIds.length - 1) / B));
+    const ownBlocks = own ? verifiedBlocks(own, promptIds, Math.max(0, cap), B) : 0;
+    if (ownBlocks > 0 && ownBlocks >= (m?.blocks ?? 0)) {
+      seq.length = ownBlocks * B; // in place: the slot already holds them
+      this.register(seq, promptIds, hashes);
+      return this.counted(seq, promptIds.length);
+    }
+    seq.length = 0;
     this.register(seq, promptIds, hashes);
     if (m && this.slots.isRetained(m.holder)) {
       const old = this.entries.get(m.holder)!;
@@ -166,6 +201,7 @@ export class PrefixCache {
 
   /** Ends a sequence: its full, computed blocks stay as a retained prefix; without any the slot is freed. */
   release(seq: KvSequence): void {
+    this.reservedOver.delete(seq);
     const e = this.entries.get(seq);
     if (!e) return this.slots.free(seq);
     this.entries.delete(seq);
@@ -199,6 +235,18 @@ export class PrefixCache {
       }
     }
     return best;
+  }
+
+  /** The least recently used retained holder (other than `keep`). */
+  private lru(keep?: KvSequence): KvSequence | undefined {
+    let victim: KvSequence | undefined;
+    let oldest = Infinity;
+    for (const h of this.slots.retained) {
+      if (h === keep) continue;
+      const used = this.entries.get(h)?.lastUsed ?? -1;
+      if (used < oldest) { oldest = used; victim = h; }
+    }
+    return victim;
   }
 
   private copyFrom(holder: KvSequence, seq: KvSequence, blocks: number): void {
