@@ -81,11 +81,13 @@ export function register(program: Command): void {
     .option('--admission <mode>', "slo: refuse (503) requests the estimates say would miss their SLO; off: never", oneOf('--admission', ['slo', 'off'] as const), 'slo')
     .option('--prefill-placement <mode>', 'auto: decide per request; remote: always a prefill worker; local: always the decode worker', oneOf('--prefill-placement', PLACEMENT_MODES), 'auto')
     .option('--local-prefill-max-tokens <n>', 'auto placement: prompts longer than this always go to a prefill worker', positiveInt)
+    .option('--prefix-routing <on|off>', "on: weigh the workers' cached prompt prefixes (their block-hash events in Redis) against load; off: load only", oneOf('--prefix-routing', ['on', 'off'] as const), 'on')
     .action(async (o) => {
       const log = createLogger('pdserve-router');
-      const { apiKeyFile: _file, generateTimeoutS, prefillTimeoutS, tokenTimeoutS, requestTimeoutS, connectionTimeoutS, ...rest } = o;
+      const { apiKeyFile: _file, prefixRouting, generateTimeoutS, prefillTimeoutS, tokenTimeoutS, requestTimeoutS, connectionTimeoutS, ...rest } = o;
       const r = await startRouter({
         ...rest,
+        prefixRouting: prefixRouting === 'on',
         apiKey: resolveApiKey(o),
         generateTimeoutMs: generateTimeoutS * 1000, prefillTimeoutMs: prefillTimeoutS * 1000, tokenIdleTimeoutMs: tokenTimeoutS * 1000,
         requestTimeoutMs: requestTimeoutS * 1000, connectionTimeoutMs: connectionTimeoutS * 1000,
