@@ -5,7 +5,7 @@
 // the prompt's full blocks with each worker's chain root and counts the leading blocks the worker
 // holds. Only a hint: the worker verifies token ids before it reuses anything, so a stale or forged
 // entry can only make a routing choice worse, never an answer wrong.
-import { blockHashChain } from '@pdserve/engine';
+import { blockHash } from '@pdserve/engine';
 import { closeRedisClient, createRedisClient, parsePrefixEventBatch, prefixKeys, readPrefixSnapshot, type LogLike, type PrefixEventBatch, type PrefixKeys, type RedisClient } from '@pdserve/common';
 
 /** Hashes kept per worker at most (a worker holds at most its KV arena's blocks; this bounds a forged flood). */
@@ -66,7 +66,9 @@ export class PrefixIndex {
 
   /**
    * Prompt tokens each of `workerIds` would likely serve from its cache: its leading run of held
-   * blocks, never the last prompt token (the worker recomputes it). One hash chain per distinct root.
+   * blocks, never the last prompt token (the worker recomputes it). One hash chain per distinct
+   * root, computed lazily: only as far as some worker's run of held blocks reaches (plus one), so a
+   * long prompt with a short shared prefix costs a few hashes, not one per block.
    */
   cachedTokens(promptIds: readonly number[], workerIds: readonly string[]): Map<string, number> {
     const out = new Map<string, number>();
@@ -78,9 +80,12 @@ export class PrefixIndex {
       const cap = Math.floor((promptIds.length - 1) / B);
       const key = `${w.root}/${B}`;
       let chain = chains.get(key);
-      if (!chain) chains.set(key, (chain = blockHashChain(w.root, promptIds, B, cap)));
+      if (!chain) chains.set(key, (chain = []));
       let n = 0;
-      while (n < chain.length && w.hashes.has(chain[n])) n++;
+      for (; n < cap; n++) {
+        if (n === chain.length) chain.push(blockHash(n === 0 ? w.root : chain[n - 1], promptIds, n * B, B));
+        if (!w.hashes.has(chain[n])) break;
+      }
       out.set(id, n * B);
     }
     return out;
