@@ -4,7 +4,8 @@
 // disaggregated (the prefill worker hits and still pushes every block) and unified.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Engine, generate } from '../packages/engine/src/index.ts';
+import { blockHashChain, Engine, generate } from '../packages/engine/src/index.ts';
+import { closeRedisClient, createRedisClient, startRedisServer, waitForReady, type RedisServerHandle } from '../packages/common/src/index.ts';
 import { postJson, startCluster, stories260K, waitFor, type TestCluster } from './support/cluster.ts';
 import { existsSync } from 'node:fs';
 import { sharedPath } from './support/shared.ts';
@@ -91,3 +92,80 @@ for (const mode of modes) {
     });
   });
 }
+
+describe('prefix-aware routing: 2 unified workers of one KV slot each', () => {
+  let cluster: TestCluster | undefined;
+  let model: { dir: string; cleanup(): void } | undefined;
+  let redis: RedisServerHandle | undefined;
+  let engine: Engine | undefined;
+  const prefixes = [
+    'Tom had a big red truck. He liked to play with it in the sand every day after school with his dog. ',
+    'Anna found a shiny blue stone near the river. She put it in her pocket and ran home to show her mom. ',
+  ];
+
+  before(async () => {
+    if (!existsSync(sharedPath('models', 'stories260K'))) {
+      if (process.env.CI === 'true') throw new Error('../shared/models/stories260K is missing');
+      return;
+    }
+    model = stories260K();
+    engine = await Engine.load(model.dir, { threads: 1, maxSequences: 1, prefixCache: false });
+    redis = await startRedisServer();
+    // One slot per worker: each holds one cached prefix, so routing both prefixes by load alone
+    // onto one worker would evict one with the other on every request.
+    cluster = await startCluster(model.dir, ['--unified', '2', '--max-sequences', '1', '--planner', 'off', '--redis-url', redis.url]);
+  });
+
+  after(async () => {
+    await cluster?.stop();
+    await redis?.stop();
+    model?.cleanup();
+  });
+
+  test('requests follow their prefix to the worker that holds it; a forged hint cannot hand out another prompt\'s KV', async (t) => {
+    if (!cluster || !engine || !redis) return t.skip('needs ../shared');
+    const ask = (text: string) => postJson(`${cluster!.url}/v1/completions`, { model: cluster!.modelName, prompt: text, max_tokens: 12, temperature: 0 });
+    const expected = async (text: string) => {
+      const ids = engine!.tokenizer.encode(text);
+      return engine!.tokenizer.decode((await generate(engine!, ids, { temperature: 0, topK: 0, topP: 1, maxTokens: 12 })).ids, ids);
+    };
+    const cached: number[][] = [[], []];
+    for (let round = 0; round < 3; round++) {
+      for (const [i, p] of prefixes.entries()) {
+        const text = `${p}Turn ${round}.`;
+        const r = await ask(text);
+        assert.equal(r.status, 200, JSON.stringify(r.json));
+        assert.equal(r.json.choices[0].text, await expected(text));
+        cached[i].push(r.json.usage.prompt_tokens_details.cached_tokens);
+      }
+    }
+    // The first request of each prefix is cold; every later one hit the worker holding its prefix.
+    for (const c of cached) {
+      assert.equal(c[0], 0);
+      for (const later of c.slice(1)) assert.ok(later >= 16, `cached tokens per round: ${JSON.stringify(cached)}`);
+    }
+    const metrics = await (await fetch(`${cluster.url}/metrics`)).text();
+    assert.match(metrics, /^pdserve_prefix_routing_total\{result="hit"\} [1-9]/m);
+
+    // Forge the index: tell the routers that each worker holds a third prompt's blocks. Whichever
+    // worker the request lands on has nothing of it: it must compute the prompt (cached 0) and
+    // answer exactly as a cold engine does.
+    const third = 'Ben and Mia built a tall tower of blocks in the kitchen, and then the cat came in and ';
+    const workers = ((await (await fetch(`${cluster.url}/workers`)).json()) as { workers: Array<{ id: string }> }).workers;
+    const pub = createRedisClient({ url: redis.url });
+    try {
+      await waitForReady(pub, 2000);
+      for (const w of workers) {
+        const meta = await pub.hgetall(`pdserve:prefix_meta:${w.id}`);
+        const forged = blockHashChain(meta.root, engine.tokenizer.encode(third), Number(meta.block_tokens));
+        await pub.publish('pdserve:prefix_events', JSON.stringify({ worker: w.id, root: meta.root, block_tokens: Number(meta.block_tokens), seq: 1, resync: true, stored: forged, removed: [] }));
+      }
+      const r = await ask(third);
+      assert.equal(r.status, 200);
+      assert.equal(r.json.usage.prompt_tokens_details.cached_tokens, 0, 'the worker verified token ids: nothing reused');
+      assert.equal(r.json.choices[0].text, await expected(third));
+    } finally {
+      await closeRedisClient(pub);
+    }
+  });
+});

@@ -184,7 +184,7 @@ export class ClusterBackend implements Backend {
     // Expected prefix-cache hits per prefill-capable worker (the index is a hint: see prefix-index.ts).
     const cached = this.prefixes?.index.cachedTokens(req.promptIds, healthy.filter((w) => canPrefill(w.role)).map((w) => w.id)) ?? new Map<string, number>();
     const scored = healthy.filter((w) => canDecode(w.role))
-      .map((w) => ({ w, score: decodeScore({ role: w.role, load: w.load, inflight: this.inflight.get(w.id) ?? 0, cachedTokens: cached.get(w.id) ?? 0 }, n) }))
+      .map((w) => ({ w, score: decodeScore({ role: w.role, load: w.load, inflight: this.inflight.get(w.id) ?? 0, cachedTokens: cached.get(w.id) ?? 0, heldBlocks: this.prefixes?.index.heldBlocks(w.id) }, n) }))
       .sort((a, b) => a.score - b.score);
     if (scored.length === 0) throw new BackendError('no decode worker is available', 503, 'no_capacity', 2);
     const decode = scored[0].w;

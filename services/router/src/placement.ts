@@ -114,6 +114,8 @@ export const PREFIX_HIT_WEIGHT = 2;
 export interface DecodeCandidate {
   role: WorkerRole;
   load: { queue_len: number; running: number; waiting: number; free_kv_blocks: number; total_kv_blocks: number; prefix_cache_blocks?: number };
+  /** Blocks its prefix cache holds by the latest events (fresher than load.prefix_cache_blocks, a heartbeat old). */
+  heldBlocks?: number;
   /** Requests this router has in flight there beyond its last report. */
   inflight: number;
   /** Leading prompt tokens its prefix cache is expected to hold for this request. */
@@ -130,7 +132,7 @@ export function decodeScore(c: DecodeCandidate, promptTokens: number): number {
   const l = c.load;
   const base = l.queue_len + l.running + l.waiting + c.inflight - l.free_kv_blocks / Math.max(1, l.total_kv_blocks);
   const hit = c.role === 'unified' && promptTokens > 0 ? PREFIX_HIT_WEIGHT * Math.min(1, c.cachedTokens / promptTokens) : 0;
-  const spread = 1e-3 * Math.min(1, (l.prefix_cache_blocks ?? 0) / Math.max(1, l.total_kv_blocks));
+  const spread = 1e-3 * Math.min(1, (c.heldBlocks ?? l.prefix_cache_blocks ?? 0) / Math.max(1, l.total_kv_blocks));
   return base - hit + spread;
 }
 

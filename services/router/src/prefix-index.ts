@@ -54,6 +54,11 @@ export class PrefixIndex {
     for (const id of this.resyncing) if (!ids.has(id)) this.resyncing.delete(id);
   }
 
+  /** Blocks the worker holds by its latest events; undefined when it has published none. */
+  heldBlocks(workerId: string): number | undefined {
+    return this.workers.get(workerId)?.hashes.size;
+  }
+
   has(workerId: string): boolean {
     return this.workers.has(workerId);
   }
