@@ -64,7 +64,7 @@ for (const mode of modes) {
       assert.equal(r.status, 200, JSON.stringify(r.json));
       assert.equal(r.json.choices[0].text, golden.completion_text);
       assert.equal(r.json.choices[0].finish_reason, 'length');
-      assert.deepEqual(r.json.usage, { prompt_tokens: 5, completion_tokens: maxTokens, total_tokens: 5 + maxTokens });
+      assert.deepEqual(r.json.usage, { prompt_tokens: 5, completion_tokens: maxTokens, total_tokens: 5 + maxTokens, prompt_tokens_details: { cached_tokens: 0 } });
 
       const res = await fetch(`${cluster.url}/v1/completions`, {
         method: 'POST', headers: { 'content-type': 'application/json' },

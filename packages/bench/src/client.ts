@@ -50,6 +50,8 @@ export interface RequestRecord {
   targetOutputTokens: number;
   /** Text-carrying chunks received. */
   chunks: number;
+  /** Prompt tokens the server served from a prefix cache (usage.prompt_tokens_details.cached_tokens). */
+  cachedTokens?: number;
 }
 
 /** Strips trailing slashes and a trailing /v1 so that paths can be appended uniformly. */
@@ -182,6 +184,8 @@ export async function sendRequest(req: BenchRequest, opts: ClientOptions): Promi
       if (usage && typeof usage === 'object') {
         if (typeof usage.completion_tokens === 'number') usageOut = usage.completion_tokens;
         if (typeof usage.prompt_tokens === 'number') usagePrompt = usage.prompt_tokens;
+        const details = usage.prompt_tokens_details as { cached_tokens?: unknown } | null | undefined;
+        if (details && typeof details.cached_tokens === 'number') rec.cachedTokens = details.cached_tokens;
       }
     }
     if (!done) throw new RequestFailure(`stream closed before [DONE] (${rec.chunks} text chunks received)`);

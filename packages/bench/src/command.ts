@@ -126,6 +126,8 @@ export async function runBenchCommand(o: BenchCommandOptions, io: BenchCommandIo
     inputLenScale: o.inputLenScale,
     outputLenScale: o.outputLenScale,
     inputLen: o.inputLen,
+    prefixLen: o.prefixLen,
+    prefixGroups: o.prefixGroups,
     outputLen: o.outputLen,
     vocabSize: o.vocabSize,
     minTokenId: o.minTokenId,

@@ -35,6 +35,9 @@ export interface BenchmarkOptions {
   outputLenScale?: number;
   inputLen?: number;
   outputLen?: number;
+  /** The prefix workload's shared system prompt length and number of distinct ones. */
+  prefixLen?: number;
+  prefixGroups?: number;
   /** Vocabulary size when /v1/models does not report one. Default 256. */
   vocabSize?: number;
   /** Lowest prompt token id (skips special tokens). Default 3. */
@@ -89,6 +92,8 @@ export interface CompactRequest {
   tpot_ms: number | null;
   e2el_ms: number | null;
   prompt_tokens: number;
+  /** usage.prompt_tokens_details.cached_tokens (0 when the server does not report it). */
+  cached_tokens: number;
   output_tokens: number;
   target_output_tokens: number;
   itl_ms: number[];
@@ -111,6 +116,8 @@ export interface BenchmarkResult extends Metrics {
   peak_in_flight: number;
   server: { vocab_size: number; vocab_size_source: string; max_model_len: number | null; max_model_len_source: string | null; models_error?: string };
   clipped_requests: number;
+  /** Cached prompt tokens / prompt tokens of the completed requests (usage.prompt_tokens_details). */
+  prefix_cache_hit_rate: number;
   settings: Record<string, unknown>;
   /** The shifting workload: each phase's own metrics (requests by index, as scheduled). */
   phases?: PhaseResult[];
@@ -182,6 +189,8 @@ export async function prepareBenchmark(options: BenchmarkOptions): Promise<Bench
     outputLenScale: options.outputLenScale,
     inputLen: options.inputLen,
     outputLen: options.outputLen,
+    prefixLen: options.prefixLen,
+    prefixGroups: options.prefixGroups,
     maxModelLen: maxModelLen ?? undefined,
     endpoint,
     vocabSize,
@@ -229,6 +238,8 @@ export async function runWarmup(plan: BenchmarkPlan): Promise<void> {
     outputLenScale: o.outputLenScale,
     inputLen: o.inputLen,
     outputLen: o.outputLen,
+    prefixLen: o.prefixLen,
+    prefixGroups: o.prefixGroups,
     maxModelLen: plan.maxModelLen ?? undefined,
     endpoint: plan.endpoint,
     vocabSize: plan.vocabSize,
@@ -362,6 +373,7 @@ export function buildResult(plan: BenchmarkPlan, rate: number, outcome: LoadOutc
       tpot_ms: r3n(tpotMs(r)),
       e2el_ms: r3n(r.e2elMs),
       prompt_tokens: r.promptTokens,
+      cached_tokens: r.cachedTokens ?? 0,
       output_tokens: r.outputTokens,
       target_output_tokens: r.targetOutputTokens,
       itl_ms: r.itlMs.map(r3),
@@ -405,10 +417,19 @@ export function buildResult(plan: BenchmarkPlan, rate: number, outcome: LoadOutc
       ...(plan.server.error ? { models_error: plan.server.error } : {}),
     },
     clipped_requests: plan.requests.filter((r) => r.clipped).length,
+    prefix_cache_hit_rate: promptCacheHitRate(outcome.records),
     settings: o.settings ?? optionsAsSettings(o),
     ...(phases ? { phases } : {}),
     requests,
   };
+}
+
+/** Cached prompt tokens / prompt tokens over the completed requests (0 when none). */
+export function promptCacheHitRate(records: readonly RequestRecord[]): number {
+  let prompt = 0;
+  let cached = 0;
+  for (const r of records) if (r.ok) { prompt += r.promptTokens; cached += r.cachedTokens ?? 0; }
+  return prompt > 0 ? Math.round((cached / prompt) * 10000) / 10000 : 0;
 }
 
 /** prepare + warmup + one load run at options.rate. */

@@ -4,6 +4,10 @@
 //   chat       prompt  64..256 tokens, output 128..256 tokens   (short question, medium answer)
 //   summarize  prompt 512..1024 tokens, output 16..64 tokens    (long document, short summary)
 //   mixed      each request is chat or summarize with probability 1/2 (its own seeded stream)
+//   prefix     a shared system prompt of --prefix-len tokens (default 1024; --prefix-groups N
+//              distinct ones, request i using number i mod N) plus a user turn of 16..64 tokens,
+//              output 32..128 tokens: what automatic prefix caching and prefix-aware routing serve
+//              (the prompt length is prefix + turn; --input-len fixes the turn)
 //   shifting   the mix changes mid-run: consecutive phases of equal size (by request index), by
 //              default summarize, chat, summarize (--phases chooses them), so a planner's
 //              adaptation shows; the report gives the attainment of each phase
@@ -20,17 +24,19 @@
 // approximate; the server's `usage.prompt_tokens` gives the true count.
 import { Rng, STREAM } from './rng.ts';
 
-export type WorkloadName = 'chat' | 'summarize' | 'mixed' | 'shifting';
-export const WORKLOADS: readonly WorkloadName[] = ['chat', 'summarize', 'mixed', 'shifting'];
+export type WorkloadName = 'chat' | 'summarize' | 'mixed' | 'shifting' | 'prefix';
+export const WORKLOADS: readonly WorkloadName[] = ['chat', 'summarize', 'mixed', 'shifting', 'prefix'];
+export type RequestKind = 'chat' | 'summarize' | 'prefix';
+export const DEFAULT_PREFIX_LEN = 1024;
 
 /** A phase of the shifting workload: any workload but shifting itself. */
-export type PhaseWorkload = Exclude<WorkloadName, 'shifting'>;
+export type PhaseWorkload = Exclude<WorkloadName, 'shifting' | 'prefix'>;
 export const DEFAULT_PHASES: readonly PhaseWorkload[] = ['summarize', 'chat', 'summarize'];
 
 /** Parses a --phases list ("summarize,chat,summarize"). */
 export function parsePhases(text: string): PhaseWorkload[] {
   const phases = text.split(',').map((s) => s.trim()).filter((s) => s !== '');
-  const bad = phases.filter((p) => p === 'shifting' || !WORKLOADS.includes(p as WorkloadName));
+  const bad = phases.filter((p) => p === 'shifting' || p === 'prefix' || !WORKLOADS.includes(p as WorkloadName));
   if (phases.length === 0 || bad.length) throw new RangeError(`invalid phases '${text}': a comma-separated list of chat, summarize, mixed`);
   return phases as PhaseWorkload[];
 }
@@ -50,9 +56,11 @@ export interface WorkloadSpec {
   output: LengthRange;
 }
 
-export const WORKLOAD_SPECS: Record<'chat' | 'summarize', WorkloadSpec> = {
+export const WORKLOAD_SPECS: Record<RequestKind, WorkloadSpec> = {
   chat: { input: { min: 64, max: 256 }, output: { min: 128, max: 256 } },
   summarize: { input: { min: 512, max: 1024 }, output: { min: 16, max: 64 } },
+  // The user turn after the shared prefix.
+  prefix: { input: { min: 16, max: 64 }, output: { min: 32, max: 128 } },
 };
 
 export interface WorkloadOptions {
@@ -69,6 +77,9 @@ export interface WorkloadOptions {
   maxModelLen?: number;
   /** The shifting workload's phases (default DEFAULT_PHASES); ignored by the other workloads. */
   phases?: readonly PhaseWorkload[];
+  /** The prefix workload: tokens of the shared system prompt (default DEFAULT_PREFIX_LEN) and how many distinct ones (default 1). */
+  prefixLen?: number;
+  prefixGroups?: number;
   /** 'completions' → token-id prompts; 'chat' → word prompts. */
   endpoint: 'completions' | 'chat';
   vocabSize: number;
@@ -78,7 +89,10 @@ export interface WorkloadOptions {
 export interface BenchRequest {
   index: number;
   /** Which base workload produced it (for mixed). */
-  kind: 'chat' | 'summarize';
+  kind: RequestKind;
+  /** The prefix workload: which shared system prompt it starts with, and its length in tokens. */
+  prefixGroup?: number;
+  prefixLen?: number;
   /** The shifting workload's phase (0-based). */
   phase?: number;
   promptLen: number;
@@ -90,7 +104,7 @@ export interface BenchRequest {
 }
 
 export interface Lengths {
-  kind: 'chat' | 'summarize';
+  kind: RequestKind;
   phase?: number;
   promptLen: number;
   outputLen: number;
@@ -131,20 +145,26 @@ export function generateLengths(opts: Omit<WorkloadOptions, 'endpoint' | 'vocabS
   const out: Lengths[] = [];
   for (let i = 0; i < opts.n; i++) {
     const phase = phases ? phaseOf(i, opts.n, phases.length) : undefined;
-    const workload = phases ? phases[phase!]! : (opts.workload as PhaseWorkload);
+    const workload: Exclude<WorkloadName, 'shifting'> = phases ? phases[phase!]! : (opts.workload as Exclude<WorkloadName, 'shifting'>);
     // Always draw the mix so a phase boundary never shifts the other streams.
     const coin = mix.float();
-    const kind: 'chat' | 'summarize' = workload === 'mixed' ? (coin < 0.5 ? 'chat' : 'summarize') : workload;
+    const kind: RequestKind = workload === 'mixed' ? (coin < 0.5 ? 'chat' : 'summarize') : workload;
     const spec = WORKLOAD_SPECS[kind];
     // Always draw both so overriding one length never shifts the other's sequence.
     const drawnIn = rng.int(spec.input.min, spec.input.max);
     const drawnOut = rng.int(spec.output.min, spec.output.max);
-    const p0 = opts.inputLen ?? scaled(drawnIn, opts.inputLenScale);
+    const p0 = (kind === 'prefix' ? prefixLenOf(opts) : 0) + (opts.inputLen ?? scaled(drawnIn, opts.inputLenScale));
     const o0 = opts.outputLen ?? scaled(drawnOut, opts.outputLenScale);
     const [promptLen, outputLen, clipped] = clipLengths(p0, o0, opts.maxModelLen);
     out.push(phase === undefined ? { kind, promptLen, outputLen, clipped } : { kind, phase, promptLen, outputLen, clipped });
   }
   return out;
+}
+
+function prefixLenOf(opts: { prefixLen?: number }): number {
+  const n = opts.prefixLen ?? DEFAULT_PREFIX_LEN;
+  if (!(Number.isInteger(n) && n >= 0)) throw new RangeError(`prefixLen must be an integer >= 0 (got ${n})`);
+  return n;
 }
 
 /** Common short English words for chat prompts (each is one token in most BPE vocabularies). */
@@ -170,15 +190,28 @@ export function generateRequests(opts: WorkloadOptions): BenchRequest[] {
   if (opts.endpoint === 'completions' && !(Number.isInteger(lo) && Number.isInteger(hi) && lo >= 0 && lo <= hi)) {
     throw new RangeError(`no token ids to draw from: min-token-id ${lo}, vocab size ${opts.vocabSize}`);
   }
+  // The prefix workload's shared system prompts: from their own stream, the same for every request
+  // of a group (a request clipped below the prefix keeps the start of it).
+  const groups = opts.workload === 'prefix' ? Math.max(1, opts.prefixGroups ?? 1) : 0;
+  if (!Number.isInteger(groups)) throw new RangeError(`prefixGroups must be an integer >= 1 (got ${opts.prefixGroups})`);
+  const shared = Array.from({ length: groups }, (_, g) => {
+    const rng = new Rng(opts.seed, STREAM.workload + 16 + g);
+    const len = prefixLenOf(opts);
+    return opts.endpoint === 'completions'
+      ? Array.from({ length: len }, () => rng.int(lo, hi))
+      : Array.from({ length: len }, () => rng.int(0, WORDS.length - 1));
+  });
   return lengths.map((l, index) => {
     const req: BenchRequest = { index, ...l };
+    const prefix = groups > 0 ? shared[index % groups].slice(0, l.promptLen) : [];
+    if (groups > 0) { req.prefixGroup = index % groups; req.prefixLen = prefix.length; }
     if (opts.endpoint === 'completions') {
       const ids = new Array<number>(l.promptLen);
-      for (let k = 0; k < l.promptLen; k++) ids[k] = tokRng.int(lo, hi);
+      for (let k = 0; k < l.promptLen; k++) ids[k] = k < prefix.length ? prefix[k] : tokRng.int(lo, hi);
       req.promptTokenIds = ids;
     } else {
       const words = new Array<string>(l.promptLen);
-      for (let k = 0; k < l.promptLen; k++) words[k] = WORDS[tokRng.int(0, WORDS.length - 1)];
+      for (let k = 0; k < l.promptLen; k++) words[k] = WORDS[k < prefix.length ? prefix[k] : tokRng.int(0, WORDS.length - 1)];
       req.promptText = words.join(' ');
     }
     return req;

@@ -93,3 +93,24 @@ test('shifting: equal phases in order (summarize, chat, summarize by default), e
   assert.throws(() => parsePhases(''), /invalid phases/);
   assert.equal(phaseOf(99, 100, 3), 2);
 });
+
+test('prefix workload: every request starts with its group\'s shared system prompt, then its own turn', () => {
+  const reqs = generateRequests({ ...base, workload: 'prefix', n: 9, prefixLen: 100, prefixGroups: 3 });
+  const spec = WORKLOAD_SPECS.prefix;
+  for (const r of reqs) {
+    assert.equal(r.kind, 'prefix');
+    assert.equal(r.prefixGroup, r.index % 3);
+    assert.equal(r.prefixLen, 100);
+    assert.ok(r.promptLen >= 100 + spec.input.min && r.promptLen <= 100 + spec.input.max);
+    assert.equal(r.promptTokenIds!.length, r.promptLen);
+    assert.deepEqual(r.promptTokenIds!.slice(0, 100), reqs[r.index % 3].promptTokenIds!.slice(0, 100), 'same group, same prefix');
+  }
+  assert.notDeepEqual(reqs[0].promptTokenIds!.slice(0, 100), reqs[1].promptTokenIds!.slice(0, 100), 'groups differ');
+  assert.notDeepEqual(reqs[0].promptTokenIds!.slice(100, 116), reqs[3].promptTokenIds!.slice(100, 116), 'turns differ');
+  // --input-len fixes the turn: the 1024 + 32 shape of the TTFT benchmark.
+  const fixed = generateRequests({ ...base, workload: 'prefix', n: 2, inputLen: 32, vocabSize: 49152 });
+  assert.deepEqual(fixed.map((r) => r.promptLen), [1056, 1056]);
+  const chat = generateRequests({ ...base, workload: 'prefix', n: 2, prefixLen: 20, endpoint: 'chat' });
+  assert.equal(chat[0].promptText!.split(' ').slice(0, 20).join(' '), chat[1].promptText!.split(' ').slice(0, 20).join(' '));
+  assert.throws(() => parsePhases('chat,prefix'));
+});

@@ -131,6 +131,8 @@ export interface PrefillResponseMsg {
   prefill_ms: number;
   transfer_tail_ms: number;
   kv_bytes: number;
+  /** Prompt tokens the prefill worker's prefix cache held (not computed); 0 from older workers. */
+  cached_tokens: number;
 }
 
 export interface GenerateRequestMsg {
@@ -143,7 +145,8 @@ export interface GenerateRequestMsg {
 export interface GenerateEventMsg {
   event?: 'reserved' | 'tokens' | 'finished';
   reserved?: boolean;
-  tokens?: { tokens: TokenMsg[]; admit_ms: number };
+  /** cached_tokens: on the first token's message only (0 from older workers). */
+  tokens?: { tokens: TokenMsg[]; admit_ms: number; cached_tokens?: number };
   finished?: { reason: string; stop_token_id: number; has_stop_token: boolean };
 }
 
@@ -162,4 +165,6 @@ export interface KvChunkMsg {
   layout?: string;
   /** "fp32" | "fp16" | "bf16" | "int8"; "" (or unset) means fp32. */
   wire_dtype?: string;
+  /** On the done chunk: prompt tokens the sender's prefix cache held. */
+  cached_tokens?: number;
 }

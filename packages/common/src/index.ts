@@ -5,6 +5,7 @@ export * from './redis/registry.ts';
 export * from './redis/control.ts';
 export * from './redis/redis-server.ts';
 export * from './redis/client.ts';
+export * from './redis/prefix-events.ts';
 export * from './process/free-port.ts';
 export * from './process/parent-watch.ts';
 export * from './process/supervisor.ts';

@@ -1,6 +1,7 @@
 // The engine a worker embeds: a model directory loaded onto ONNX Runtime, its tokenizer, and a
 // runner that keeps each sequence's KV cache. Workers drive it step by step (prefill chunks, decode
 // batches); `generate` runs one request start to finish for the CLI and tests.
+import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { kvBytesPerToken, readModelConfig, type ModelConfig } from './model/config.ts';
 import { isPdserveModelDir, loadExternalModel } from './model/external.ts';
@@ -9,6 +10,7 @@ import { LlamaRunner } from './runner/llama-runner.ts';
 import type { ForwardItem, ModelRunner } from './runner/types.ts';
 import { createSession, type Device, type SessionOptions } from './runtime/session.ts';
 import { SlotKvCache, type KvSequence } from './kv/slot-cache.ts';
+import { PrefixCache, type PrefixHit } from './kv/prefix-cache.ts';
 import { loadTokenizer } from './tokenizer/load.ts';
 import type { Tokenizer } from './tokenizer/types.ts';
 
@@ -26,6 +28,11 @@ export interface EngineOptions {
   kvBudgetBytes?: number;
   /** Prompt tokens per prefill forward pass. */
   prefillChunk?: number;
+  /**
+   * Automatic prefix caching (kv/prefix-cache.ts; default on). It only keeps what idle KV slots
+   * still hold, so it takes no memory beyond the KV budget. Models on the external runner have none.
+   */
+  prefixCache?: boolean;
 }
 
 export class EngineCapacityError extends Error {}
@@ -43,6 +50,8 @@ export class Engine {
     readonly runner: ModelRunner,
     readonly maxModelLen: number,
     readonly prefillChunk: number,
+    /** Set when prefix caching is on (and the runner supports it). */
+    readonly prefixCache?: PrefixCache,
   ) {}
 
   static async load(dir: string, opts: EngineOptions = {}): Promise<Engine> {
@@ -60,7 +69,12 @@ export class Engine {
         throw new EngineCapacityError(`a KV budget of ${opts.kvBudgetBytes} bytes cannot hold one ${maxModelLen}-token sequence (${perSequence} bytes); raise the budget or lower max model length`);
       }
       const runner = await model.createRunner({ blockTokens, maxSequences, maxModelLen });
-      return new Engine(config, tokenizer, runner, maxModelLen, opts.prefillChunk ?? DEFAULT_PREFILL_CHUNK);
+      // The root of the block hash chain names the model (its config.json, which records the
+      // weights' source and dtype) and the KV layout, so no block is ever shared across either.
+      const prefix = opts.prefixCache !== false && runner instanceof LlamaRunner
+        ? new PrefixCache(runner.cache, { model: createHash('sha256').update(JSON.stringify(config)).digest('hex') })
+        : undefined;
+      return new Engine(config, tokenizer, runner, maxModelLen, opts.prefillChunk ?? DEFAULT_PREFILL_CHUNK, prefix);
     } catch (err) {
       await model.dispose();
       throw err;
@@ -73,13 +87,44 @@ export class Engine {
 
   /** Claims KV room for a new sequence; throws EngineCapacityError when the cache is full. */
   newSequence(id: string): KvSequence {
-    const seq = this.runner.allocate(id);
+    const seq = this.allocate(id);
     if (!seq) throw new EngineCapacityError(`KV cache full: all ${this.runner.capacity().maxSequences} sequences in use`);
     return seq;
   }
 
+  /** Room for a sequence (dropping the least recently used cached prefix if need be), or null when every slot is in use. */
+  allocate(id: string): KvSequence | null {
+    return this.prefixCache ? this.prefixCache.allocate(id) : this.runner.allocate(id);
+  }
+
+  /**
+   * Room for a decode reservation (its prompt not known yet); over a cached prefix when no slot is
+   * empty, so that the prompt's own prefill here (attachPrompt) can still find it. Its length is
+   * meaningless until attachPrompt or writeBlocks sets it.
+   */
+  reserveSequence(id: string): KvSequence | null {
+    return this.prefixCache ? this.prefixCache.reserve(id) : this.runner.allocate(id);
+  }
+
+  /**
+   * Room for a prompt, holding as much of its beginning as the prefix cache has (whole blocks, never
+   * the last token); null when every slot is in use. Prefill continues at `cachedTokens`.
+   */
+  startPrompt(id: string, promptIds: readonly number[]): PrefixHit | null {
+    if (this.prefixCache) return this.prefixCache.start(id, promptIds);
+    const seq = this.runner.allocate(id);
+    return seq ? { seq, cachedTokens: 0 } : null;
+  }
+
+  /** The sequence `seq` (from reserveSequence, nothing written yet) takes the cached beginning of its prompt. */
+  attachPrompt(seq: KvSequence, promptIds: readonly number[]): PrefixHit {
+    return this.prefixCache ? this.prefixCache.attach(seq, promptIds) : { seq, cachedTokens: 0 };
+  }
+
+  /** Ends a sequence; with prefix caching its full blocks stay reusable until the slot is needed. */
   release(seq: KvSequence): void {
-    this.runner.free(seq);
+    if (this.prefixCache) this.prefixCache.release(seq);
+    else this.runner.free(seq);
   }
 
   /** Checks that `promptLength + maxTokens` fits the model; throws PromptTooLongError naming the limit. */
@@ -121,7 +166,9 @@ export class Engine {
   async decode(batch: Array<{ seq: KvSequence; token: number }>): Promise<Float32Array> {
     for (const b of batch) this.checkLength(b.seq.length + 1);
     const items: ForwardItem[] = batch.map((b) => ({ seq: b.seq, tokens: [b.token] }));
-    return this.runner.forward(items);
+    const logits = await this.runner.forward(items);
+    if (this.prefixCache) for (const b of batch) this.prefixCache.appended(b.seq, b.token);
+    return logits;
   }
 }
 

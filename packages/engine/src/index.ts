@@ -12,6 +12,8 @@ export * from './kv/layout.ts';
 export * from './kv/codec.ts';
 export * from './kv/wire.ts';
 export type { KvSequence } from './kv/slot-cache.ts';
+export { PrefixCache, type PrefixCacheStats, type PrefixEvent, type PrefixHit } from './kv/prefix-cache.ts';
+export * from './kv/block-hash.ts';
 export type { ForwardItem, KvCapacity, ModelRunner, StepTimings } from './runner/types.ts';
 export { DEVICES, type Device } from './runtime/session.ts';
 export * from './sampling/sampler.ts';

@@ -33,6 +33,8 @@ export interface TokenEvent {
   id: number;
   logprob?: number;
   topLogprobs?: Array<{ id: number; logprob: number }>;
+  /** On the first token: leading prompt tokens whose KV a worker's prefix cache held. */
+  cachedTokens?: number;
 }
 
 /** How a generation ended. 'stop' = a stop token id (or EOS) was sampled; 'length' = max tokens or context full. */

@@ -19,7 +19,8 @@ import type { Logger } from 'pino';
 import { judgeAdmission, type AdmissionConfig } from './admission.ts';
 import { BackendError, type Backend, type GenerateRequest, type GenerationEvent, type WorkerSummary } from './backend.ts';
 import { LoadLedger } from './load-ledger.ts';
-import { decidePlacement, type Placement, type PlacementConfig } from './placement.ts';
+import { decidePlacement, decodeScore, type Placement, type PlacementConfig } from './placement.ts';
+import { PrefixIndexFeed } from './prefix-index.ts';
 import { WorkerHealth } from './worker-health.ts';
 
 export interface ClusterBackendOptions {
@@ -46,6 +47,8 @@ export interface ClusterBackendOptions {
   admission?: AdmissionConfig;
   /** Every placement decision of an admitted request (for pdserve_prefill_placement_total). */
   onPlacement?(p: Placement): void;
+  /** Follow the workers' prefix caches (their block-hash events in Redis) when choosing (default true). */
+  prefixRouting?: boolean;
 }
 
 export const DEFAULT_GENERATE_TIMEOUT_MS = 30 * 60_000;
@@ -71,6 +74,8 @@ export class ClusterBackend implements Backend {
   /** Load this router sent each worker since its last report, and the measured transfer cost. */
   readonly ledger = new LoadLedger();
   private readonly health: WorkerHealth;
+  /** Which worker holds which prompt prefix (a hint fed from Redis); undefined with prefix routing off. */
+  readonly prefixes?: PrefixIndexFeed;
   /** Workers already reported as serving another model (logged once each). */
   private readonly wrongModel = new Set<string>();
   private counter = 0;
@@ -80,6 +85,7 @@ export class ClusterBackend implements Backend {
       redisUrl: opts.redisUrl, prefix: opts.prefix, logger: opts.logger, pollMs: opts.pollMs,
       onChange: () => this.prune(),
     });
+    if (opts.prefixRouting !== false) this.prefixes = new PrefixIndexFeed({ redisUrl: opts.redisUrl, prefix: opts.prefix, logger: opts.logger });
     this.health = new WorkerHealth((w) => this.probe(w), opts.logger);
   }
 
@@ -89,6 +95,7 @@ export class ClusterBackend implements Backend {
 
   async stop(): Promise<void> {
     await this.directory.stop();
+    await this.prefixes?.stop();
     for (const c of this.clients.values()) { c.prefill.close(); c.decode.close(); }
     this.clients.clear();
   }
@@ -140,6 +147,7 @@ export class ClusterBackend implements Backend {
     }
     this.health.retain(ids);
     this.ledger.retain(ids);
+    this.prefixes?.follow(ids);
     for (const id of this.wrongModel) if (!ids.has(id)) this.wrongModel.delete(id);
   }
 
@@ -168,24 +176,24 @@ export class ClusterBackend implements Backend {
     return false;
   }
 
-  /** Lower is better: queued and running work, per what the worker reported and what we sent since. */
-  private score(w: WorkerInfo): number {
-    return w.load.queue_len + w.load.running + w.load.waiting + (this.inflight.get(w.id) ?? 0) - w.load.free_kv_blocks / Math.max(1, w.load.total_kv_blocks);
-  }
-
   /** The decode worker, the placement of the prefill, and admission's verdict (throws the refusal). */
   private pick(req: GenerateRequest, exclude: ReadonlySet<string>): { prefill: WorkerInfo; decode: WorkerInfo; placement: Placement } {
     const fresh = this.directory.staleSince() === undefined;
     const healthy = this.directory.list().filter((w) => w.healthy && !exclude.has(w.id) && this.servesOurModel(w) && this.health.usable(w, fresh));
-    const decoders = healthy.filter((w) => canDecode(w.role)).sort((a, b) => this.score(a) - this.score(b));
-    if (decoders.length === 0) throw new BackendError('no decode worker is available', 503, 'no_capacity', 2);
-    const decode = decoders[0];
+    const n = req.promptIds.length;
+    // Expected prefix-cache hits per prefill-capable worker (the index is a hint: see prefix-index.ts).
+    const cached = this.prefixes?.index.cachedTokens(req.promptIds, healthy.filter((w) => canPrefill(w.role)).map((w) => w.id)) ?? new Map<string, number>();
+    const scored = healthy.filter((w) => canDecode(w.role))
+      .map((w) => ({ w, score: decodeScore({ role: w.role, load: w.load, inflight: this.inflight.get(w.id) ?? 0, cachedTokens: cached.get(w.id) ?? 0, heldBlocks: this.prefixes?.index.heldBlocks(w.id) }, n) }))
+      .sort((a, b) => a.score - b.score);
+    if (scored.length === 0) throw new BackendError('no decode worker is available', 503, 'no_capacity', 2);
+    const decode = scored[0].w;
     const prefillers = healthy.filter((w) => w.role === 'prefill');
-    const dv = this.ledger.view(decode);
+    const dv = { ...this.ledger.view(decode), cachedTokens: cached.get(decode.id) ?? 0 };
     const placement = decidePlacement({
-      promptTokens: req.promptIds.length,
+      promptTokens: n,
       decode: dv,
-      prefillers: prefillers.map((w) => this.ledger.view(w)),
+      prefillers: prefillers.map((w) => ({ ...this.ledger.view(w), cachedTokens: cached.get(w.id) ?? 0 })),
       transfer: this.ledger.transferCost(),
       tpotSloMs: req.slo?.tpotMs,
     }, this.opts.placement ?? { mode: 'auto' });
@@ -352,6 +360,8 @@ export class ClusterBackend implements Backend {
           ) as grpc.ClientUnaryCall;
           timings.reserve = reservedAt - arrived;
         } else if (e.event === 'tokens') {
+          // The first token's message says how much of the prompt came from a prefix cache.
+          let cachedTokens = first ? e.tokens!.cached_tokens ?? 0 : undefined;
           if (first) {
             first = false;
             timings.first_decode = e.tokens!.admit_ms;
@@ -361,7 +371,8 @@ export class ClusterBackend implements Backend {
           }
           for (const t of e.tokens!.tokens) {
             progress.yielded = true;
-            yield { type: 'token', id: t.id, logprob: sampling.logprobs >= 0 ? t.logprob : undefined, topLogprobs: sampling.logprobs > 0 ? t.top_logprobs : undefined };
+            yield { type: 'token', id: t.id, logprob: sampling.logprobs >= 0 ? t.logprob : undefined, topLogprobs: sampling.logprobs > 0 ? t.top_logprobs : undefined, ...(cachedTokens !== undefined ? { cachedTokens } : {}) };
+            cachedTokens = undefined;
           }
         } else if (e.event === 'finished') {
           const f = e.finished!;

@@ -40,6 +40,8 @@ export interface GenerationOutcome {
   completionTokens: number;
   /** The client went away before the end. */
   clientGone: boolean;
+  /** Leading prompt tokens served by a worker's prefix cache (OpenAI's prompt_tokens_details.cached_tokens). */
+  cachedTokens: number;
 }
 
 /** The abort reason the backend sees when a stop string ended the text (vs a disconnect). */
@@ -56,6 +58,7 @@ export class Generation {
   private firstAt: number | undefined;
   private lastAt: number | undefined;
   private tokenEvents = 0;
+  private cachedTokens = 0;
   private timings: Promise<Record<string, number>> = Promise.resolve({});
   private outcome: GenerationOutcome | undefined;
   private ended = false;
@@ -100,6 +103,7 @@ export class Generation {
           break;
         }
         this.onTokenTiming();
+        if (ev.cachedTokens !== undefined) this.cachedTokens = ev.cachedTokens;
         if (this.clientSignal.aborted) continue; // nobody to write to; wait for the backend's finish
         const delta = text.push(ev);
         if (delta.text !== '' || delta.logprob) await onDelta(delta);
@@ -162,6 +166,7 @@ export class Generation {
         requestId: spec.requestId,
         endpoint: spec.endpoint,
         promptTokens: spec.promptIds.length,
+        cachedTokens: outcome.cachedTokens,
         completionTokens: outcome.completionTokens,
         finishReason: outcome.finishReason,
         e2eMs,
@@ -189,7 +194,7 @@ export class Generation {
   }
 
   private finishWith(finishReason: FinishReason, completionTokens: number): GenerationOutcome {
-    this.outcome = { finishReason, completionTokens, clientGone: this.clientSignal.aborted };
+    this.outcome = { finishReason, completionTokens, clientGone: this.clientSignal.aborted, cachedTokens: this.cachedTokens };
     return this.outcome;
   }
 }

@@ -29,6 +29,7 @@ export function metricsObserver(m: RouterMetrics): RouterObserver {
         ttftBreakdown: { queue: s(t.queue), prefill: s(t.prefill), kv_transfer: s(t.kv_transfer), first_decode: s(t.first_decode) },
       });
       gaps.delete(info.requestId);
+      if (info.cachedTokens > 0) m.promptCachedTokens.inc(info.cachedTokens);
     },
     onError(status, code, info) {
       if (info.started) {

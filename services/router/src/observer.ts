@@ -24,6 +24,8 @@ export interface RequestEndInfo {
   requestId: string;
   endpoint: Endpoint;
   promptTokens: number;
+  /** Of those, tokens whose KV came from a worker's prefix cache. */
+  cachedTokens: number;
   /** Generated tokens, counted like vLLM: a sampled stop token id / EOS counts, although its text is not returned. */
   completionTokens: number;
   /**

@@ -16,6 +16,15 @@
 // would push the running batch's TPOT, step / (1 - share of d's time spent prefilling locally),
 // past its SLO (the headroom check). The share of time is counted over a window about one
 // request's decode lifetime long (LOCAL_SHARE_WINDOW_MS).
+//
+// Prefix-aware: `n` above is the prompt tokens a worker must still compute, i.e. less the leading
+// tokens its prefix cache is expected to hold (WorkerView.cachedTokens, from the workers' block-hash
+// events: prefix-index.ts). So a prefill worker holding the prompt's system prompt wins unless its
+// queue costs more time than the hit saves: cached tokens are weighed against load in one unit,
+// milliseconds of TTFT. The decode worker is chosen first (decodeScore): by load, and for a unified
+// worker, which prefills its own prompts, a hit counts as load taken off (a whole prompt cached is
+// worth PREFIX_HIT_WEIGHT requests less: on CPU a prompt's prefill costs its TTFT far more than
+// sharing decode steps with a running request does). The index is a hint; workers verify the tokens of every reused block.
 import type { WorkerRole } from '@pdserve/common';
 
 export const PLACEMENT_MODES = ['auto', 'remote', 'local'] as const;
@@ -58,6 +67,8 @@ export interface WorkerView {
   prefillChunkTokens: number;
   /** Share (0..1) of this worker's recent time taken by local prefills this router placed on it. */
   localPrefillShare: number;
+  /** Leading prompt tokens this worker's prefix cache is expected to hold for this request (0 unknown). */
+  cachedTokens?: number;
 }
 
 export interface PlacementInput {
@@ -92,6 +103,37 @@ export interface Placement {
   tpotMs?: number;
   /** Estimated milliseconds of the decode worker's time this prefill takes (local only). */
   localPrefillMs?: number;
+  /** Prompt tokens the chosen prefilling worker is expected to serve from its prefix cache (0 when unset). */
+  expectedCachedTokens?: number;
+}
+
+/** Requests of load a whole prompt found in a unified worker's prefix cache is worth (decodeScore). */
+export const PREFIX_HIT_WEIGHT = 2;
+
+/** What decodeScore needs of a candidate decode worker. */
+export interface DecodeCandidate {
+  role: WorkerRole;
+  load: { queue_len: number; running: number; waiting: number; free_kv_blocks: number; total_kv_blocks: number; prefix_cache_blocks?: number };
+  /** Blocks its prefix cache holds by the latest events (fresher than load.prefix_cache_blocks, a heartbeat old). */
+  heldBlocks?: number;
+  /** Requests this router has in flight there beyond its last report. */
+  inflight: number;
+  /** Leading prompt tokens its prefix cache is expected to hold for this request. */
+  cachedTokens: number;
+}
+
+/**
+ * The decode worker's score, lower is better: queued and running requests (reported plus in flight
+ * from here), less its free KV share, less, when it would prefill the prompt itself (unified),
+ * PREFIX_HIT_WEIGHT times the share of the prompt its prefix cache is expected to hold. Among equals the worker holding fewer cached blocks
+ * wins, so that new prefixes spread over the workers instead of evicting each other on one.
+ */
+export function decodeScore(c: DecodeCandidate, promptTokens: number): number {
+  const l = c.load;
+  const base = l.queue_len + l.running + l.waiting + c.inflight - l.free_kv_blocks / Math.max(1, l.total_kv_blocks);
+  const hit = c.role === 'unified' && promptTokens > 0 ? PREFIX_HIT_WEIGHT * Math.min(1, c.cachedTokens / promptTokens) : 0;
+  const spread = 1e-3 * Math.min(1, (c.heldBlocks ?? l.prefix_cache_blocks ?? 0) / Math.max(1, l.total_kv_blocks));
+  return base - hit + spread;
 }
 
 /**
@@ -128,6 +170,11 @@ interface Option extends Placement {
   measured: boolean;
 }
 
+/** Expected cached prompt tokens on `w`, never the whole prompt (the last token is always computed). */
+function cachedOf(w: WorkerView, n: number): number {
+  return Math.max(0, Math.min(w.cachedTokens ?? 0, n - 1));
+}
+
 function transferMs(input: PlacementInput, p: WorkerView): number {
   const lastChunk = input.promptTokens - Math.floor((input.promptTokens - 1) / Math.max(1, p.prefillChunkTokens)) * p.prefillChunkTokens;
   return input.transfer.fixedMs + input.transfer.msPerToken * lastChunk;
@@ -139,9 +186,10 @@ function remoteOption(input: PlacementInput, p: WorkerView): Option {
   const d = input.decode;
   const { rate, measured } = rateOf(p, undefined);
   const step = stepMsAt(d.decodeStepMsByBatch, d.batch + 1);
+  const cached = cachedOf(p, n);
   return {
-    where: 'remote', prefillWorker: p.id, reason: 'faster', measured,
-    ttftMs: ((p.queuedPrefillTokens + n) / rate) * 1000 + transferMs(input, p) + (step ?? 0),
+    where: 'remote', prefillWorker: p.id, reason: 'faster', measured, expectedCachedTokens: cached,
+    ttftMs: ((p.queuedPrefillTokens + n - cached) / rate) * 1000 + transferMs(input, p) + (step ?? 0),
     tpotMs: step,
   };
 }
@@ -155,16 +203,17 @@ function localOption(input: PlacementInput): Option {
   const others = input.prefillers.map((p) => p.prefillTokensPerS).filter((r): r is number => !!r && r > 0);
   const { rate, measured } = rateOf(d, others.length ? Math.max(...others) : undefined);
   const step = stepMsAt(d.decodeStepMsByBatch, d.batch + 1);
-  const ahead = d.queuedPrefillTokens + n;
+  const cached = cachedOf(d, n);
+  const ahead = d.queuedPrefillTokens + n - cached;
   // The scheduler runs one decode step between prefill chunks while a batch is running.
-  const chunks = Math.ceil(ahead / Math.max(1, d.prefillChunkTokens));
+  const chunks = Math.max(1, Math.ceil(ahead / Math.max(1, d.prefillChunkTokens)));
   return {
-    where: 'local', prefillWorker: d.id, reason: 'faster', measured,
+    where: 'local', prefillWorker: d.id, reason: 'faster', measured, expectedCachedTokens: cached,
     ttftMs: (ahead / rate) * 1000 + (d.batch > 0 ? chunks : 1) * (step ?? 0),
     // This request's own prefill runs before its first token: it stalls the others, not itself
     // (the headroom check below keeps the others' TPOT).
     tpotMs: step,
-    localPrefillMs: (n / rate) * 1000,
+    localPrefillMs: ((n - cached) / rate) * 1000,
   };
 }
 

@@ -13,6 +13,8 @@ export interface Usage {
   prompt_tokens: number;
   completion_tokens: number;
   total_tokens: number;
+  /** As OpenAI reports it: prompt tokens served from a (prefix) cache. */
+  prompt_tokens_details: { cached_tokens: number };
 }
 
 export interface ResponseFormat {
@@ -53,10 +55,11 @@ export async function respond(
     gen.complete();
   });
   if (res.closed || res.destroyed) client.abort(); // gone while the request was being prepared
-  const usage = (completionTokens: number): Usage => ({
+  const usage = (o: { completionTokens: number; cachedTokens: number }): Usage => ({
     prompt_tokens: spec.promptIds.length,
-    completion_tokens: completionTokens,
-    total_tokens: spec.promptIds.length + completionTokens,
+    completion_tokens: o.completionTokens,
+    total_tokens: spec.promptIds.length + o.completionTokens,
+    prompt_tokens_details: { cached_tokens: o.cachedTokens },
   });
 
   if (!opts.stream) {
@@ -70,7 +73,7 @@ export async function respond(
       gen.complete();
       return reply.hijack();
     }
-    return fmt.body(text, logprobs, outcome.finishReason, usage(outcome.completionTokens));
+    return fmt.body(text, logprobs, outcome.finishReason, usage(outcome));
   }
 
   const sse = new SseStream(reply);
@@ -92,7 +95,7 @@ export async function respond(
     }
     await openStream();
     await sse.send(fmt.finalChunk(outcome.finishReason));
-    if (opts.includeUsage) await sse.send(fmt.usageChunk(usage(outcome.completionTokens)));
+    if (opts.includeUsage) await sse.send(fmt.usageChunk(usage(outcome)));
     sse.done();
   } catch (err) {
     if (!sse.isOpen) throw err; // nothing sent yet: a plain HTTP error from the error handler

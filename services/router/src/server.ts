@@ -31,6 +31,8 @@ export interface RouterOptions {
   prefillPlacement?: PlacementMode;
   /** In auto mode, prompts longer than this are always prefilled remotely. */
   localPrefillMaxTokens?: number;
+  /** Route by the workers' prefix caches (default true); false: by load only. */
+  prefixRouting?: boolean;
   /** 'slo' (default): refuse requests whose SLO the estimates say cannot be met; 'off': never. */
   admission?: 'slo' | 'off';
   logger?: Logger;
@@ -55,7 +57,13 @@ export async function startRouter(o: RouterOptions): Promise<RunningRouter> {
     generateTimeoutMs: o.generateTimeoutMs, prefillTimeoutMs: o.prefillTimeoutMs, tokenIdleTimeoutMs: o.tokenIdleTimeoutMs,
     placement: { mode: o.prefillPlacement ?? 'auto', localMaxTokens: o.localPrefillMaxTokens },
     admission: { sloAdmission: (o.admission ?? 'slo') === 'slo' },
-    onPlacement: (p) => metrics.prefillPlacement.inc({ where: p.where, reason: p.reason }),
+    onPlacement: (p) => {
+      metrics.prefillPlacement.inc({ where: p.where, reason: p.reason });
+      const hit = p.expectedCachedTokens ?? 0;
+      metrics.prefixRouting.inc({ result: hit > 0 ? 'hit' : 'miss' });
+      metrics.prefixRoutingHitTokens.observe(hit);
+    },
+    prefixRouting: o.prefixRouting ?? true,
   });
   await backend.start();
   // Rolling request statistics for the planner (services/planner), published to Redis.

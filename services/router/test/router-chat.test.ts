@@ -37,7 +37,7 @@ describe('POST /v1/chat/completions', () => {
     const req = backend.requests.at(-1)!;
     assert.deepEqual(req.promptIds, tok.encode('Once upon'));
     assert.equal(req.sampling.maxTokens, 64 - req.promptIds.length);
-    assert.deepEqual(body.usage, { prompt_tokens: 3, completion_tokens: 2, total_tokens: 5 });
+    assert.deepEqual(body.usage, { prompt_tokens: 3, completion_tokens: 2, total_tokens: 5, prompt_tokens_details: { cached_tokens: 0 } });
   });
 
   test('max_completion_tokens wins over max_tokens', async () => {
@@ -61,7 +61,7 @@ describe('POST /v1/chat/completions', () => {
     assert.equal(events.at(-1), '[DONE]');
     const usage = events.at(-2);
     assert.deepEqual(usage.choices, []);
-    assert.deepEqual(usage.usage, { prompt_tokens: 2, completion_tokens: 3, total_tokens: 5 });
+    assert.deepEqual(usage.usage, { prompt_tokens: 2, completion_tokens: 3, total_tokens: 5, prompt_tokens_details: { cached_tokens: 0 } });
     const chunks = events.slice(0, -2);
     for (const c of chunks) {
       assert.equal(c.object, 'chat.completion.chunk');

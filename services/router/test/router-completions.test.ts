@@ -30,7 +30,7 @@ describe('POST /v1/completions', () => {
     assert.equal(body.model, MODEL);
     assert.equal(typeof body.created, 'number');
     assert.deepEqual(body.choices, [{ index: 0, text: ' upon a time', logprobs: null, finish_reason: 'length' }]);
-    assert.deepEqual(body.usage, { prompt_tokens: 2, completion_tokens: 3, total_tokens: 5 });
+    assert.deepEqual(body.usage, { prompt_tokens: 2, completion_tokens: 3, total_tokens: 5, prompt_tokens_details: { cached_tokens: 0 } });
     const req = backend.requests.at(-1)!;
     assert.equal(req.requestId, 'req-123');
     assert.deepEqual(req.promptIds, tok.encode('Once'));
@@ -138,7 +138,7 @@ describe('POST /v1/completions', () => {
     assert.equal(events.at(-1), '[DONE]');
     const usage = events.at(-2);
     assert.deepEqual(usage.choices, []);
-    assert.deepEqual(usage.usage, { prompt_tokens: 2, completion_tokens: 2, total_tokens: 4 });
+    assert.deepEqual(usage.usage, { prompt_tokens: 2, completion_tokens: 2, total_tokens: 4, prompt_tokens_details: { cached_tokens: 0 } });
     const chunks = events.slice(0, -2);
     for (const c of chunks) {
       assert.equal(c.object, 'text_completion');

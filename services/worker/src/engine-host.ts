@@ -35,12 +35,15 @@ export interface PrefillResult {
   queueMs: number;
   prefillMs: number;
   transferTailMs: number;
+  /** Leading prompt tokens served by the prefix cache (not computed). */
+  cachedTokens: number;
   /** Set when the blocks went to another worker over gRPC. */
   transfer?: { bytes: number; rawBytes: number; ms: number };
 }
 
 export interface DecodeHandlers {
-  tokens(tokens: SampledToken[], admitMs?: number): void;
+  /** `admitMs` and `cachedTokens` come with the first token only. */
+  tokens(tokens: SampledToken[], admitMs?: number, cachedTokens?: number): void;
   finished(reason: 'stop' | 'length', stopTokenId: number | undefined, generated: number): void;
   failed(err: EngineError): void;
   /** A KV chunk for this request arrived (the KV wait restarts). */
@@ -70,6 +73,7 @@ interface PendingPrefill {
 export class EngineHost {
   load: WorkerLoad & Record<string, unknown>;
   onStep?: (s: { phase: 'prefill' | 'decode'; ms: number; tokens: number; batch: number }) => void;
+  onPrefixEvents?: (e: Extract<FromEngine, { type: 'prefixEvents' }>) => void;
   private readonly prefills = new Map<string, PendingPrefill>();
   private readonly reservations = new Map<string, { resolve(): void; reject(e: EngineError): void; handlers: DecodeHandlers; promptLen: number }>();
   private readonly decodes = new Map<string, DecodeEntry>();
@@ -235,7 +239,7 @@ export class EngineHost {
         this.prefills.delete(m.requestId);
         const push = p?.push;
         p?.resolve({
-          firstToken: m.firstToken, queueMs: m.queueMs, prefillMs: m.prefillMs, transferTailMs: m.transferTailMs,
+          firstToken: m.firstToken, queueMs: m.queueMs, prefillMs: m.prefillMs, transferTailMs: m.transferTailMs, cachedTokens: m.cachedTokens,
           transfer: push ? { bytes: push.bytes, rawBytes: push.rawBytes, ms: (push.finishedAt ?? performance.now()) - (push.startedAt ?? performance.now()) } : undefined,
         });
         break;
@@ -265,7 +269,7 @@ export class EngineHost {
         break;
       }
       case 'tokens':
-        this.decodes.get(m.requestId)?.handlers.tokens(m.tokens, m.admitMs);
+        this.decodes.get(m.requestId)?.handlers.tokens(m.tokens, m.admitMs, m.cachedTokens);
         break;
       case 'kvApplied': {
         const d = this.decodes.get(m.requestId);
@@ -288,6 +292,9 @@ export class EngineHost {
         break;
       case 'load':
         this.load = m.load;
+        break;
+      case 'prefixEvents':
+        this.onPrefixEvents?.(m);
         break;
       case 'stopped':
         this.stopped?.();

@@ -2,7 +2,7 @@
 // Runtime, the KV cache, the scheduler). ONNX Runtime's node binding runs a forward pass
 // synchronously, so the engine gets a thread of its own: the main thread stays free to stream KV
 // blocks and tokens while a step computes.
-import type { EngineOptions, KvShape, KvWireDtype, ModelConfig, SampledToken } from '@pdserve/engine';
+import type { EngineOptions, KvShape, KvWireDtype, ModelConfig, PrefixEvent, SampledToken } from '@pdserve/engine';
 import type { KvChunkMsg, SamplingParamsMsg, WorkerLoad } from '@pdserve/common';
 import type { SchedulerOptions } from './scheduler.ts';
 
@@ -32,6 +32,8 @@ export interface EngineInfo {
   kvShape: KvShape;
   kvBytes: number;
   maxSequences: number;
+  /** Root of the prefix cache's block hash chain; absent when prefix caching is off. */
+  prefixRoot?: string;
 }
 
 /** Why an engine-side operation failed, so the gRPC layer can pick a status code. */
@@ -51,13 +53,13 @@ export type ToEngine =
 export type FromEngine =
   | { type: 'ready'; info: EngineInfo }
   | { type: 'loadFailed'; message: string }
-  | { type: 'prefillDone'; requestId: string; firstToken: SampledToken; queueMs: number; prefillMs: number; transferTailMs: number }
+  | { type: 'prefillDone'; requestId: string; firstToken: SampledToken; queueMs: number; prefillMs: number; transferTailMs: number; cachedTokens: number }
   | { type: 'prefillFailed'; requestId: string; message: string; kind: FailureKind }
   | { type: 'kvOut'; requestId: string; chunks: KvChunkMsg[]; final: boolean }
   | { type: 'kvAbort'; requestId: string }
   | { type: 'reserved'; requestId: string }
   | { type: 'reserveFailed'; requestId: string; message: string; kind: FailureKind }
-  | { type: 'tokens'; requestId: string; tokens: SampledToken[]; admitMs?: number }
+  | { type: 'tokens'; requestId: string; tokens: SampledToken[]; admitMs?: number; cachedTokens?: number }
   | { type: 'finished'; requestId: string; reason: 'stop' | 'length'; stopTokenId?: number; generated: number }
   | { type: 'decodeFailed'; requestId: string; message: string; kind: FailureKind }
   /** KV bytes of a request written into the cache (the main thread's backlog shrinks). */
@@ -66,4 +68,6 @@ export type FromEngine =
   | { type: 'kvProgress'; requestId: string }
   | { type: 'step'; phase: 'prefill' | 'decode'; ms: number; tokens: number; batch: number }
   | { type: 'load'; load: WorkerLoad & Record<string, unknown> }
+  /** Block hashes the prefix cache stored or dropped since the last report; with resync, `held` is all it holds. */
+  | { type: 'prefixEvents'; events: PrefixEvent[]; resync: boolean; held?: string[] }
   | { type: 'stopped' };

@@ -64,6 +64,7 @@ async function main(): Promise<void> {
   const sinks = new Map<string, ThreadKvSink>();
 
   function postLoad(): void {
+    postPrefixEvents();
     const c = engine.runner.capacity();
     const recent = scheduler.recentStepMs.slice(-16);
     const sorted = [...recent].sort((a, b) => a - b);
@@ -82,9 +83,25 @@ async function main(): Promise<void> {
         decode_batch: decodes.length ? Math.round((decodes.reduce((n, d) => n + d.batch, 0) / decodes.length) * 100) / 100 : undefined,
         queued_prefill_tokens: scheduler.queuedPrefillTokens,
         prefill_chunk_tokens: engine.prefillChunk,
+        ...prefixLoad(),
         decode_step_ms_by_batch: Object.fromEntries([...scheduler.decodeStepMsByBatch].map(([b, ms]) => [String(b), Math.round(ms * 100) / 100])),
       },
     });
+  }
+
+  function postPrefixEvents(): void {
+    const pc = engine.prefixCache;
+    if (!pc) return;
+    const { events, resync } = pc.drainEvents();
+    if (resync) post({ type: 'prefixEvents', events: [], resync, held: pc.heldHashes() });
+    else if (events.length > 0) post({ type: 'prefixEvents', events, resync });
+  }
+
+  function prefixLoad(): Record<string, number> {
+    const pc = engine.prefixCache;
+    if (!pc) return {};
+    const c = pc.counters;
+    return { prefix_cache_queries: c.queries, prefix_cache_hits: c.hits, prefix_cache_blocks: pc.retainedBlocks };
   }
 
   // Everything a message handler does is about one request: an error in it fails that request
@@ -126,7 +143,7 @@ async function main(): Promise<void> {
           });
         const job: PrefillJob = {
           requestId: m.requestId, promptIds: m.promptIds, sampling: m.sampling, sampler, sink, local: m.local,
-          enqueuedAt: performance.now(), computeMs: 0, sentBlocks: 0, cancelled: false,
+          enqueuedAt: performance.now(), computeMs: 0, sentBlocks: 0, cachedTokens: 0, cancelled: false,
           done: (r) => { sinks.delete(m.requestId); post({ type: 'prefillDone', requestId: m.requestId, ...r }); postLoad(); },
           fail: (err) => { sinks.delete(m.requestId); post({ type: 'prefillFailed', requestId: m.requestId, message: err.message, kind: kindOf(err) }); postLoad(); },
         };
@@ -189,7 +206,11 @@ async function main(): Promise<void> {
       requestId, seq, sampling, sampler, promptLen,
       status: 'waiting_kv', pendingKv: [], generated: 0, cancelled: false,
       kvApplied: (bytes) => post({ type: 'kvApplied', requestId, bytes }),
-      emit: (tokens: SampledToken[], admitMs?: number) => (admitMs !== undefined && kvTrace('d.token_posted', requestId), post({ type: 'tokens', requestId, tokens, admitMs })),
+      emit: (tokens: SampledToken[], admitMs?: number) => {
+        if (admitMs === undefined) return post({ type: 'tokens', requestId, tokens });
+        kvTrace('d.token_posted', requestId);
+        post({ type: 'tokens', requestId, tokens, admitMs, cachedTokens: req.cachedTokens ?? 0 });
+      },
       finish: (reason, stopTokenId) => {
         if (over) return;
         over = true;
@@ -215,6 +236,7 @@ async function main(): Promise<void> {
     info: {
       config: engine.config, maxModelLen: engine.maxModelLen, vocabSize: engine.vocabSize,
       blockBytes: engine.runner.blockBytes, blockTokens: engine.runner.kvShape.blockTokens, kvShape: engine.runner.kvShape, kvBytes: cap.bytes, maxSequences: cap.maxSequences,
+      prefixRoot: engine.prefixCache?.root,
     },
   });
   postLoad();

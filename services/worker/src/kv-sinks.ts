@@ -37,11 +37,13 @@ export class ThreadKvSink implements KvSink {
     kvTrace('p.posted', this.requestId);
   }
 
-  finish(seq: KvSequence, first: number, count: number, firstToken: SampledToken): Promise<void> {
+  finish(seq: KvSequence, first: number, count: number, firstToken: SampledToken, cachedTokens: number): Promise<void> {
     if (this.pushError) return Promise.reject(this.pushError);
     const done = new Promise<void>((resolve, reject) => { this.ack = { resolve, reject }; });
     kvTrace('p.sink', this.requestId, { first, count, final: true });
-    this.to.out(this.messages(seq, first, count, seq.length, firstToken), true);
+    const messages = this.messages(seq, first, count, seq.length, firstToken);
+    messages[messages.length - 1].cached_tokens = cachedTokens;
+    this.to.out(messages, true);
     kvTrace('p.posted', this.requestId);
     return done;
   }
@@ -91,8 +93,9 @@ export class LocalKvSink implements KvSink {
     this.onProgress();
   }
 
-  finish(_seq: KvSequence, _first: number, _count: number, firstToken: SampledToken): Promise<void> {
+  finish(_seq: KvSequence, _first: number, _count: number, firstToken: SampledToken, cachedTokens: number): Promise<void> {
     this.req.lastToken = firstToken;
+    this.req.cachedTokens = cachedTokens;
     this.req.kvDoneAt = performance.now();
     this.req.status = 'ready';
     this.onReady();

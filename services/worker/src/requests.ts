@@ -15,8 +15,11 @@ export class RequestFailure extends Error {
 export interface KvSink {
   /** Sends blocks [first, first+count) once the sequence holds `tokenCount` positions. */
   send(seq: KvSequence, first: number, count: number, tokenCount: number): void;
-  /** Last call: the remaining blocks and the first sampled token. Resolves when the decode side has it all. */
-  finish(seq: KvSequence, first: number, count: number, firstToken: SampledToken): Promise<void>;
+  /**
+   * Last call: the remaining blocks, the first sampled token and how many leading prompt tokens
+   * came from the prefix cache. Resolves when the decode side has it all.
+   */
+  finish(seq: KvSequence, first: number, count: number, firstToken: SampledToken, cachedTokens: number): Promise<void>;
   /** Stops the transfer (the request was cancelled or failed). */
   abort(): void;
 }
@@ -36,10 +39,12 @@ export interface PrefillJob {
   startedAt?: number;
   computeMs: number;
   seq?: KvSequence;
+  /** Leading prompt tokens the prefix cache held when the job started (not computed again). */
+  cachedTokens: number;
   /** Blocks already handed to the sink. */
   sentBlocks: number;
   cancelled: boolean;
-  done(result: { firstToken: SampledToken; queueMs: number; prefillMs: number; transferTailMs: number }): void;
+  done(result: { firstToken: SampledToken; queueMs: number; prefillMs: number; transferTailMs: number; cachedTokens: number }): void;
   fail(err: Error): void;
 }
 
@@ -58,11 +63,14 @@ export interface DecodeRequest {
   lastToken?: SampledToken;
   generated: number;
   kvDoneAt?: number;
+  /** Leading prompt tokens whose KV came from a prefix cache (reported with the first token). */
+  cachedTokens?: number;
   cancelled: boolean;
   /** Its client is not reading: it sits out decode steps until resumed (the stream's buffer stays bounded). */
   paused?: boolean;
   /** Called with the bytes of each received KV chunk once it is written (or dropped). */
   kvApplied?(bytes: number): void;
+  /** `admitMs` is set on the first token's call only. */
   emit(tokens: SampledToken[], admitMs?: number): void;
   finish(reason: 'stop' | 'length', stopTokenId?: number): void;
   fail(err: Error): void;

@@ -97,7 +97,7 @@ export class Scheduler {
 
   /** Holds a KV slot for a request whose cache is about to arrive; waits (bounded) when none is free. */
   reserve(requestId: string): Promise<KvSequence> {
-    const seq = this.engine.runner.allocate(requestId);
+    const seq = this.engine.reserveSequence(requestId);
     if (seq) return Promise.resolve(seq);
     if (this.reserveQueue.length >= this.opts.maxReserveQueue) {
       return Promise.reject(new QueueFullError(`no KV room and ${this.reserveQueue.length} requests already waiting`));
@@ -185,7 +185,7 @@ export class Scheduler {
     this.engine.release(seq);
     // Hand the freed slot to the oldest waiting reservation.
     while (this.reserveQueue.length > 0) {
-      const next = this.engine.runner.allocate(this.reserveQueue[0].requestId);
+      const next = this.engine.reserveSequence(this.reserveQueue[0].requestId);
       if (!next) break;
       const w = this.reserveQueue.shift()!;
       clearTimeout(w.timer);
@@ -277,6 +277,8 @@ export class Scheduler {
             break;
           }
           req.lastToken = { id: chunk.first_token!.id, logprob: chunk.first_token!.logprob, topLogprobs: chunk.first_token!.top_logprobs };
+          // The sender's word, only reported: bounded by the prompt so a bad peer cannot inflate it.
+          req.cachedTokens = Math.min(chunk.cached_tokens ?? 0, req.promptLen);
           req.kvDoneAt = performance.now();
           req.status = 'ready';
         }
@@ -311,7 +313,8 @@ export class Scheduler {
     const head = this.prefillQueue[0];
     if (!head || !this.startJob(head)) return [];
     const budget = this.engine.prefillChunk;
-    const whole = (j: PrefillJob) => j.seq === undefined ? j.promptIds.length <= budget : j.seq.length === 0 && j.promptIds.length <= budget;
+    // A prompt not yet started, or started (perhaps after a cached prefix) without a chunk run yet.
+    const whole = (j: PrefillJob) => j.promptIds.length - (j.seq?.length ?? 0) <= budget && (j.seq === undefined || j.seq.length === j.cachedTokens);
     if (this.decodes.size > 0 || !whole(head)) return [head];
     const jobs = [head];
     let longest = head.promptIds.length;
@@ -325,7 +328,10 @@ export class Scheduler {
     return jobs;
   }
 
-  /** Gives a job its KV sequence (the local decode sequence on a unified worker); false when the cache is full. */
+  /**
+   * Gives a job its KV sequence (the local decode sequence on a unified worker), holding as much of
+   * the prompt as the prefix cache has; false when the cache is full.
+   */
   private startJob(job: PrefillJob): boolean {
     if (job.seq) return true;
     const local = job.local ? this.decodes.get(job.requestId) : undefined;
@@ -335,9 +341,10 @@ export class Scheduler {
       this.notify();
       return false;
     }
-    const seq = local ? local.seq : this.engine.runner.allocate(job.requestId);
-    if (!seq) return false; // no room yet: decode steps or finished transfers will free some
-    job.seq = seq;
+    const hit = local ? this.engine.attachPrompt(local.seq, job.promptIds) : this.engine.startPrompt(job.requestId, job.promptIds);
+    if (!hit) return false; // no room yet: decode steps or finished transfers will free some
+    job.seq = hit.seq;
+    job.cachedTokens = hit.cachedTokens;
     job.sharesDecodeSeq = !!local;
     job.startedAt = performance.now();
     return true;
@@ -360,10 +367,10 @@ export class Scheduler {
     const total = blocksFor(seq.length, B);
     const prefillEnd = performance.now();
     const queueMs = job.startedAt! - job.enqueuedAt;
-    const finishing = job.sink.finish(seq, job.sentBlocks, total - job.sentBlocks, firstToken);
+    const finishing = job.sink.finish(seq, job.sentBlocks, total - job.sentBlocks, firstToken, job.cachedTokens);
     if (!job.sharesDecodeSeq) this.releaseSeq(seq); // blocks are read; a remote sink owns the bytes now
     finishing.then(
-      () => job.done({ firstToken, queueMs, prefillMs: job.computeMs, transferTailMs: performance.now() - prefillEnd }),
+      () => job.done({ firstToken, queueMs, prefillMs: job.computeMs, transferTailMs: performance.now() - prefillEnd, cachedTokens: job.cachedTokens }),
       (err: Error) => job.fail(err),
     );
   }

@@ -99,12 +99,12 @@ export function prefillHandlers(ctx: ServiceContext): grpc.UntypedServiceImpleme
         (r) => {
           if (r.transfer) ctx.onKvTransfer?.({ seconds: r.transfer.ms / 1000, bytes: r.transfer.bytes, rawBytes: r.transfer.rawBytes });
           log.info({
-            prompt_tokens: req.prompt_ids.length, queue_ms: round(r.queueMs), prefill_ms: round(r.prefillMs), transfer_tail_ms: round(r.transferTailMs),
+            prompt_tokens: req.prompt_ids.length, cached_tokens: r.cachedTokens, queue_ms: round(r.queueMs), prefill_ms: round(r.prefillMs), transfer_tail_ms: round(r.transferTailMs),
             kv_bytes: r.transfer?.bytes ?? 0, kv_transfer_ms: round(r.transfer?.ms ?? 0), decode: local ? 'local' : req.decode_address,
           }, 'prefill done');
           answer(null, {
             first_token: toTokenMsg(r.firstToken), queue_ms: r.queueMs, prefill_ms: r.prefillMs,
-            transfer_tail_ms: r.transferTailMs, kv_bytes: r.transfer?.bytes ?? 0,
+            transfer_tail_ms: r.transferTailMs, kv_bytes: r.transfer?.bytes ?? 0, cached_tokens: r.cachedTokens,
           });
         },
         (err: EngineError) => {
@@ -176,14 +176,14 @@ export function decodeHandlers(ctx: ServiceContext): grpc.UntypedServiceImplemen
       };
       ctx.host.reserve(r.request_id, r.prompt_len, r.sampling, {
         kvProgress: () => { if (waitingKv && !ended && kvTimer) armKvTimer(); },
-        tokens: (tokens, admitMs) => {
+        tokens: (tokens, admitMs, cachedTokens) => {
           waitingKv = false;
           clearTimeout(kvTimer);
           if (admitMs !== undefined) kvTrace('d.token_main', r.request_id);
           if (ended) return;
           // A client that does not read: stop decoding this sequence until the stream drains, so
           // its buffer stays bounded (a few steps in flight at most).
-          if (!call.write({ tokens: { tokens: tokens.map(toTokenMsg), admit_ms: admitMs ?? 0 } }) && !paused) {
+          if (!call.write({ tokens: { tokens: tokens.map(toTokenMsg), admit_ms: admitMs ?? 0, cached_tokens: cachedTokens ?? 0 } }) && !paused) {
             paused = true;
             ctx.host.pauseDecode(r.request_id, true);
             call.once('drain', () => {

@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import pino, { type Logger } from 'pino';
 import type { Device, KvWireDtype } from '@pdserve/engine';
 import {
-  bindServer, canDecode, createGrpcServer, createWorkerMetrics, decodeService, prefillService, startMetricsServer,
+  bindServer, canDecode, createGrpcServer, createWorkerMetrics, decodeService, prefillService, PrefixPublisher, startMetricsServer,
   WorkerDirectory, WorkerRegistration, type WorkerRole,
 } from '@pdserve/common';
 import { EngineHost } from './engine-host.ts';
@@ -32,6 +32,8 @@ export interface WorkerOptions {
   maxModelLen?: number;
   blockTokens: number;
   prefillChunk: number;
+  /** Automatic prefix caching (default on; it only uses idle KV slots, so it costs no memory). */
+  prefixCache?: boolean;
   /** How this worker sends KV blocks (default fp32, exact); a decode worker reads whatever arrives. */
   kvWireDtype?: KvWireDtype;
   id?: string;
@@ -82,7 +84,7 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
     engine: {
       device: o.device, threads: o.threads, maxSequences: o.maxSequences, maxModelLen: o.maxModelLen,
       kvBudgetBytes: o.kvBudgetMb !== undefined ? o.kvBudgetMb * 1024 * 1024 : undefined,
-      blockTokens: o.blockTokens, prefillChunk: o.prefillChunk,
+      blockTokens: o.blockTokens, prefillChunk: o.prefillChunk, prefixCache: o.prefixCache ?? true,
     },
     scheduler: { maxPrefillQueue: 256, maxReserveQueue: 256, reserveTimeoutMs: 30_000 },
     kvWireDtype: o.kvWireDtype ?? 'fp32',
@@ -93,6 +95,11 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
   log.info({ model: config.name, kv_bytes: host.info.kvBytes, max_sequences: host.info.maxSequences, device: o.device, threads: o.threads }, 'engine loaded');
 
   const metrics = createWorkerMetrics({ role: o.role, workerId: id });
+  // Prefix-aware routing: the block hashes this worker's prefix cache holds, published through Redis.
+  const prefixPublisher = host.info.prefixRoot
+    ? new PrefixPublisher({ redisUrl: o.redisUrl, prefix: o.prefix, workerId: id, root: host.info.prefixRoot, blockTokens: host.info.blockTokens, logger: log })
+    : undefined;
+  host.onPrefixEvents = (e) => prefixPublisher?.apply(e);
   host.onStep = (s) => {
     if (s.phase === 'prefill') metrics.observeStep({ phase: 'prefill', seconds: s.ms / 1000, tokens: s.tokens });
     else metrics.observeStep({ phase: 'decode', seconds: s.ms / 1000, batchSize: s.batch });
@@ -135,6 +142,9 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
   const load = () => {
     const l = host.load;
     metrics.setKvBlocks({ free: l.free_kv_blocks, total: l.total_kv_blocks });
+    if (typeof l.prefix_cache_queries === 'number') {
+      metrics.setPrefixCache({ queries: l.prefix_cache_queries, hits: Number(l.prefix_cache_hits), blocks: Number(l.prefix_cache_blocks), totalBlocks: l.total_kv_blocks });
+    }
     metrics.numSequencesRunning.set(l.running);
     metrics.numSequencesWaiting.set(l.waiting + l.queue_len);
     return l;
@@ -153,7 +163,7 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
   registration = new WorkerRegistration({
     redisUrl: o.redisUrl, prefix: o.prefix, heartbeatMs: o.heartbeatMs,
     worker: { id, role: o.role, grpc_address: grpcAddress, metrics_url: metricsUrl, model: config.name, ...(o.pinRole ? { pinned: true } : {}) },
-    getLoad: load, logger: log,
+    getLoad: () => { prefixPublisher?.keepAlive(); return load(); }, logger: log,
     onDesiredRole: (read) => roles.handle(read),
   });
   await registration.start();
@@ -180,6 +190,7 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
     const deadline = Date.now() + (o.drainTimeoutMs ?? 30_000);
     while (!host.idle && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     await registration!.stop();
+    await prefixPublisher?.close();
     await directory.stop();
     await host.stop();
     server.forceShutdown();

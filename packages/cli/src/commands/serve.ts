@@ -45,6 +45,7 @@ export function register(program: Command): void {
     .option('--max-model-len <n>', 'longest sequence served (default: the model\'s)', positiveInt)
     .option('--block-tokens <n>', 'tokens per KV block', positiveInt, 16)
     .option('--prefill-chunk <n>', 'prompt tokens per prefill pass', positiveInt, 256)
+    .option('--prefix-cache <on|off>', "automatic prefix caching: an idle KV slot keeps its prompt's blocks for the next prompt that starts the same way (no extra memory)", oneOf('--prefix-cache', ['on', 'off'] as const), 'on')
     .option('--kv-wire-dtype <dtype>', `how KV blocks travel to decode workers: ${KV_WIRE_DTYPES.join(', ')} (fp32 is exact)`, kvWireDtype, 'fp32')
     .option('--id <id>', 'worker id (default: role-host-pid-random)')
     .option('--drain-timeout-s <s>', 'on SIGTERM, how long to finish the requests held before exiting', positiveInt, 30)
@@ -54,8 +55,8 @@ export function register(program: Command): void {
     .option('--engine-stall-s <s>', 'report unhealthy (heartbeat state and /health 503) while the engine thread is silent this long with work pending', positiveNumber, ENGINE_STALL_MS / 1000)
     .action(async (o) => {
       const log = createLogger('pdserve-worker');
-      const { drainTimeoutS, engineStallS, ...rest } = o;
-      const w = await startWorker({ ...rest, drainTimeoutMs: drainTimeoutS * 1000, engineStallMs: engineStallS * 1000, logger: log });
+      const { drainTimeoutS, engineStallS, prefixCache, ...rest } = o;
+      const w = await startWorker({ ...rest, prefixCache: prefixCache === 'on', drainTimeoutMs: drainTimeoutS * 1000, engineStallMs: engineStallS * 1000, logger: log });
       runUntilSignalled(w.stop, log);
     });
 
@@ -80,11 +81,13 @@ export function register(program: Command): void {
     .option('--admission <mode>', "slo: refuse (503) requests the estimates say would miss their SLO; off: never", oneOf('--admission', ['slo', 'off'] as const), 'slo')
     .option('--prefill-placement <mode>', 'auto: decide per request; remote: always a prefill worker; local: always the decode worker', oneOf('--prefill-placement', PLACEMENT_MODES), 'auto')
     .option('--local-prefill-max-tokens <n>', 'auto placement: prompts longer than this always go to a prefill worker', positiveInt)
+    .option('--prefix-routing <on|off>', "on: weigh the workers' cached prompt prefixes (their block-hash events in Redis) against load; off: load only", oneOf('--prefix-routing', ['on', 'off'] as const), 'on')
     .action(async (o) => {
       const log = createLogger('pdserve-router');
-      const { apiKeyFile: _file, generateTimeoutS, prefillTimeoutS, tokenTimeoutS, requestTimeoutS, connectionTimeoutS, ...rest } = o;
+      const { apiKeyFile: _file, prefixRouting, generateTimeoutS, prefillTimeoutS, tokenTimeoutS, requestTimeoutS, connectionTimeoutS, ...rest } = o;
       const r = await startRouter({
         ...rest,
+        prefixRouting: prefixRouting === 'on',
         apiKey: resolveApiKey(o),
         generateTimeoutMs: generateTimeoutS * 1000, prefillTimeoutMs: prefillTimeoutS * 1000, tokenIdleTimeoutMs: tokenTimeoutS * 1000,
         requestTimeoutMs: requestTimeoutS * 1000, connectionTimeoutMs: connectionTimeoutS * 1000,

@@ -36,6 +36,8 @@ interface UpFlags {
   maxSequences: number;
   kvBudgetMb?: number;
   prefillChunk?: number;
+  prefixCache: 'on' | 'off';
+  prefixRouting: 'on' | 'off';
   kvWireDtype: string;
   readyTimeoutS: number;
   drainTimeoutS: number;
@@ -93,6 +95,8 @@ export function register(program: Command): void {
     .option('--max-sequences <n>', 'sequences per worker', positiveInt, 16)
     .option('--kv-budget-mb <n>', 'KV cache budget per worker, MiB', positiveInt)
     .option('--prefill-chunk <n>', 'prompt tokens per prefill pass (worker default 256)', positiveInt)
+    .option('--prefix-cache <on|off>', "every worker's automatic prefix caching (idle KV slots keep their prompts' blocks; no extra memory)", oneOf('--prefix-cache', ['on', 'off'] as const), 'on')
+    .option('--prefix-routing <on|off>', "the router weighs the workers' cached prompt prefixes against load (off: load only)", oneOf('--prefix-routing', ['on', 'off'] as const), 'on')
     .option('--kv-wire-dtype <dtype>', `how prefill workers send KV blocks: ${KV_WIRE_DTYPES.join(', ')} (fp32 is exact)`, kvWireDtype, 'fp32')
     .option('--ready-timeout-s <n>', 'give up if the cluster is not ready by then', positiveInt, 120)
     .option('--drain-timeout-s <n>', 'how long a stopping worker may finish its requests (the stop grace is this plus 10 s)', positiveInt, 30)
@@ -139,13 +143,13 @@ export function register(program: Command): void {
       if (o.engineStallS !== undefined) common.push('--engine-stall-s', String(o.engineStallS));
       if (o.engineNice !== undefined) common.push('--engine-nice', String(o.engineNice));
       if (o.prefillChunk !== undefined) common.push('--prefill-chunk', String(o.prefillChunk));
-      common.push('--kv-wire-dtype', o.kvWireDtype);
+      common.push('--kv-wire-dtype', o.kvWireDtype, '--prefix-cache', o.prefixCache);
       const roles: Array<['prefill' | 'decode' | 'unified', number]> = o.unified ? [['unified', o.unified]] : [['prefill', o.prefill], ['decode', o.decode]];
       const pinRole = o.pinRoles ? ['--pin-role'] : [];
       for (const [role, count] of roles) for (let i = 0; i < count; i++) node(`${role}-${i}`, ['worker', '--role', role, ...common, ...pinRole], o.pin);
       if (o.planner === 'on') node('planner', ['planner', '--redis-url', redisUrl]);
       const port = o.port || (await freePort());
-      const routing = ['--admission', o.admission, '--prefill-placement', o.prefillPlacement];
+      const routing = ['--admission', o.admission, '--prefill-placement', o.prefillPlacement, '--prefix-routing', o.prefixRouting];
       if (o.sloTtftMs > 0) routing.push('--slo-ttft-ms', String(o.sloTtftMs));
       if (o.sloTpotMs > 0) routing.push('--slo-tpot-ms', String(o.sloTpotMs));
       if (o.localPrefillMaxTokens !== undefined) routing.push('--local-prefill-max-tokens', String(o.localPrefillMaxTokens));

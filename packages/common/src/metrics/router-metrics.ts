@@ -79,6 +79,9 @@ export interface RouterMetrics {
   requestErrors: Counter<'code'>;
   admissionRejected: Counter<'reason'>;
   prefillPlacement: Counter<'where' | 'reason'>;
+  prefixRouting: Counter<'result'>;
+  prefixRoutingHitTokens: Histogram<string>;
+  promptCachedTokens: Counter<string>;
 
   requestPromptTokens: Histogram<string>;
   requestGenerationTokens: Histogram<string>;
@@ -167,6 +170,25 @@ export function createRouterMetrics(registry: Registry = new Registry(), options
     registers,
   });
 
+  const prefixRouting = new Counter({
+    name: 'pdserve_prefix_routing_total',
+    help: 'Routing decisions by whether the chosen prefilling worker was expected to hold a prefix of the prompt (result=hit|miss).',
+    labelNames: ['result'] as const,
+    registers,
+  });
+  const prefixRoutingHitTokens = new Histogram({
+    name: 'pdserve_prefix_routing_hit_tokens',
+    help: 'Prompt tokens the chosen prefilling worker was expected to serve from its prefix cache, per routed request.',
+    buckets: [0, ...TOKEN_COUNT_BUCKETS],
+    registers,
+  });
+  const promptCachedTokens = new Counter({
+    name: 'pdserve_prompt_cached_tokens_total',
+    help: "Prompt tokens of finished requests that workers served from their prefix caches (usage.prompt_tokens_details.cached_tokens).",
+    registers,
+  });
+  for (const result of ['hit', 'miss']) prefixRouting.inc({ result }, 0);
+
   const requestPromptTokens = new Histogram({
     name: 'pdserve_request_prompt_tokens',
     help: 'Prompt length of finished requests, tokens.',
@@ -223,6 +245,9 @@ export function createRouterMetrics(registry: Registry = new Registry(), options
     requestErrors,
     admissionRejected,
     prefillPlacement,
+    prefixRouting,
+    prefixRoutingHitTokens,
+    promptCachedTokens,
     requestPromptTokens,
     requestGenerationTokens,
     numRequestsRunning,

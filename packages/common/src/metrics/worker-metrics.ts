@@ -48,6 +48,9 @@ export interface WorkerMetrics {
   kvBlocksTotal: Gauge<string>;
   roleChanges: Counter<'from' | 'to'>;
   roleChangeRejected: Counter<'reason'>;
+  prefixCacheQueries: Counter<string>;
+  prefixCacheHits: Counter<string>;
+  prefixCacheUsage: Gauge<string>;
 
   /** A live role change: counts it and relabels every series of this registry with the new role. */
   changedRole(from: 'prefill' | 'decode' | 'unified', to: 'prefill' | 'decode' | 'unified'): void;
@@ -69,6 +72,11 @@ export interface WorkerMetrics {
   kvTransferFailed(reason: KvTransferFailureReason): void;
   /** Sets free/total KV blocks and derives `pdserve_kv_cache_usage_perc` = 1 - free/total. */
   setKvBlocks(b: { free: number; total: number }): void;
+  /**
+   * The engine's cumulative prefix-cache counters (prompt tokens looked up, tokens served from the
+   * cache) and the blocks its idle slots retain, out of `totalBlocks`.
+   */
+  setPrefixCache(p: { queries: number; hits: number; blocks: number; totalBlocks: number }): void;
 }
 
 export function createWorkerMetrics(options: WorkerMetricsOptions): WorkerMetrics {
@@ -147,6 +155,15 @@ export function createWorkerMetrics(options: WorkerMetricsOptions): WorkerMetric
     labelNames: ['reason'] as const,
     registers,
   });
+  // vLLM's names (vllm:prefix_cache_queries / _hits), in tokens: hits / queries is the hit rate.
+  const prefixCacheQueries = new Counter({ name: 'pdserve_prefix_cache_queries_total', help: 'Prompt tokens looked up in the prefix cache.', registers });
+  const prefixCacheHits = new Counter({ name: 'pdserve_prefix_cache_hits_total', help: 'Prompt tokens served from the prefix cache (not computed).', registers });
+  const prefixCacheUsage = new Gauge({
+    name: 'pdserve_prefix_cache_usage_perc',
+    help: 'KV blocks held as cached prefixes by idle slots, 0..1 of all blocks (free capacity: dropped when a slot is needed).',
+    registers,
+  });
+  let prefixSeen = { queries: 0, hits: 0 };
   for (const from of WORKER_ROLE_NAMES) for (const to of WORKER_ROLE_NAMES) if (from !== to) roleChanges.inc({ from, to }, 0);
   for (const reason of ROLE_CHANGE_REJECT_REASONS) roleChangeRejected.inc({ reason }, 0);
 
@@ -178,6 +195,9 @@ export function createWorkerMetrics(options: WorkerMetricsOptions): WorkerMetric
     kvBlocksTotal,
     roleChanges,
     roleChangeRejected,
+    prefixCacheQueries,
+    prefixCacheHits,
+    prefixCacheUsage,
 
     changedRole(from, to) {
       roleChanges.inc({ from, to });
@@ -207,6 +227,13 @@ export function createWorkerMetrics(options: WorkerMetricsOptions): WorkerMetric
       kvBlocksFree.set(free);
       kvBlocksTotal.set(total);
       kvCacheUsage.set(total > 0 ? Math.min(1, Math.max(0, 1 - free / total)) : 0);
+    },
+    setPrefixCache({ queries, hits, blocks, totalBlocks }) {
+      // The engine reports running totals; counters take the increase since the last report.
+      if (queries > prefixSeen.queries) prefixCacheQueries.inc(queries - prefixSeen.queries);
+      if (hits > prefixSeen.hits) prefixCacheHits.inc(hits - prefixSeen.hits);
+      prefixSeen = { queries: Math.max(queries, prefixSeen.queries), hits: Math.max(hits, prefixSeen.hits) };
+      prefixCacheUsage.set(totalBlocks > 0 ? Math.min(1, blocks / totalBlocks) : 0);
     },
   };
 }

@@ -59,6 +59,10 @@ export interface WorkerLoad {
   prefill_chunk_tokens?: number;
   /** Decode step time, ms, by batch size (keys are batch sizes), a moving average per size measured here. */
   decode_step_ms_by_batch?: Record<string, number>;
+  /** Prefix cache (absent when off): prompt tokens looked up and served from it since start, and blocks idle slots retain. */
+  prefix_cache_queries?: number;
+  prefix_cache_hits?: number;
+  prefix_cache_blocks?: number;
 }
 
 /** The last role change a worker carried out, as it reports it in its record. */

@@ -7,6 +7,13 @@
 //
 // Blocks (kv/layout.ts) are the unit of accounting and of transfer: a sequence's block b is the
 // strided range of positions [b*B, (b+1)*B) of its slot, gathered into the canonical layout.
+//
+// A slot whose sequence ended may be *retained* instead of freed (the prefix cache's mechanism,
+// prefix-cache.ts decides when): it keeps its first blocks in place under a holder that is not a
+// live sequence, moves with the arena like one, and is handed over (adopt, moveInto) or copied
+// from (copyPrefix) by a new sequence that starts with the same tokens, or dropped when the slot
+// is needed. Retained slots count as free capacity: they hold no memory that is not already the
+// arena's.
 import { blockBytes, blocksFor, type KvShape } from './layout.ts';
 
 export interface SlotCacheOptions extends KvShape {
@@ -38,7 +45,9 @@ export class SlotKvCache {
   private readonly keyBytes: Uint8Array[] = [];
   private readonly valueBytes: Uint8Array[] = [];
   private strideTokens: number;
+  /** Each slot's holder: a live sequence, a retained prefix, or null. */
   private readonly owners: Array<KvSequence | null>;
+  private readonly retainedHolders = new Set<KvSequence>();
 
   constructor(opts: SlotCacheOptions) {
     this.shape = { layers: opts.layers, kvHeads: opts.kvHeads, headDim: opts.headDim, blockTokens: opts.blockTokens };
@@ -68,21 +77,48 @@ export class SlotKvCache {
     return this.maxSlots * (this.maxTokensPerSlot / this.shape.blockTokens);
   }
 
+  /** Blocks of live sequences (retained prefixes are free capacity). */
   get usedBlocks(): number {
     let used = 0;
-    for (const o of this.owners) if (o) used += blocksFor(o.length, this.shape.blockTokens);
+    for (const o of this.owners) if (o && !this.retainedHolders.has(o)) used += blocksFor(o.length, this.shape.blockTokens);
     return used;
   }
 
+  /** Blocks held by retained prefixes. */
+  get retainedBlocks(): number {
+    let n = 0;
+    for (const o of this.retainedHolders) n += blocksFor(o.length, this.shape.blockTokens);
+    return n;
+  }
+
+  /** Slots without a live sequence (empty or retained). */
   get freeSlots(): number {
+    return this.owners.filter((o) => o === null || this.retainedHolders.has(o)).length;
+  }
+
+  /** Slots with nothing in them, not even a retained prefix. */
+  get emptySlots(): number {
     return this.owners.filter((o) => o === null).length;
   }
 
   get sequences(): KvSequence[] {
-    return this.owners.filter((o): o is KvSequence => o !== null);
+    return this.owners.filter((o): o is KvSequence => o !== null && !this.retainedHolders.has(o));
   }
 
-  /** Claims the lowest free slot for a new, empty sequence; null when every slot is taken. */
+  get retained(): KvSequence[] {
+    return [...this.retainedHolders];
+  }
+
+  /** Whether this holder (live or retained) still owns its slot. */
+  holds(holder: KvSequence): boolean {
+    return this.owners[holder.slot] === holder;
+  }
+
+  isRetained(holder: KvSequence): boolean {
+    return this.retainedHolders.has(holder);
+  }
+
+  /** Claims the lowest empty slot for a new, empty sequence; null when every slot is live or retained. */
   allocate(id: string): KvSequence | null {
     const slot = this.owners.indexOf(null);
     if (slot < 0) return null;
@@ -91,11 +127,77 @@ export class SlotKvCache {
     return seq;
   }
 
+  /** Frees a live sequence's slot, or drops a retained prefix. */
   free(seq: KvSequence): void {
-    if (this.owners[seq.slot] !== seq) throw new Error(`sequence ${seq.id} does not own slot ${seq.slot}`);
+    this.checkOwner(seq);
     this.owners[seq.slot] = null;
+    this.retainedHolders.delete(seq);
     seq.length = 0;
     this.maybeShrink();
+  }
+
+  /**
+   * Ends a live sequence but keeps its first `tokens` positions (rounded down to whole blocks) in
+   * its slot under a new holder, returned; null (and the slot freed) when no whole block is left.
+   */
+  retain(seq: KvSequence, tokens: number): KvSequence | null {
+    this.checkOwner(seq);
+    if (this.retainedHolders.has(seq)) throw new Error(`slot ${seq.slot} is already retained`);
+    const B = this.shape.blockTokens;
+    const keep = Math.floor(Math.min(tokens, seq.length) / B) * B;
+    if (keep === 0) {
+      this.free(seq);
+      return null;
+    }
+    const holder: KvSequence = { id: `~retained-${seq.slot}`, slot: seq.slot, length: keep };
+    this.owners[seq.slot] = holder;
+    this.retainedHolders.add(holder);
+    seq.length = 0;
+    this.maybeShrink();
+    return holder;
+  }
+
+  /** A new live sequence in a retained slot, starting with its first `tokens` positions. */
+  adopt(holder: KvSequence, id: string, tokens: number): KvSequence {
+    this.checkRetained(holder, tokens);
+    const seq: KvSequence = { id, slot: holder.slot, length: tokens };
+    this.owners[holder.slot] = seq;
+    this.retainedHolders.delete(holder);
+    holder.length = 0;
+    return seq;
+  }
+
+  /** An empty live sequence moves into a retained slot and starts with its first `tokens` positions; its old slot is freed. */
+  moveInto(seq: KvSequence, holder: KvSequence, tokens: number): void {
+    this.checkOwner(seq);
+    if (this.retainedHolders.has(seq) || seq.length !== 0) throw new Error(`sequence ${seq.id} must be live and empty to move into a retained slot`);
+    this.checkRetained(holder, tokens);
+    this.owners[seq.slot] = null;
+    seq.slot = holder.slot;
+    this.owners[holder.slot] = seq;
+    seq.length = tokens;
+    this.retainedHolders.delete(holder);
+    holder.length = 0;
+  }
+
+  /** Copies the first `tokens` positions of `from` (live or retained) into the empty live sequence `to`. */
+  copyPrefix(from: KvSequence, to: KvSequence, tokens: number): void {
+    this.checkOwner(from);
+    this.checkOwner(to);
+    if (this.retainedHolders.has(to) || to.length !== 0) throw new Error(`sequence ${to.id} must be live and empty to take a copied prefix`);
+    if (tokens > from.length) throw new Error(`slot ${from.slot} holds ${from.length} positions, not ${tokens}`);
+    this.copyRows(from.slot, to.slot, tokens);
+    to.length = tokens;
+  }
+
+  private checkOwner(seq: KvSequence): void {
+    if (this.owners[seq.slot] !== seq) throw new Error(`sequence ${seq.id} does not own slot ${seq.slot}`);
+  }
+
+  private checkRetained(holder: KvSequence, tokens: number): void {
+    this.checkOwner(holder);
+    if (!this.retainedHolders.has(holder)) throw new Error(`slot ${holder.slot} is not a retained prefix`);
+    if (tokens > holder.length) throw new Error(`retained slot ${holder.slot} holds ${holder.length} positions, not ${tokens}`);
   }
 
   /** [count, kvHeads, stride, headDim] window of layer `layer` starting at `firstSlot` (no copy). */

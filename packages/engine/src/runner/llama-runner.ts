@@ -66,7 +66,11 @@ export class LlamaRunner implements ModelRunner {
     // The past window only needs the positions already cached; room for the new ones is made after
     // the run. (Reserving first would make a fresh prompt attend over its own length of masked
     // positions: a 512-token prompt scored 1024 columns per row.)
-    const P = this.cache.stride;
+    // Sequences with nothing cached yet (a prompt's first chunk) attend over no past at all: hand ORT
+    // one masked zero position instead of the arena's window, whose stride may be long (it follows
+    // the longest sequence held, cached prefixes in idle slots included) and would be scanned in full.
+    const fresh = items.every((it) => it.seq.length === 0);
+    const P = fresh ? 1 : this.cache.stride;
 
     const ids = new BigInt64Array(n * S);
     const positions = new BigInt64Array(n * S);
@@ -91,9 +95,10 @@ export class LlamaRunner implements ModelRunner {
       attn_bias_new: new ort.Tensor('float32', biasNew, [S, S]),
       logit_rows: new ort.Tensor('int64', rows, [n]),
     };
+    const emptyPast = fresh ? new Float32Array(n * kvHeads * headDim) : undefined;
     for (let l = 0; l < layers; l++) {
-      feeds[`past_key.${l}`] = new ort.Tensor('float32', this.cache.window(0, l, s0, n), [n, kvHeads, P, headDim]);
-      feeds[`past_value.${l}`] = new ort.Tensor('float32', this.cache.window(1, l, s0, n), [n, kvHeads, P, headDim]);
+      feeds[`past_key.${l}`] = new ort.Tensor('float32', emptyPast ?? this.cache.window(0, l, s0, n), [n, kvHeads, P, headDim]);
+      feeds[`past_value.${l}`] = new ort.Tensor('float32', emptyPast ?? this.cache.window(1, l, s0, n), [n, kvHeads, P, headDim]);
     }
     const t1 = performance.now();
     const out = await this.session.run(feeds);
