@@ -2,7 +2,7 @@
 // running batch, interleaved (a unified worker does both; a prefill or decode worker only has one
 // kind of work). Every change to the KV cache happens here, between forward passes, so a cache
 // window handed to ONNX Runtime never moves under it.
-import { blocksFor, decodeKvBlocks, firstNonFinite, Sampler, verifyBlocks, wireBlockBytes, type Engine, type KvSequence, type KvWireDtype, type SampledToken } from '@pdserve/engine';
+import { blockBytes, blocksFor, decodeKvBlocks, firstNonFinite, Sampler, verifyBlocks, wireBlockBytes, type Engine, type KvSequence, type KvWireDtype, type SampledToken } from '@pdserve/engine';
 import { kvTrace, type SamplingParamsMsg } from '@pdserve/common';
 import { RequestFailure, type DecodeRequest, type PrefillJob } from './requests.ts';
 
@@ -254,7 +254,7 @@ export class Scheduler {
             const floats = decodeKvBlocks(chunk.data, shape, dtype);
             const bad = firstNonFinite(floats);
             if (bad >= 0) {
-              const block = chunk.first_block + Math.floor((bad * 4) / wireBlockBytes(shape, 'fp32'));
+              const block = chunk.first_block + Math.floor((bad * 4) / blockBytes(shape));
               throw new RequestFailure(`KV block ${block} holds a NaN or infinite value; refused`, 'invalid');
             }
             this.engine.runner.writeBlocks(req.seq, chunk.first_block, floats, chunk.token_count);
