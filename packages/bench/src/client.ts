@@ -29,6 +29,8 @@ export interface ClientOptions {
   temperature?: number;
   /** Extra fields merged into every request body. */
   extraBody?: Record<string, unknown>;
+  /** Keep the streamed text in the record (a multiturn conversation sends it back as the reply). */
+  collectText?: boolean;
 }
 
 export interface RequestRecord {
@@ -52,6 +54,8 @@ export interface RequestRecord {
   chunks: number;
   /** Prompt tokens the server served from a prefix cache (usage.prompt_tokens_details.cached_tokens). */
   cachedTokens?: number;
+  /** The streamed output text, when ClientOptions.collectText. */
+  text?: string;
 }
 
 /** Strips trailing slashes and a trailing /v1 so that paths can be appended uniformly. */
@@ -68,7 +72,7 @@ export function endpointPath(endpoint: Endpoint): string {
 /** The JSON body for one request (fixed output length through vLLM's min_tokens/ignore_eos). */
 export function buildBody(req: BenchRequest, opts: Pick<ClientOptions, 'endpoint' | 'model' | 'temperature' | 'extraBody'>): Record<string, unknown> {
   const body: Record<string, unknown> = { model: opts.model };
-  if (opts.endpoint === 'chat') body.messages = [{ role: 'user', content: req.promptText ?? '' }];
+  if (opts.endpoint === 'chat') body.messages = req.messages ?? [{ role: 'user', content: req.promptText ?? '' }];
   else body.prompt = req.promptTokenIds ?? [];
   body.max_tokens = req.outputLen;
   body.min_tokens = req.outputLen;
@@ -179,6 +183,7 @@ export async function sendRequest(req: BenchRequest, opts: ClientOptions): Promi
         else rec.itlMs.push(now - last);
         last = now;
         rec.chunks++;
+        if (opts.collectText) rec.text = (rec.text ?? '') + text;
       }
       const usage = chunk.usage as Record<string, unknown> | null | undefined;
       if (usage && typeof usage === 'object') {

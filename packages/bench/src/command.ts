@@ -128,6 +128,8 @@ export async function runBenchCommand(o: BenchCommandOptions, io: BenchCommandIo
     inputLen: o.inputLen,
     prefixLen: o.prefixLen,
     prefixGroups: o.prefixGroups,
+    turns: o.turns,
+    thinkTimeMs: o.thinkTimeMs,
     outputLen: o.outputLen,
     vocabSize: o.vocabSize,
     minTokenId: o.minTokenId,

@@ -5,6 +5,8 @@ export { Rng, STREAM } from './rng.ts';
 export { arrivalOffsets, type ArrivalOptions } from './arrivals.ts';
 export {
   DEFAULT_PHASES,
+  DEFAULT_TURNS,
+  MULTITURN_FIRST_INPUT,
   WORKLOADS,
   WORKLOAD_SPECS,
   parsePhases,
@@ -15,6 +17,7 @@ export {
   generateLengths,
   generateRequests,
   type BenchRequest,
+  type ChatMessage,
   type Lengths,
   type LengthRange,
   type WorkloadName,
@@ -22,6 +25,7 @@ export {
   type WorkloadSpec,
 } from './workloads.ts';
 export { SseParser, sseEvents } from './sse.ts';
+export { conversationsOf, runConversations, withHistory, type ConversationOptions, type ConversationOutcome } from './conversations.ts';
 export {
   buildBody,
   describeHttpError,
@@ -47,7 +51,9 @@ export {
   type BenchmarkResult,
   type CompactRequest,
   type LoadOutcome,
+  type PhaseResult,
   type Progress,
+  type TurnResult,
 } from './runner.ts';
 export {
   ATTAINMENT_TARGET,

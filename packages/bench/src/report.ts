@@ -59,6 +59,12 @@ export function formatSummary(r: BenchmarkResult): string {
       lines.push(row(`Phase ${ph.phase + 1} ${ph.workload} (${ph.requests} req):`, `${num(ph.slo_attainment * 100, 1)}% attained, goodput ${num(ph.goodput)} req/s, ${ph.failed} failed`));
     }
   }
+  if (r.turns) {
+    lines.push(title('Turns (multiturn workload)', '-'));
+    for (const t of r.turns) {
+      lines.push(row(`Turn ${t.turn + 1} (${t.requests} req, ~${num(t.prompt_tokens_mean ?? 0, 0)} prompt tok):`, `${num(t.slo_attainment * 100, 1)}% attained, TTFT p50 ${num(t.ttft_ms_p50 ?? 0)} ms, ${num(t.prefix_cache_hit_rate * 100, 1)}% cached`));
+    }
+  }
   lines.push('='.repeat(WIDTH));
   if (r.output_len_mismatches > 0) lines.push(`warning: ${r.output_len_mismatches} completed requests returned a different number of tokens than requested (server ignores min_tokens/ignore_eos?)`);
   if (r.clipped_requests > 0) lines.push(`note: ${r.clipped_requests} requests were clipped to max_model_len ${r.server.max_model_len}`);

@@ -5,9 +5,11 @@
 import { arrivalOffsets } from './arrivals.ts';
 import { sendRequest, type ClientOptions, type Endpoint, type RequestRecord } from './client.ts';
 import { computeMetrics, meetsSlo, tpotMs, type Metrics, type Slo } from './metrics.ts';
+import { Semaphore, sleepUntil } from './pacing.ts';
 import { STREAM } from './rng.ts';
 import { fetchServerInfo, type ServerInfo } from './server-info.ts';
-import { DEFAULT_PHASES, generateRequests, type BenchRequest, type PhaseWorkload, type WorkloadName } from './workloads.ts';
+import { runConversations, withHistory } from './conversations.ts';
+import { DEFAULT_PHASES, generateRequests, turnsOf, type BenchRequest, type PhaseWorkload, type WorkloadName } from './workloads.ts';
 
 export interface BenchmarkOptions {
   /** Server base URL, e.g. http://127.0.0.1:8000. */
@@ -38,6 +40,9 @@ export interface BenchmarkOptions {
   /** The prefix workload's shared system prompt length and number of distinct ones. */
   prefixLen?: number;
   prefixGroups?: number;
+  /** The multiturn workload: turns per conversation (default 4) and the pause between an answer and the next turn (default 0). */
+  turns?: number;
+  thinkTimeMs?: number;
   /** Vocabulary size when /v1/models does not report one. Default 256. */
   vocabSize?: number;
   /** Lowest prompt token id (skips special tokens). Default 3. */
@@ -82,6 +87,9 @@ export interface CompactRequest {
   kind: string;
   /** The shifting workload's phase. */
   phase?: number;
+  /** The multiturn workload's conversation and turn. */
+  conversation?: number;
+  turn?: number;
   ok: boolean;
   good: boolean;
   error?: string;
@@ -121,6 +129,8 @@ export interface BenchmarkResult extends Metrics {
   settings: Record<string, unknown>;
   /** The shifting workload: each phase's own metrics (requests by index, as scheduled). */
   phases?: PhaseResult[];
+  /** The multiturn workload: each turn number's own metrics (how TTFT and cache hits change as a conversation grows). */
+  turns?: TurnResult[];
   requests: CompactRequest[];
 }
 
@@ -136,6 +146,19 @@ export interface PhaseResult {
   duration_s: number;
   ttft_ms_p99: number | null;
   tpot_ms_p99: number | null;
+}
+
+export interface TurnResult {
+  turn: number;
+  requests: number;
+  completed: number;
+  good: number;
+  slo_attainment: number;
+  prompt_tokens_mean: number | null;
+  ttft_ms_p50: number | null;
+  ttft_ms_p99: number | null;
+  /** Cached prompt tokens / prompt tokens of this turn's completed requests. */
+  prefix_cache_hit_rate: number;
 }
 
 export function rateToJson(rate: number): number | 'inf' {
@@ -191,6 +214,7 @@ export async function prepareBenchmark(options: BenchmarkOptions): Promise<Bench
     outputLen: options.outputLen,
     prefixLen: options.prefixLen,
     prefixGroups: options.prefixGroups,
+    turns: options.turns,
     maxModelLen: maxModelLen ?? undefined,
     endpoint,
     vocabSize,
@@ -240,6 +264,7 @@ export async function runWarmup(plan: BenchmarkPlan): Promise<void> {
     outputLen: o.outputLen,
     prefixLen: o.prefixLen,
     prefixGroups: o.prefixGroups,
+    turns: o.turns,
     maxModelLen: plan.maxModelLen ?? undefined,
     endpoint: plan.endpoint,
     vocabSize: plan.vocabSize,
@@ -250,7 +275,8 @@ export async function runWarmup(plan: BenchmarkPlan): Promise<void> {
   let lastError = '';
   for (const r of reqs) {
     if (o.signal?.aborted) return;
-    const rec = await sendRequest(r, copts);
+    // A multiturn chat turn is sent on its own here (no history): the warmup only warms the server.
+    const rec = await sendRequest(withHistory(r, [], plan.endpoint), copts);
     if (!rec.ok && !rec.interrupted) {
       lastError = rec.error ?? 'unknown error';
       log(`warning: warmup request ${r.index} failed: ${lastError}`);
@@ -258,51 +284,6 @@ export async function runWarmup(plan: BenchmarkPlan): Promise<void> {
     }
   }
   if (unreachable === reqs.length) throw new Error(`warmup: server unreachable at ${o.url}: ${lastError}`);
-}
-
-class Semaphore {
-  private waiters: Array<() => void> = [];
-  constructor(private free: number) {}
-  async acquire(signal?: AbortSignal): Promise<boolean> {
-    if (signal?.aborted) return false;
-    if (this.free > 0) {
-      this.free--;
-      return true;
-    }
-    return new Promise<boolean>((resolve) => {
-      const wake = () => {
-        signal?.removeEventListener('abort', onAbort);
-        resolve(true);
-      };
-      const onAbort = () => {
-        this.waiters = this.waiters.filter((w) => w !== wake);
-        resolve(false);
-      };
-      this.waiters.push(wake);
-      signal?.addEventListener('abort', onAbort, { once: true });
-    });
-  }
-  release(): void {
-    const w = this.waiters.shift();
-    if (w) w();
-    else this.free++;
-  }
-}
-
-function sleepUntil(deadlineMs: number, signal?: AbortSignal): Promise<void> {
-  const ms = deadlineMs - performance.now();
-  if (ms <= 0 || signal?.aborted) return Promise.resolve();
-  return new Promise((resolve) => {
-    const onAbort = () => {
-      clearTimeout(t);
-      resolve();
-    };
-    const t = setTimeout(() => {
-      signal?.removeEventListener('abort', onAbort);
-      resolve();
-    }, ms);
-    signal?.addEventListener('abort', onAbort, { once: true });
-  });
 }
 
 export interface LoadOutcome {
@@ -318,41 +299,58 @@ export async function runLoad(plan: BenchmarkPlan, rate: number): Promise<LoadOu
   const o = plan.options;
   const signal = o.signal;
   const n = plan.requests.length;
-  const offsets = arrivalOffsets(n, { rate, burstiness: o.burstiness ?? 1, seed: o.seed ?? 0 });
   const sem = o.maxConcurrency !== undefined ? new Semaphore(o.maxConcurrency) : undefined;
-  const copts = clientOptions(plan, signal);
-  const records: RequestRecord[] = [];
-  const pending: Promise<void>[] = [];
+  const multiturn = o.workload === 'multiturn';
+  const copts = { ...clientOptions(plan, signal), collectText: multiturn && plan.endpoint === 'chat' };
   const progress: Progress = { total: n, sent: 0, completed: 0, failed: 0, inFlight: 0 };
   let peak = 0;
   const report = () => o.onProgress?.({ ...progress });
   report();
-  const t0 = performance.now();
-  for (let i = 0; i < n; i++) {
-    if (signal?.aborted) break;
-    await sleepUntil(t0 + offsets[i] * 1000, signal);
-    if (sem && !(await sem.acquire(signal))) break;
+  // Paces one request through --max-concurrency (unless the caller already holds its place) and
+  // counts it; undefined when aborted before sending.
+  const send = async (req: BenchRequest, placeHeld = false): Promise<RequestRecord | undefined> => {
+    if (sem && !placeHeld && !(await sem.acquire(signal))) return undefined;
     if (signal?.aborted) {
       sem?.release();
-      break;
+      return undefined;
     }
     progress.sent++;
     progress.inFlight++;
     peak = Math.max(peak, progress.inFlight);
-    pending.push(
-      sendRequest(plan.requests[i], copts).then((rec) => {
-        records.push(rec);
-        progress.inFlight--;
-        if (rec.ok) progress.completed++;
-        else if (!rec.interrupted) progress.failed++;
-        sem?.release();
-        report();
-      }),
-    );
+    const rec = await sendRequest(req, copts);
+    progress.inFlight--;
+    if (rec.ok) progress.completed++;
+    else if (!rec.interrupted) progress.failed++;
+    sem?.release();
+    report();
+    return rec;
+  };
+  const t0 = performance.now();
+  if (multiturn) {
+    // Conversations start at rate / turns, so that a server answering at once sees `rate` requests/s.
+    const turns = turnsOf(o);
+    const conversations = new Set(plan.requests.map((r) => r.conversation)).size;
+    const starts = arrivalOffsets(conversations, { rate: rate / turns, burstiness: o.burstiness ?? 1, seed: o.seed ?? 0 });
+    const out = await runConversations(plan.requests, { t0, starts, thinkTimeMs: o.thinkTimeMs, endpoint: plan.endpoint, signal }, (req) => send(req));
+    // Cut-off turns were never sent but count as failed, as the records say.
+    progress.failed += out.cutOff;
+    report();
+    return { records: out.records, offsets: out.offsets, notSent: out.notSent, peakInFlight: peak };
+  }
+  const offsets = arrivalOffsets(n, { rate, burstiness: o.burstiness ?? 1, seed: o.seed ?? 0 });
+  const records: RequestRecord[] = [];
+  const pending: Promise<void>[] = [];
+  for (let i = 0; i < n; i++) {
+    if (signal?.aborted) break;
+    await sleepUntil(t0 + offsets[i] * 1000, signal);
+    if (signal?.aborted) break;
+    // Wait for a place before the next arrival is due, so --max-concurrency holds back the schedule.
+    if (sem && !(await sem.acquire(signal))) break;
+    pending.push(send(plan.requests[i], true).then((rec) => void (rec && records.push(rec))));
   }
   await Promise.all(pending);
   records.sort((a, b) => a.index - b.index);
-  return { records, offsets, notSent: n - progress.sent, peakInFlight: peak };
+  return { records, offsets, notSent: n - records.length, peakInFlight: peak };
 }
 
 /** The result object (as written to JSON) of one load run. */
@@ -378,8 +376,9 @@ export function buildResult(plan: BenchmarkPlan, rate: number, outcome: LoadOutc
       target_output_tokens: r.targetOutputTokens,
       itl_ms: r.itlMs.map(r3),
     };
-    const phase = plan.requests[r.index]?.phase;
-    if (phase !== undefined) c.phase = phase;
+    const req = plan.requests[r.index];
+    if (req?.phase !== undefined) c.phase = req.phase;
+    if (req?.conversation !== undefined) { c.conversation = req.conversation; c.turn = req.turn; }
     if (r.error !== undefined) c.error = r.error;
     return c;
   });
@@ -393,6 +392,21 @@ export function buildResult(plan: BenchmarkPlan, rate: number, outcome: LoadOutc
         phase, workload, requests: recs.length, completed: m.completed, failed: m.failed, good: m.good,
         slo_attainment: m.slo_attainment, goodput: m.goodput, duration_s: m.duration_s,
         ttft_ms_p99: m.ttft_ms.p99, tpot_ms_p99: m.tpot_ms.p99,
+      };
+    });
+  }
+  let turns: TurnResult[] | undefined;
+  if (o.workload === 'multiturn') {
+    const count = Math.max(0, ...plan.requests.map((r) => (r.turn ?? 0) + 1));
+    turns = Array.from({ length: count }, (_, turn) => {
+      const recs = outcome.records.filter((r) => plan.requests[r.index]?.turn === turn);
+      const m = computeMetrics(recs, slo);
+      const ok = recs.filter((r) => r.ok);
+      return {
+        turn, requests: recs.length, completed: m.completed, good: m.good, slo_attainment: m.slo_attainment,
+        prompt_tokens_mean: ok.length ? r3(ok.reduce((s, r) => s + r.promptTokens, 0) / ok.length) : null,
+        ttft_ms_p50: m.ttft_ms.p50, ttft_ms_p99: m.ttft_ms.p99,
+        prefix_cache_hit_rate: promptCacheHitRate(recs),
       };
     });
   }
@@ -420,6 +434,7 @@ export function buildResult(plan: BenchmarkPlan, rate: number, outcome: LoadOutc
     prefix_cache_hit_rate: promptCacheHitRate(outcome.records),
     settings: o.settings ?? optionsAsSettings(o),
     ...(phases ? { phases } : {}),
+    ...(turns ? { turns } : {}),
     requests,
   };
 }

@@ -8,6 +8,14 @@
 //              distinct ones, request i using number i mod N) plus a user turn of 16..64 tokens,
 //              output 32..128 tokens: what automatic prefix caching and prefix-aware routing serve
 //              (the prompt length is prefix + turn; --input-len fixes the turn)
+//   multiturn  conversations of --turns turns (default 4): the first user turn 64..256 tokens, each
+//              later one 16..64, every answer 32..128; turn t's prompt is the whole conversation so
+//              far (every earlier user turn and answer) plus its own user turn, and it is sent only
+//              when turn t-1's answer has arrived (conversations.ts), as a chat client does. On
+//              completions the answers in the history are seeded token ids of the answer's length
+//              (the API returns text, not ids), so prompt lengths stay exact; on chat they are the
+//              server's real replies. Request i is turn i mod turns of conversation i div turns; a
+//              conversation that would outgrow max_model_len ends early (its later turns dropped)
 //   shifting   the mix changes mid-run: consecutive phases of equal size (by request index), by
 //              default summarize, chat, summarize (--phases chooses them), so a planner's
 //              adaptation shows; the report gives the attainment of each phase
@@ -24,19 +32,20 @@
 // approximate; the server's `usage.prompt_tokens` gives the true count.
 import { Rng, STREAM } from './rng.ts';
 
-export type WorkloadName = 'chat' | 'summarize' | 'mixed' | 'shifting' | 'prefix';
-export const WORKLOADS: readonly WorkloadName[] = ['chat', 'summarize', 'mixed', 'shifting', 'prefix'];
-export type RequestKind = 'chat' | 'summarize' | 'prefix';
+export type WorkloadName = 'chat' | 'summarize' | 'mixed' | 'shifting' | 'prefix' | 'multiturn';
+export const WORKLOADS: readonly WorkloadName[] = ['chat', 'summarize', 'mixed', 'shifting', 'prefix', 'multiturn'];
+export type RequestKind = 'chat' | 'summarize' | 'prefix' | 'multiturn';
 export const DEFAULT_PREFIX_LEN = 1024;
+export const DEFAULT_TURNS = 4;
 
 /** A phase of the shifting workload: any workload but shifting itself. */
-export type PhaseWorkload = Exclude<WorkloadName, 'shifting' | 'prefix'>;
+export type PhaseWorkload = Exclude<WorkloadName, 'shifting' | 'prefix' | 'multiturn'>;
 export const DEFAULT_PHASES: readonly PhaseWorkload[] = ['summarize', 'chat', 'summarize'];
 
 /** Parses a --phases list ("summarize,chat,summarize"). */
 export function parsePhases(text: string): PhaseWorkload[] {
   const phases = text.split(',').map((s) => s.trim()).filter((s) => s !== '');
-  const bad = phases.filter((p) => p === 'shifting' || p === 'prefix' || !WORKLOADS.includes(p as WorkloadName));
+  const bad = phases.filter((p) => p === 'shifting' || p === 'prefix' || p === 'multiturn' || !WORKLOADS.includes(p as WorkloadName));
   if (phases.length === 0 || bad.length) throw new RangeError(`invalid phases '${text}': a comma-separated list of chat, summarize, mixed`);
   return phases as PhaseWorkload[];
 }
@@ -61,7 +70,10 @@ export const WORKLOAD_SPECS: Record<RequestKind, WorkloadSpec> = {
   summarize: { input: { min: 512, max: 1024 }, output: { min: 16, max: 64 } },
   // The user turn after the shared prefix.
   prefix: { input: { min: 16, max: 64 }, output: { min: 32, max: 128 } },
+  // A later user turn of a conversation; the first one is drawn from MULTITURN_FIRST_INPUT.
+  multiturn: { input: { min: 16, max: 64 }, output: { min: 32, max: 128 } },
 };
+export const MULTITURN_FIRST_INPUT: LengthRange = { min: 64, max: 256 };
 
 export interface WorkloadOptions {
   workload: WorkloadName;
@@ -80,6 +92,8 @@ export interface WorkloadOptions {
   /** The prefix workload: tokens of the shared system prompt (default DEFAULT_PREFIX_LEN) and how many distinct ones (default 1). */
   prefixLen?: number;
   prefixGroups?: number;
+  /** The multiturn workload: turns per conversation (default DEFAULT_TURNS). */
+  turns?: number;
   /** 'completions' → token-id prompts; 'chat' → word prompts. */
   endpoint: 'completions' | 'chat';
   vocabSize: number;
@@ -95,6 +109,17 @@ export interface BenchRequest {
   prefixLen?: number;
   /** The shifting workload's phase (0-based). */
   phase?: number;
+  /** The multiturn workload: which conversation, which turn of it (0-based), and its own user turn's length. */
+  conversation?: number;
+  turn?: number;
+  userLen?: number;
+  /**
+   * The multiturn workload on chat: this turn's own user message (promptText is unused); the
+   * runner sends it after the conversation's earlier messages and real replies.
+   */
+  userText?: string;
+  /** Set by the runner just before sending a multiturn chat turn: the conversation so far plus userText. */
+  messages?: ChatMessage[];
   promptLen: number;
   outputLen: number;
   /** True when max_model_len clipping shortened it. */
@@ -103,9 +128,18 @@ export interface BenchRequest {
   promptText?: string;
 }
 
+export interface ChatMessage {
+  role: 'user' | 'assistant';
+  content: string;
+}
+
 export interface Lengths {
   kind: RequestKind;
   phase?: number;
+  conversation?: number;
+  turn?: number;
+  /** multiturn: this turn's own user tokens (promptLen is the whole history plus them). */
+  userLen?: number;
   promptLen: number;
   outputLen: number;
   clipped: boolean;
@@ -141,6 +175,7 @@ export function generateLengths(opts: Omit<WorkloadOptions, 'endpoint' | 'vocabS
     if (v !== undefined && !(v > 0 && Number.isFinite(v))) throw new RangeError(`${name} must be > 0 (got ${v})`);
   }
   if (!WORKLOADS.includes(opts.workload)) throw new RangeError(`unknown workload '${opts.workload}' (one of ${WORKLOADS.join(', ')})`);
+  if (opts.workload === 'multiturn') return multiturnLengths(opts, rng);
   const phases = opts.workload === 'shifting' ? (opts.phases ?? DEFAULT_PHASES) : undefined;
   const out: Lengths[] = [];
   for (let i = 0; i < opts.n; i++) {
@@ -157,6 +192,51 @@ export function generateLengths(opts: Omit<WorkloadOptions, 'endpoint' | 'vocabS
     const o0 = opts.outputLen ?? scaled(drawnOut, opts.outputLenScale);
     const [promptLen, outputLen, clipped] = clipLengths(p0, o0, opts.maxModelLen);
     out.push(phase === undefined ? { kind, promptLen, outputLen, clipped } : { kind, phase, promptLen, outputLen, clipped });
+  }
+  return out;
+}
+
+/** Turns per conversation, validated. */
+export function turnsOf(opts: { turns?: number }): number {
+  const t = opts.turns ?? DEFAULT_TURNS;
+  if (!(Number.isInteger(t) && t >= 1)) throw new RangeError(`turns must be an integer >= 1 (got ${t})`);
+  return t;
+}
+
+/**
+ * The multiturn lengths: request i is turn i mod turns of conversation i div turns; its prompt is
+ * every earlier user turn and answer of its conversation plus its own user turn. A turn that would
+ * not fit in maxModelLen ends its conversation (the turn and the rest are dropped; a first turn is
+ * clipped instead, as in the other workloads).
+ */
+function multiturnLengths(opts: Omit<WorkloadOptions, 'endpoint' | 'vocabSize' | 'minTokenId'>, rng: Rng): Lengths[] {
+  const turns = turnsOf(opts);
+  const out: Lengths[] = [];
+  let history = 0;
+  let ended = false;
+  for (let i = 0; i < opts.n; i++) {
+    const conversation = Math.floor(i / turns);
+    const turn = i % turns;
+    if (turn === 0) { history = 0; ended = false; }
+    const spec = turn === 0 ? MULTITURN_FIRST_INPUT : WORKLOAD_SPECS.multiturn.input;
+    // Always draw both so an override or a dropped turn never shifts the other requests' lengths.
+    const drawnIn = rng.int(spec.min, spec.max);
+    const drawnOut = rng.int(WORKLOAD_SPECS.multiturn.output.min, WORKLOAD_SPECS.multiturn.output.max);
+    if (ended) continue;
+    const user = opts.inputLen ?? scaled(drawnIn, opts.inputLenScale);
+    const output = opts.outputLen ?? scaled(drawnOut, opts.outputLenScale);
+    if (turn === 0) {
+      const [promptLen, outputLen, clipped] = clipLengths(user, output, opts.maxModelLen);
+      out.push({ kind: 'multiturn', conversation, turn, userLen: promptLen, promptLen, outputLen, clipped });
+      history = promptLen + outputLen;
+      continue;
+    }
+    if (opts.maxModelLen !== undefined && history + user + output > opts.maxModelLen) {
+      ended = true;
+      continue;
+    }
+    out.push({ kind: 'multiturn', conversation, turn, userLen: user, promptLen: history + user, outputLen: output, clipped: false });
+    history += user + output;
   }
   return out;
 }
@@ -190,6 +270,7 @@ export function generateRequests(opts: WorkloadOptions): BenchRequest[] {
   if (opts.endpoint === 'completions' && !(Number.isInteger(lo) && Number.isInteger(hi) && lo >= 0 && lo <= hi)) {
     throw new RangeError(`no token ids to draw from: min-token-id ${lo}, vocab size ${opts.vocabSize}`);
   }
+  if (opts.workload === 'multiturn') return multiturnRequests(lengths, opts, tokRng);
   // The prefix workload's shared system prompts: from their own stream, the same for every request
   // of a group (a request clipped below the prefix keeps the start of it).
   const groups = opts.workload === 'prefix' ? Math.max(1, opts.prefixGroups ?? 1) : 0;
@@ -213,6 +294,31 @@ export function generateRequests(opts: WorkloadOptions): BenchRequest[] {
       const words = new Array<string>(l.promptLen);
       for (let k = 0; k < l.promptLen; k++) words[k] = WORDS[k < prefix.length ? prefix[k] : tokRng.int(0, WORDS.length - 1)];
       req.promptText = words.join(' ');
+    }
+    return req;
+  });
+}
+
+/**
+ * Multiturn prompts. Completions: the whole conversation as token ids, each earlier answer stood in
+ * for by seeded ids of its length, so turn t's prompt starts with turn t-1's prompt. Chat: each
+ * request holds only its own user message (userText); the runner adds the history and the real replies.
+ */
+function multiturnRequests(lengths: Lengths[], opts: WorkloadOptions, tokRng: Rng): BenchRequest[] {
+  const lo = opts.minTokenId;
+  const hi = opts.vocabSize - 1;
+  let history: number[] = [];
+  return lengths.map((l, index) => {
+    const req: BenchRequest = { index, ...l };
+    const userLen = l.userLen ?? l.promptLen;
+    if (opts.endpoint === 'completions') {
+      if (l.turn === 0) history = [];
+      const user = Array.from({ length: userLen }, () => tokRng.int(lo, hi));
+      req.promptTokenIds = history.concat(user);
+      const answer = Array.from({ length: l.outputLen }, () => tokRng.int(lo, hi));
+      history = req.promptTokenIds.concat(answer);
+    } else {
+      req.userText = Array.from({ length: userLen }, () => WORDS[tokRng.int(0, WORDS.length - 1)]).join(' ');
     }
     return req;
   });

@@ -215,3 +215,49 @@ test('shifting workload: the report gives each phase its own attainment', async 
     await srv.close();
   }
 });
+
+test('multiturn on chat: each turn waits for the previous answer and sends the real conversation back', async () => {
+  const srv = await startFakeServer({ ttftMs: 20, itlMs: 2 });
+  try {
+    // Rate inf starts both conversations at once, but each conversation has one turn in flight at a time.
+    const res = await runBenchmark({ url: srv.url, workload: 'multiturn', endpoint: 'chat', turns: 3, rate: Infinity, requests: 6, warmup: 0, inputLen: 3, outputLen: 4, slo: { ttftMs: 1000 } });
+    assert.equal(res.completed, 6);
+    assert.ok(srv.peakInFlight <= 2, `peak ${srv.peakInFlight} in flight for 2 conversations`);
+    const byLength = srv.bodies.map((b) => b.messages as Array<{ role: string; content: string }>);
+    assert.deepEqual(byLength.map((m) => m.length).sort(), [1, 1, 3, 3, 5, 5]);
+    for (const m of byLength) {
+      m.forEach((msg, k) => assert.equal(msg.role, k % 2 === 0 ? 'user' : 'assistant'));
+      // The fake server answers " t0 t1 t2 t3" to 4 tokens: that reply comes back verbatim.
+      for (const a of m.filter((x) => x.role === 'assistant')) assert.equal(a.content, ' t0 t1 t2 t3');
+      assert.equal(m[m.length - 1].content.split(' ').length, 3);
+    }
+    // Turn 3 of a conversation repeats its turn-1 and turn-2 user messages.
+    const third = byLength.filter((m) => m.length === 5);
+    const firsts = byLength.filter((m) => m.length === 1).map((m) => m[0].content);
+    for (const m of third) assert.ok(firsts.includes(m[0].content));
+    assert.deepEqual(res.turns!.map((t) => [t.turn, t.requests, t.completed]), [[0, 2, 2], [1, 2, 2], [2, 2, 2]]);
+    assert.deepEqual(res.requests.map((r) => [r.conversation, r.turn]), [[0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [1, 2]]);
+    assert.match(formatSummary(res), /Turn 3 \(2 req/);
+  } finally {
+    await srv.close();
+  }
+});
+
+test('multiturn: a failed turn fails the rest of its conversation without sending them', async () => {
+  // One conversation at a time (max concurrency 1 and turns in order): the 2nd request is refused.
+  const srv = await startFakeServer({ ttftMs: 2, itlMs: 1, failWith: (n) => (n === 1 ? 503 : undefined) });
+  try {
+    const res = await runBenchmark({ url: srv.url, workload: 'multiturn', turns: 3, rate: 0.001, requests: 3, warmup: 0, inputLen: 2, outputLen: 2, vocabSize: 50 });
+    assert.equal(res.completed, 1);
+    assert.equal(res.failed, 2);
+    assert.equal(srv.bodies.length, 2, 'turn 3 was never sent');
+    assert.match(res.requests[2].error!, /turn 1 of its conversation failed/);
+    // Completions prompts: turn 2 starts with turn 1's whole prompt.
+    const p0 = srv.bodies[0].prompt as number[];
+    const p1 = srv.bodies[1].prompt as number[];
+    assert.deepEqual(p1.slice(0, p0.length), p0);
+    assert.equal(p1.length, p0.length + 2 + 2);
+  } finally {
+    await srv.close();
+  }
+});

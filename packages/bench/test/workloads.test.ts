@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { WORDS, WORKLOAD_SPECS, clipLengths, generateLengths, generateRequests, parsePhases, phaseOf } from '../src/index.ts';
+import { MULTITURN_FIRST_INPUT, WORDS, WORKLOAD_SPECS, clipLengths, generateLengths, generateRequests, parsePhases, phaseOf } from '../src/index.ts';
 
 const base = { n: 200, seed: 5, endpoint: 'completions' as const, vocabSize: 1000, minTokenId: 3 };
 
@@ -113,4 +113,36 @@ test('prefix workload: every request starts with its group\'s shared system prom
   const chat = generateRequests({ ...base, workload: 'prefix', n: 2, prefixLen: 20, endpoint: 'chat' });
   assert.equal(chat[0].promptText!.split(' ').slice(0, 20).join(' '), chat[1].promptText!.split(' ').slice(0, 20).join(' '));
   assert.throws(() => parsePhases('chat,prefix'));
+});
+
+test('multiturn: each turn\'s prompt is the conversation so far plus its own turn; an outgrown conversation ends early', () => {
+  const reqs = generateRequests({ ...base, workload: 'multiturn', n: 8, turns: 4 });
+  assert.deepEqual(reqs.map((r) => [r.conversation, r.turn]), [[0, 0], [0, 1], [0, 2], [0, 3], [1, 0], [1, 1], [1, 2], [1, 3]]);
+  for (const r of reqs) {
+    assert.equal(r.kind, 'multiturn');
+    assert.equal(r.promptTokenIds!.length, r.promptLen);
+    const spec = r.turn === 0 ? MULTITURN_FIRST_INPUT : WORKLOAD_SPECS.multiturn.input;
+    assert.ok(r.userLen! >= spec.min && r.userLen! <= spec.max, `user turn ${r.userLen}`);
+    assert.ok(r.outputLen >= WORKLOAD_SPECS.multiturn.output.min && r.outputLen <= WORKLOAD_SPECS.multiturn.output.max);
+    if (r.turn! > 0) {
+      const prev = reqs[r.index - 1];
+      // The previous prompt, then a stand-in for its answer (outputLen ids), then this turn.
+      assert.deepEqual(r.promptTokenIds!.slice(0, prev.promptLen), prev.promptTokenIds);
+      assert.equal(r.promptLen, prev.promptLen + prev.outputLen + r.userLen!);
+    } else assert.equal(r.promptLen, r.userLen);
+  }
+  assert.notDeepEqual(reqs[4].promptTokenIds!.slice(0, 16), reqs[0].promptTokenIds!.slice(0, 16), 'conversations differ');
+  // Deterministic in the seed.
+  assert.deepEqual(generateRequests({ ...base, workload: 'multiturn', n: 8, turns: 4 }).map((r) => r.promptTokenIds), reqs.map((r) => r.promptTokenIds));
+  // A small context: later turns that would not fit are dropped, never clipped mid-history.
+  const small = generateRequests({ ...base, workload: 'multiturn', n: 8, turns: 4, maxModelLen: 400 });
+  assert.ok(small.length < 8 && small.length >= 2, `kept ${small.length}`);
+  for (const r of small) assert.ok(r.promptLen + r.outputLen <= 400);
+  assert.deepEqual(small.map((r) => r.index), small.map((_, i) => i), 'indices stay consecutive');
+  // Chat: each request carries only its own user message; the runner adds the history.
+  const chat = generateRequests({ ...base, workload: 'multiturn', n: 2, turns: 2, endpoint: 'chat' });
+  assert.equal(chat[1].userText!.split(' ').length, chat[1].userLen);
+  assert.equal(chat[1].promptText, undefined);
+  assert.throws(() => generateRequests({ ...base, workload: 'multiturn', n: 2, turns: 0 }), /turns/);
+  assert.throws(() => parsePhases('chat,multiturn'));
 });
