@@ -30,6 +30,8 @@ for (const mode of modes) {
     let model: { dir: string; cleanup(): void } | undefined;
     const expected = new Map<string, string>();
     let seededText = '';
+    // A two-turn conversation as token ids: turn 2 = turn 1's prompt + its greedy answer + a new user turn.
+    const convo = { turn1: [] as number[], answer: [] as number[], turn2: [] as number[], text2: '' };
 
     before(async () => {
       if (!existsSync(sharedPath('models', 'stories260K'))) {
@@ -44,6 +46,10 @@ for (const mode of modes) {
       }
       const ids = engine.tokenizer.encode(system + turns[0]);
       seededText = engine.tokenizer.decode((await generate(engine, ids, { temperature: 0.9, topK: 40, topP: 0.95, seed: 7, maxTokens: 30 })).ids, ids);
+      convo.turn1 = engine.tokenizer.encode('Tim and Sue went to the big lake. ');
+      convo.answer = (await generate(engine, convo.turn1, { temperature: 0, topK: 0, topP: 1, maxTokens: 40 })).ids;
+      convo.turn2 = [...convo.turn1, ...convo.answer, ...engine.tokenizer.encode(' Then they saw a frog.', { addBos: false })];
+      convo.text2 = engine.tokenizer.decode((await generate(engine, convo.turn2, { temperature: 0, topK: 0, topP: 1, maxTokens: 20 })).ids, convo.turn2);
       cluster = await startCluster(model.dir, [...mode.args, '--planner', 'off', '--max-sequences', '4']);
     });
 
@@ -89,6 +95,29 @@ for (const mode of modes) {
       assert.ok(counters.h < counters.q);
       assert.ok((await metricValue(prefiller.metrics_url, 'pdserve_prefix_cache_usage_perc')) > 0, 'idle slots hold cached prefixes');
       assert.equal(await metricValue(prefiller.metrics_url, 'pdserve_kv_cache_usage_perc'), 0, 'cached prefixes are free capacity, not usage');
+    });
+
+    test('multi-turn: the next turn reuses the conversation so far (on a unified worker, the previous answer too)', async (t) => {
+      if (!cluster) return t.skip('needs ../shared');
+      const ask = (prompt: number[], maxTokens: number) => postJson(`${cluster!.url}/v1/completions`, { model: cluster!.modelName, prompt, max_tokens: maxTokens, temperature: 0 });
+      const first = await ask(convo.turn1, convo.answer.length);
+      assert.equal(first.status, 200, JSON.stringify(first.json));
+      const second = await ask(convo.turn2, 20);
+      assert.equal(second.status, 200, JSON.stringify(second.json));
+      assert.equal(second.json.choices[0].text, convo.text2, 'same text as a cold engine');
+      const cached = second.json.usage.prompt_tokens_details.cached_tokens as number;
+      const block = 16;
+      const promptBlocks = Math.floor(convo.turn1.length / block) * block;
+      // The answer's last token was never fed through the model, so its KV does not exist.
+      const heldBlocks = Math.floor((convo.turn1.length + convo.answer.length - 1) / block) * block;
+      assert.ok(heldBlocks > promptBlocks, 'the answer spans a block boundary (test setup)');
+      if (mode.name.startsWith('unified')) {
+        // The worker that decoded turn 1 keeps its answer's blocks, so turn 2 skips them too.
+        assert.equal(cached, heldBlocks, `${cached} of ${convo.turn2.length} cached; turn 1 + answer held ${heldBlocks}`);
+      } else {
+        // The prefill worker holds turn 1's prompt (the answer was decoded elsewhere).
+        assert.ok(cached >= promptBlocks, `${cached} cached; turn 1's prompt has ${promptBlocks} in full blocks`);
+      }
     });
   });
 }
