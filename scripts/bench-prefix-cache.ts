@@ -7,8 +7,14 @@
 //                   max_tokens 1, so its latency is its TTFT.
 //   --part goodput  `pdserve bench --workload chat` (random prompts: nothing repeats) with the
 //                   prefix cache on and off, alternating on/off/on/off clusters, 1P+1D.
+//   --part routing  prefix-aware against load-only routing on 2 unified workers (1 thread each,
+//                   pinned, --max-sequences 4, so a worker's idle slots hold only a few cached
+//                   prefixes): `pdserve bench --workload prefix --prefix-groups 4` (--groups: 4 distinct
+//                   1024-token system prompts) or `--workload multiturn` (--bench-workload), at
+//                   each --rates rate, the two routings alternating per rate.
 //
-//   node --import tsx scripts/bench-prefix-cache.ts --part ttft|goodput [--model DIR] [--rounds 4] [--requests 24] [--rate 0.5]
+//   node --import tsx scripts/bench-prefix-cache.ts --part ttft|goodput|routing [--model DIR] [--rounds 4] [--requests 24] [--rate 0.5]
+//        [--rates 0.25,0.5] [--groups 4] [--bench-workload prefix|multiturn]
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -19,6 +25,7 @@ import { freePort } from '../packages/common/src/index.ts';
 const { values } = parseArgs({ options: {
   part: { type: 'string', default: 'ttft' }, model: { type: 'string' }, rounds: { type: 'string', default: '4' },
   requests: { type: 'string', default: '24' }, rate: { type: 'string', default: '0.5' }, out: { type: 'string', default: 'bench-results' },
+  rates: { type: 'string', default: '0.25,0.5' }, 'bench-workload': { type: 'string', default: 'prefix' }, groups: { type: 'string', default: '4' },
 } });
 const root = new URL('..', import.meta.url).pathname;
 const main = join(root, 'packages/cli/src/main.ts');
@@ -110,12 +117,44 @@ async function goodputPart(model: string): Promise<void> {
   console.log(JSON.stringify({ goodput_on: r1(on * 1000) / 1000, goodput_off: r1(off * 1000) / 1000, on_over_off: Math.round((on / off) * 1000) / 1000 }));
 }
 
+async function routingPart(model: string): Promise<void> {
+  mkdirSync(values.out!, { recursive: true });
+  const workload = values['bench-workload']!;
+  if (workload !== 'prefix' && workload !== 'multiturn') throw new Error('--bench-workload prefix|multiturn');
+  const shape = workload === 'prefix'
+    ? ['--prefix-len', '1024', '--prefix-groups', values.groups!, '--output-len-scale', '0.25']
+    : ['--turns', '4', '--output-len-scale', '0.5'];
+  const rows: Array<{ prefix_routing: string; goodput: number }> = [];
+  for (const rate of values.rates!.split(',')) {
+    for (const routing of ['on', 'off']) {
+      const c = await startCluster(model, ['--unified', '2', '--threads', '1', '--pin', '--max-sequences', '4', '--prefix-routing', routing]);
+      const file = join(values.out!, `prefix-routing-${workload}-${routing}-${rate}.json`);
+      try {
+        const r = spawnSync(process.execPath, ['--import', 'tsx', main, 'bench', '--url', c.url, '--workload', workload, ...shape,
+          '--rate', rate, '--requests', values.requests!, '--slo-ttft-ms', '2000', '--slo-tpot-ms', '150', '--seed', '1', '--warmup', '1', '--out', file, '--quiet'],
+        { stdio: ['ignore', 'pipe', 'inherit'], encoding: 'utf8' });
+        if (r.status !== 0) throw new Error(`bench failed (${routing} at ${rate})`);
+      } finally {
+        await c.stop();
+      }
+      const j = JSON.parse(readFileSync(file, 'utf8'));
+      const row = { workload, rate: Number(rate), prefix_routing: routing, goodput: j.goodput, slo_attainment: j.slo_attainment, completed: j.completed, failed: j.failed,
+        hit_rate: j.prefix_cache_hit_rate, ttft_p50_ms: r1(j.ttft_ms.p50), ttft_p99_ms: r1(j.ttft_ms.p99), tpot_p99_ms: r1(j.tpot_ms.p99) };
+      rows.push(row);
+      console.log(JSON.stringify(row));
+    }
+  }
+  const peak = (routing: string) => Math.max(...rows.filter((r) => r.prefix_routing === routing).map((r) => r.goodput));
+  console.log(JSON.stringify({ workload, peak_goodput_prefix_aware: peak('on'), peak_goodput_load_only: peak('off'), ratio: Math.round((peak('on') / peak('off')) * 1000) / 1000 }));
+}
+
 async function run(): Promise<void> {
   const model = values.model ?? join(root, '.cache/bench-models/smollm2-135m-2k');
   if (!existsSync(join(model, 'config.json'))) writeDummyModel('smollm2-135m', model, { maxSeqLen: 2048 });
   if (values.part === 'ttft') await ttftPart(model);
   else if (values.part === 'goodput') await goodputPart(model);
-  else throw new Error('--part ttft|goodput');
+  else if (values.part === 'routing') await routingPart(model);
+  else throw new Error('--part ttft|goodput|routing');
 }
 
 void run().then(() => process.exit(0), (err) => { console.error(err); process.exit(1); });
