@@ -93,7 +93,8 @@ for (const mode of modes) {
         return q >= promptTokens * 5 && h > 0 ? { q, h } : undefined;
       }, 10_000, 'prefix cache counters');
       assert.ok(counters.h < counters.q);
-      assert.ok((await metricValue(prefiller.metrics_url, 'pdserve_prefix_cache_usage_perc')) > 0, 'idle slots hold cached prefixes');
+      // The gauges follow the engine's load reports, which trail the last request's end.
+      await waitFor(async () => ((await metricValue(prefiller.metrics_url, 'pdserve_prefix_cache_usage_perc')) > 0 ? true : undefined), 10_000, 'idle slots hold cached prefixes');
       assert.equal(await metricValue(prefiller.metrics_url, 'pdserve_kv_cache_usage_perc'), 0, 'cached prefixes are free capacity, not usage');
     });
 
@@ -117,6 +118,11 @@ for (const mode of modes) {
       } else {
         // The prefill worker holds turn 1's prompt (the answer was decoded elsewhere).
         assert.ok(cached >= promptBlocks, `${cached} cached; turn 1's prompt has ${promptBlocks} in full blocks`);
+        // The decode worker got the prompt's ids with the request and kept the transferred KV (and
+        // the answers it decoded) as reusable prefixes, where auto placement can prefill locally.
+        const workers = ((await (await fetch(`${cluster.url}/workers`)).json()) as { workers: Array<{ role: string; metrics_url: string }> }).workers;
+        const decoder = workers.find((w) => w.role === 'decode')!;
+        await waitFor(async () => ((await metricValue(decoder.metrics_url, 'pdserve_prefix_cache_usage_perc')) > 0 ? true : undefined), 10_000, 'the decode worker\'s idle slots hold cached prefixes');
       }
     });
   });

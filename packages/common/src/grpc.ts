@@ -140,6 +140,8 @@ export interface GenerateRequestMsg {
   prompt_len: number;
   sampling: SamplingParamsMsg;
   kv_timeout_ms: number;
+  /** The prompt's ids (prompt_len of them) so the decode worker can cache the transferred KV; empty: not sent. */
+  prompt_ids?: number[];
 }
 
 export interface GenerateEventMsg {

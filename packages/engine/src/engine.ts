@@ -121,6 +121,11 @@ export class Engine {
     return this.prefixCache ? this.prefixCache.attach(seq, promptIds) : { seq, cachedTokens: 0 };
   }
 
+  /** `seq` holds the KV of `promptIds` from a transfer: with prefix caching its blocks become reusable here. */
+  rememberPrompt(seq: KvSequence, promptIds: readonly number[]): void {
+    this.prefixCache?.remember(seq, promptIds);
+  }
+
   /** Ends a sequence; with prefix caching its full blocks stay reusable until the slot is needed. */
   release(seq: KvSequence): void {
     if (this.prefixCache) this.prefixCache.release(seq);

@@ -318,3 +318,23 @@ test('a reservation over a full cache keeps the LRU slot\'s contents for its own
   const again = pc.start('again', [...p.slice(0, 8), 1])!;
   assert.equal(again.cachedTokens, 0);
 });
+
+test('remember: a reservation filled by a KV transfer becomes a reusable prefix under its prompt\'s ids, its answer included', () => {
+  const cache = arena();
+  const pc = new PrefixCache(cache, { model: 'm' });
+  const p = range(10, 1);
+  const r = pc.reserve('r')!;
+  compute(cache, r, p); // what a transfer writes: the KV of all 10 positions
+  pc.remember(r, p);
+  // Decode steps append the answer (its last token is never fed back, so 13 positions hold 10 + 3).
+  for (const t of [50, 51, 52]) {
+    compute(cache, r, [...p, 50, 51, 52], r.length + 1);
+    pc.appended(r, t);
+  }
+  pc.release(r);
+  const next = [...p, 50, 51, 52, 53, 7, 8];
+  const hit = pc.start('turn2', next)!;
+  assert.equal(hit.cachedTokens, 12, 'three full blocks: the prompt and the start of the answer');
+  assertHolds(cache, hit.seq, next, 12);
+  assert.throws(() => pc.remember(pc.reserve('short')!, p), /holds 0 positions, not the 10/);
+});

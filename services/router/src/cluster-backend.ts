@@ -182,9 +182,11 @@ export class ClusterBackend implements Backend {
     const healthy = this.directory.list().filter((w) => w.healthy && !exclude.has(w.id) && this.servesOurModel(w) && this.health.usable(w, fresh));
     const n = req.promptIds.length;
     // Expected prefix-cache hits per prefill-capable worker (the index is a hint: see prefix-index.ts).
-    const cached = this.prefixes?.index.cachedTokens(req.promptIds, healthy.filter((w) => canPrefill(w.role)).map((w) => w.id)) ?? new Map<string, number>();
+    // A decode worker counts when it may prefill locally: it holds the prompts (and answers) it decoded.
+    const mayPrefillLocally = (this.opts.placement?.mode ?? 'auto') !== 'remote';
+    const cached = this.prefixes?.index.cachedTokens(req.promptIds, healthy.filter((w) => canPrefill(w.role) || (mayPrefillLocally && w.role === 'decode')).map((w) => w.id)) ?? new Map<string, number>();
     const scored = healthy.filter((w) => canDecode(w.role))
-      .map((w) => ({ w, score: decodeScore({ role: w.role, load: w.load, inflight: this.inflight.get(w.id) ?? 0, cachedTokens: cached.get(w.id) ?? 0, heldBlocks: this.prefixes?.index.heldBlocks(w.id) }, n) }))
+      .map((w) => ({ w, score: decodeScore({ role: w.role, load: w.load, inflight: this.inflight.get(w.id) ?? 0, cachedTokens: cached.get(w.id) ?? 0, heldBlocks: this.prefixes?.index.heldBlocks(w.id), mayPrefillLocally }, n) }))
       .sort((a, b) => a.score - b.score);
     if (scored.length === 0) throw new BackendError('no decode worker is available', 503, 'no_capacity', 2);
     const decode = scored[0].w;
@@ -256,7 +258,12 @@ export class ClusterBackend implements Backend {
     const decodeClients = this.acquire(decode.grpc_address);
     let prefillClients: Clients | undefined;
     const stream = decodeClients.decode.Generate(
-      { request_id: id, prompt_len: req.promptIds.length, sampling, kv_timeout_ms: this.opts.kvTimeoutMs ?? 120_000 }, md,
+      {
+        request_id: id, prompt_len: req.promptIds.length, sampling, kv_timeout_ms: this.opts.kvTimeoutMs ?? 120_000,
+        // A remote prefill's KV arrives without its ids; with them the decode worker can cache it
+        // (a local prefill registers its own prompt).
+        prompt_ids: placement.where === 'remote' ? req.promptIds : [],
+      }, md,
       { deadline: deadline(this.opts.generateTimeoutMs ?? DEFAULT_GENERATE_TIMEOUT_MS) },
     ) as grpc.ClientReadableStream<GenerateEventMsg>;
     let prefillCall: grpc.ClientUnaryCall | undefined;

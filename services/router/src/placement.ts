@@ -120,18 +120,26 @@ export interface DecodeCandidate {
   inflight: number;
   /** Leading prompt tokens its prefix cache is expected to hold for this request. */
   cachedTokens: number;
+  /**
+   * A decode worker that may prefill this prompt itself (placement auto or local): its hit counts
+   * as for a unified worker. A decode worker keeps the transferred KV of the prompts it decoded,
+   * answers included, so a conversation's next turn finds its history there.
+   */
+  mayPrefillLocally?: boolean;
 }
 
 /**
  * The decode worker's score, lower is better: queued and running requests (reported plus in flight
  * from here), less its free KV share, less, when it would prefill the prompt itself (unified),
- * PREFIX_HIT_WEIGHT times the share of the prompt its prefix cache is expected to hold. Among equals the worker holding fewer cached blocks
+ * PREFIX_HIT_WEIGHT times the share of the prompt its prefix cache is expected to hold (a decode worker too when
+ * the prompt may be prefilled locally). Among equals the worker holding fewer cached blocks
  * wins, so that new prefixes spread over the workers instead of evicting each other on one.
  */
 export function decodeScore(c: DecodeCandidate, promptTokens: number): number {
   const l = c.load;
   const base = l.queue_len + l.running + l.waiting + c.inflight - l.free_kv_blocks / Math.max(1, l.total_kv_blocks);
-  const hit = c.role === 'unified' && promptTokens > 0 ? PREFIX_HIT_WEIGHT * Math.min(1, c.cachedTokens / promptTokens) : 0;
+  const prefillsHere = c.role === 'unified' || (c.role === 'decode' && c.mayPrefillLocally === true);
+  const hit = prefillsHere && promptTokens > 0 ? PREFIX_HIT_WEIGHT * Math.min(1, c.cachedTokens / promptTokens) : 0;
   const spread = 1e-3 * Math.min(1, (c.heldBlocks ?? l.prefix_cache_blocks ?? 0) / Math.max(1, l.total_kv_blocks));
   return base - hit + spread;
 }

@@ -102,8 +102,13 @@ describe('prefix-aware policy', () => {
     assert.ok(hitBusy < idle, 'one running request is worth less than a 96% hit');
     const hitBusier = decodeScore({ role: 'unified', load: load({ running: 3, free_kv_blocks: 70 }), inflight: 0, cachedTokens: 960 }, 1000);
     assert.ok(hitBusier > idle, 'three are worth more');
-    // A decode-only worker does not prefill: its (index) hits do not count.
+    // A decode worker under remote-only placement never prefills: its (index) hits do not count.
     assert.equal(decodeScore({ role: 'decode', load: load(), inflight: 0, cachedTokens: 960 }, 1000), decodeScore({ role: 'decode', load: load(), inflight: 0, cachedTokens: 0 }, 1000));
+    // When it may prefill locally (auto), the conversation it holds draws the next turn to it.
+    assert.ok(
+      decodeScore({ role: 'decode', load: load({ running: 1 }), inflight: 0, cachedTokens: 960, mayPrefillLocally: true }, 1000)
+        < decodeScore({ role: 'decode', load: load(), inflight: 0, cachedTokens: 0, mayPrefillLocally: true }, 1000),
+    );
     const emptier = decodeScore({ role: 'unified', load: load({ prefix_cache_blocks: 0 }), inflight: 0, cachedTokens: 0 }, 1000);
     const fuller = decodeScore({ role: 'unified', load: load({ prefix_cache_blocks: 50 }), inflight: 0, cachedTokens: 0 }, 1000);
     assert.ok(emptier < fuller && fuller - emptier < 0.01, 'a tie-break only');

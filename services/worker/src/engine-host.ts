@@ -164,11 +164,11 @@ export class EngineHost {
   }
 
   /** Holds KV room for a request whose cache will arrive; resolves once held. */
-  reserve(requestId: string, promptLen: number, sampling: SamplingParamsMsg, handlers: DecodeHandlers): Promise<void> {
+  reserve(requestId: string, promptLen: number, sampling: SamplingParamsMsg, handlers: DecodeHandlers, promptIds?: number[]): Promise<void> {
     return new Promise((resolve, reject) => {
       if (this.hasDecodeOrReservation(requestId)) return reject(new EngineError(`request ${requestId} is already decoding here`, 'exists'));
       this.reservations.set(requestId, { resolve, reject, handlers, promptLen });
-      this.send({ type: 'reserve', requestId, promptLen, sampling });
+      this.send({ type: 'reserve', requestId, promptLen, sampling, ...(promptIds?.length ? { promptIds } : {}) });
     });
   }
 

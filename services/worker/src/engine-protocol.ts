@@ -41,7 +41,7 @@ export type FailureKind = 'queue_full' | 'too_long' | 'invalid' | 'cancelled' | 
 
 export type ToEngine =
   | { type: 'prefill'; requestId: string; promptIds: number[]; sampling: SamplingParamsMsg; local: boolean }
-  | { type: 'reserve'; requestId: string; promptLen: number; sampling: SamplingParamsMsg }
+  | { type: 'reserve'; requestId: string; promptLen: number; sampling: SamplingParamsMsg; promptIds?: number[] }
   | { type: 'kv'; requestId: string; chunk: KvChunkMsg }
   | { type: 'kvAck'; requestId: string; error?: string }
   /** Cancels the request's prefill or its decode side (on a unified worker both share the id). */

@@ -159,7 +159,7 @@ async function main(): Promise<void> {
           (seq) => {
             try {
               // Registered at once, waiting for its cache, so a KV chunk or a cancel finds it.
-              scheduler.addDecode(decodeRequest(m.requestId, seq, m.promptLen, m.sampling, sampler));
+              scheduler.addDecode(decodeRequest(m.requestId, seq, m.promptLen, m.sampling, sampler, m.promptIds));
             } catch (err) {
               scheduler.giveBack(seq);
               failRequest(m, err as Error);
@@ -199,11 +199,11 @@ async function main(): Promise<void> {
     }
   }
 
-  function decodeRequest(requestId: string, seq: DecodeRequest['seq'], promptLen: number, sampling: SamplingParamsMsg, sampler: DecodeRequest['sampler']): DecodeRequest {
+  function decodeRequest(requestId: string, seq: DecodeRequest['seq'], promptLen: number, sampling: SamplingParamsMsg, sampler: DecodeRequest['sampler'], promptIds?: number[]): DecodeRequest {
     sampler.skip(1); // the prefill drew the first token from the same stream
     let over = false; // finished or failed: reported to the main thread once
     const req: DecodeRequest = {
-      requestId, seq, sampling, sampler, promptLen,
+      requestId, seq, sampling, sampler, promptLen, promptIds,
       status: 'waiting_kv', pendingKv: [], generated: 0, cancelled: false,
       kvApplied: (bytes) => post({ type: 'kvApplied', requestId, bytes }),
       emit: (tokens: SampledToken[], admitMs?: number) => {

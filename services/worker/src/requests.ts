@@ -56,6 +56,8 @@ export interface DecodeRequest {
   sampling: SamplingParamsMsg;
   sampler: Sampler;
   promptLen: number;
+  /** The prompt's ids when the router sent them: the transferred KV is then kept in the prefix cache under them. */
+  promptIds?: readonly number[];
   status: DecodeStatus;
   /** Received KV chunks not yet written into the cache (the scheduler writes them between steps). */
   pendingKv: KvChunkMsg[];

@@ -203,7 +203,7 @@ export function decodeHandlers(ctx: ServiceContext): grpc.UntypedServiceImplemen
           log.warn({ err: err.message }, 'decode failed');
           end(err);
         },
-      }).then(
+      }, r.prompt_ids).then(
         () => {
           if (ended) {
             // The caller left while we waited for room: give it back.

@@ -58,6 +58,12 @@ export function generateProblem(r: GenerateRequestMsg, m: ModelLimits): string |
   if (idProblem) return idProblem;
   if (!Number.isInteger(r.prompt_len) || r.prompt_len < 1) return `prompt_len must be >= 1, got ${r.prompt_len}`;
   if (r.prompt_len + 1 > m.maxModelLen) return `prompt of ${r.prompt_len} tokens leaves no room in the context of ${m.maxModelLen} tokens`;
+  const ids = r.prompt_ids ?? [];
+  if (ids.length > 0) {
+    if (ids.length !== r.prompt_len) return `prompt_ids has ${ids.length} ids for a prompt_len of ${r.prompt_len}`;
+    const bad = ids.findIndex((id) => !Number.isInteger(id) || id < 0 || id >= m.vocabSize);
+    if (bad >= 0) return `token id ${ids[bad]} at position ${bad} is outside the model's vocabulary of ${m.vocabSize} ids`;
+  }
   return samplingProblem(r.sampling);
 }
 

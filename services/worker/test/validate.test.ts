@@ -1,7 +1,7 @@
 // The worker's checks of gRPC input (issue 12): what the engine could not serve is named here.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { kvChunkProblem, kvTimeoutMs, MAX_TIMER_MS, samplingProblem, type KvReceiveState } from '../src/validate.ts';
+import { generateProblem, kvChunkProblem, kvTimeoutMs, MAX_TIMER_MS, samplingProblem, type KvReceiveState } from '../src/validate.ts';
 import type { KvChunkMsg, SamplingParamsMsg } from '@pdserve/common';
 
 const good: SamplingParamsMsg = { temperature: 0.7, top_p: 0.9, top_k: 40, seed: 7, max_tokens: 16, min_tokens: 0, stop_token_ids: [2], ignore_eos: false, logprobs: -1 };
@@ -49,4 +49,14 @@ test('KV chunks: in order, once, within the reservation, nothing after done, don
   assert.match(kvChunkProblem(st(), chunk(0, 3, { done: true }), 512)!, /no first_token/);
   assert.match(kvChunkProblem(st(), chunk(0, 3, { done: true, first_token: { id: 512, logprob: 0, top_logprobs: [] } }), 512)!, /first_token.id 512/);
   assert.match(kvChunkProblem(st(), chunk(0, 2, { done: true, first_token: { id: 1, logprob: 0, top_logprobs: [] } }), 512)!, /done after 2 of 3/);
+});
+
+test('Generate: prompt_ids are optional, but when sent they must be prompt_len ids in the vocabulary', () => {
+  const limits = { vocabSize: 100, maxModelLen: 64 };
+  const req = (prompt_ids?: number[]) => ({ request_id: 'r1', prompt_len: 3, sampling: good, kv_timeout_ms: 0, ...(prompt_ids ? { prompt_ids } : {}) });
+  assert.equal(generateProblem(req(), limits), undefined);
+  assert.equal(generateProblem(req([]), limits), undefined);
+  assert.equal(generateProblem(req([5, 6, 7]), limits), undefined);
+  assert.match(generateProblem(req([5, 6]), limits)!, /prompt_ids has 2 ids for a prompt_len of 3/);
+  assert.match(generateProblem(req([5, 6, 100]), limits)!, /token id 100 at position 2 is outside/);
 });

@@ -187,6 +187,20 @@ export class PrefixCache {
     return this.counted(seq, promptIds.length);
   }
 
+  /**
+   * The sequence `seq` (a decode reservation) now holds the KV of `promptIds`, written by a KV
+   * transfer: its blocks become reusable here as if prefilled here, so a conversation's next turn
+   * finds its previous prompt and (appended() extends it) answer on the worker that decoded it.
+   * The token ids come with the request from the router, the KV from the prefill worker it chose
+   * for those ids; the ids are what a later match verifies against.
+   */
+  remember(seq: KvSequence, promptIds: readonly number[]): void {
+    if (seq.length !== promptIds.length) throw new Error(`sequence ${seq.id} holds ${seq.length} positions, not the ${promptIds.length} of its prompt`);
+    this.reservedOver.delete(seq);
+    this.dropEntry(seq);
+    this.register(seq, promptIds, this.chain(this.root, promptIds, this.blockTokens));
+  }
+
   /** Called after a decode step appended `token` to `seq`, so the blocks it completes are reusable too. */
   appended(seq: KvSequence, token: number): void {
     const e = this.entries.get(seq);
