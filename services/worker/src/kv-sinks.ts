@@ -114,14 +114,26 @@ export const decodeClients = new ClientPool<grpc.Client>(decodeClient);
  * worker refuse that block by number.
  */
 const CORRUPT_BLOCK = process.env.PDSERVE_TEST_CORRUPT_KV_BLOCK === undefined ? undefined : Number(process.env.PDSERVE_TEST_CORRUPT_KV_BLOCK);
-function corruptForTest(c: KvChunkMsg): void {
+export function corruptForTest(c: KvChunkMsg): void {
   if (CORRUPT_BLOCK === undefined || CORRUPT_BLOCK < c.first_block || CORRUPT_BLOCK >= c.first_block + c.block_count) return;
   const wireBytes = c.data.byteLength / c.block_count;
   c.data[(CORRUPT_BLOCK - c.first_block) * wireBytes + Math.floor(wireBytes / 2)] ^= 0x10;
 }
 
+/** Main thread: one sequence's blocks on their way to the decode worker, by whichever transport. */
+export interface KvPush {
+  write(chunks: KvChunkMsg[], final: boolean): void;
+  cancel(): void;
+  /** Bytes on the wire (encoded), and the fp32 bytes they stand for. */
+  readonly bytes: number;
+  readonly rawBytes: number;
+  /** When the first block was handed over, and when the decode worker acknowledged the last. */
+  readonly startedAt?: number;
+  readonly finishedAt?: number;
+}
+
 /** Main thread: one Decode.PushKv call carrying one sequence's blocks to the decode worker. */
-export class GrpcKvPush {
+export class GrpcKvPush implements KvPush {
   private readonly call: grpc.ClientWritableStream<KvChunkMsg>;
   /** Chunks not yet handed to gRPC: written one at a time, waiting for 'drain' when gRPC's buffer is full. */
   private readonly queue: KvChunkMsg[] = [];
