@@ -3,7 +3,7 @@
 // cores), side by side with raw loopback TCP and memcpy measured in the same run.
 //
 //   node --import tsx scripts/bench-kv-transfer.ts [--model DIR] [--reps 3] [--lengths 128,512,2048]
-//       [--wire-dtypes fp32,fp16,bf16,int8] [--transports tcp,grpc] [--unified]
+//       [--wire-dtypes fp32,fp16,bf16,int8] [--transports tcp,grpc] [--unified] [--up-args '--engine-nice 0']
 //
 // One cluster per wire dtype and KV transport (--kv-transport: tcp = the raw-TCP data channel,
 // grpc = Decode.PushKv) (and with --unified one unified worker, same thread count, for the
@@ -24,7 +24,7 @@ import { parseArgs } from 'node:util';
 import { writeDummyModel } from '../packages/engine/src/index.ts';
 import { bindServer, createGrpcServer, decodeClient, decodeService, freePort, type grpc } from '../packages/common/src/index.ts';
 
-const { values } = parseArgs({ options: { model: { type: 'string' }, reps: { type: 'string', default: '3' }, lengths: { type: 'string', default: '128,512,2048' }, 'wire-dtypes': { type: 'string', default: 'fp32' }, transports: { type: 'string', default: 'tcp,grpc' }, unified: { type: 'boolean', default: false }, 'grpc-sink': { type: 'string' } } });
+const { values } = parseArgs({ options: { model: { type: 'string' }, reps: { type: 'string', default: '3' }, lengths: { type: 'string', default: '128,512,2048' }, 'wire-dtypes': { type: 'string', default: 'fp32' }, transports: { type: 'string', default: 'tcp,grpc' }, 'up-args': { type: 'string', default: '' }, unified: { type: 'boolean', default: false }, 'grpc-sink': { type: 'string' } } });
 const traceFile = join(mkdtempSync(join(tmpdir(), 'pdserve-kv-trace-')), 'trace.jsonl');
 writeFileSync(traceFile, '');
 const dtypes = values['wire-dtypes']!.split(',');
@@ -171,7 +171,7 @@ interface Row {
 /** One cluster (`pdserve up` with `args`), requests one at a time, `reps` per prompt length. */
 async function measure(config: string, model: string, args: string[]): Promise<Row[]> {
   const port = await freePort();
-  const up = spawn(process.execPath, ['--import', 'tsx', join(root, 'packages/cli/src/main.ts'), 'up', '--model', model, '--port', String(port), '--pin', '--threads', '1', '--max-sequences', '2', ...args],
+  const up = spawn(process.execPath, ['--import', 'tsx', join(root, 'packages/cli/src/main.ts'), 'up', '--model', model, '--port', String(port), '--pin', '--threads', '1', '--max-sequences', '2', ...args, ...values['up-args']!.split(' ').filter(Boolean)],
     { stdio: ['ignore', 'pipe', 'ignore'], env: { ...process.env, PDSERVE_KV_TRACE: traceFile } });
   const url = await new Promise<string>((resolve) => up.stdout!.on('data', (d) => { const m = /ready (\S+)/.exec(String(d)); if (m) resolve(m[1]); }));
   try {
