@@ -3,9 +3,10 @@
 // cores), side by side with raw loopback TCP and memcpy measured in the same run.
 //
 //   node --import tsx scripts/bench-kv-transfer.ts [--model DIR] [--reps 3] [--lengths 128,512,2048]
-//       [--wire-dtypes fp32,fp16,bf16,int8] [--unified]
+//       [--wire-dtypes fp32,fp16,bf16,int8] [--transports tcp,grpc] [--unified] [--up-args '--engine-nice 0']
 //
-// One cluster per wire dtype (and with --unified one unified worker, same thread count, for the
+// One cluster per wire dtype and KV transport (--kv-transport: tcp = the raw-TCP data channel,
+// grpc = Decode.PushKv) (and with --unified one unified worker, same thread count, for the
 // router-visible TTFT comparison), one after the other in one run. The workers write their KV
 // timeline (PDSERVE_KV_TRACE, packages/common/src/trace/kv-trace.ts), from which the script takes the
 // end-to-end transfer time (first block handed to the sink -> last block written into the decode
@@ -23,7 +24,7 @@ import { parseArgs } from 'node:util';
 import { writeDummyModel } from '../packages/engine/src/index.ts';
 import { bindServer, createGrpcServer, decodeClient, decodeService, freePort, type grpc } from '../packages/common/src/index.ts';
 
-const { values } = parseArgs({ options: { model: { type: 'string' }, reps: { type: 'string', default: '3' }, lengths: { type: 'string', default: '128,512,2048' }, 'wire-dtypes': { type: 'string', default: 'fp32' }, unified: { type: 'boolean', default: false }, 'grpc-sink': { type: 'string' } } });
+const { values } = parseArgs({ options: { model: { type: 'string' }, reps: { type: 'string', default: '3' }, lengths: { type: 'string', default: '128,512,2048' }, 'wire-dtypes': { type: 'string', default: 'fp32' }, transports: { type: 'string', default: 'tcp,grpc' }, 'up-args': { type: 'string', default: '' }, unified: { type: 'boolean', default: false }, 'grpc-sink': { type: 'string' } } });
 const traceFile = join(mkdtempSync(join(tmpdir(), 'pdserve-kv-trace-')), 'trace.jsonl');
 writeFileSync(traceFile, '');
 const dtypes = values['wire-dtypes']!.split(',');
@@ -170,7 +171,7 @@ interface Row {
 /** One cluster (`pdserve up` with `args`), requests one at a time, `reps` per prompt length. */
 async function measure(config: string, model: string, args: string[]): Promise<Row[]> {
   const port = await freePort();
-  const up = spawn(process.execPath, ['--import', 'tsx', join(root, 'packages/cli/src/main.ts'), 'up', '--model', model, '--port', String(port), '--pin', '--threads', '1', '--max-sequences', '2', ...args],
+  const up = spawn(process.execPath, ['--import', 'tsx', join(root, 'packages/cli/src/main.ts'), 'up', '--model', model, '--port', String(port), '--pin', '--threads', '1', '--max-sequences', '2', ...args, ...values['up-args']!.split(' ').filter(Boolean)],
     { stdio: ['ignore', 'pipe', 'ignore'], env: { ...process.env, PDSERVE_KV_TRACE: traceFile } });
   const url = await new Promise<string>((resolve) => up.stdout!.on('data', (d) => { const m = /ready (\S+)/.exec(String(d)); if (m) resolve(m[1]); }));
   try {
@@ -224,7 +225,11 @@ async function main(): Promise<void> {
   const kv128 = 128 * 30 * 2 * 3 * 64 * 4; // a 128-token prompt of smollm2-135m, fp32
   const grpcAlone = await grpcPushMs(kv128, [4 * 2 ** 20, 2 ** 20, 256 * 1024]);
   const rows: Row[] = [];
-  for (const dtype of dtypes) rows.push(...await measure(`disaggregated ${dtype}`, model, ['--prefill', '1', '--decode', '1', '--prefill-placement', 'remote', '--kv-wire-dtype', dtype]));
+  for (const dtype of dtypes) {
+    for (const transport of values.transports!.split(',')) {
+      rows.push(...await measure(`disaggregated ${dtype} ${transport}`, model, ['--prefill', '1', '--decode', '1', '--prefill-placement', 'remote', '--kv-wire-dtype', dtype, '--kv-transport', transport]));
+    }
+  }
   if (values.unified) rows.push(...await measure('unified', model, ['--unified', '1']));
   const memcpyAgain = memcpyGBs();
   console.log(`memcpy ${(memcpy / 1.073741824).toFixed(2)} GiB/s (${(memcpyAgain / 1.073741824).toFixed(2)} after the clusters), loopback TCP ${(tcp / 1.073741824).toFixed(2)} GiB/s (one stream, 4 MiB writes)`);
@@ -237,8 +242,9 @@ async function main(): Promise<void> {
   }
   const unified = rows.filter((x) => x.config === 'unified');
   for (const u of unified) {
-    const d = rows.find((x) => x.config === 'disaggregated fp32' && x.prompt_tokens === u.prompt_tokens);
-    if (d) console.log(`router-visible TTFT at ${u.prompt_tokens} tokens: disaggregated fp32 ${d.ttft_ms.toFixed(0)} ms vs unified ${u.ttft_ms.toFixed(0)} ms (${(100 * (d.ttft_ms / u.ttft_ms - 1)).toFixed(1)}%)`);
+    for (const d of rows.filter((x) => x.config.startsWith('disaggregated fp32') && x.prompt_tokens === u.prompt_tokens)) {
+      console.log(`router-visible TTFT at ${u.prompt_tokens} tokens: ${d.config} ${d.ttft_ms.toFixed(0)} ms vs unified ${u.ttft_ms.toFixed(0)} ms (${(100 * (d.ttft_ms / u.ttft_ms - 1)).toFixed(1)}%)`);
+    }
   }
   console.log('\nKV timeline, ms after the last prefill chunk ended (median over reps; :first/:last = first/last occurrence)');
   for (const x of rows) if (x.config !== 'unified') console.log(`${x.config}, ${x.prompt_tokens} tokens: ${Object.entries(x.timeline ?? {}).map(([k, v]) => `${k}=${v.toFixed(1)}`).join('  ')}`);

@@ -12,6 +12,8 @@ import { Engine, generate } from '../packages/engine/src/index.ts';
 import { decodeClient, grpc } from '../packages/common/src/index.ts';
 import { postJson, startCluster, stories260K, waitFor, type TestCluster } from './support/cluster.ts';
 import { sharedPath } from './support/shared.ts';
+import { connect } from 'node:net';
+import { encodeHeader } from '../services/worker/src/kv-data/frames.ts';
 
 function haveShared(): boolean {
   if (process.env.CI === 'true') return true;
@@ -80,9 +82,10 @@ describe('KV transfer between workers', { skip: !haveShared() && 'no ../shared m
       // fp32 on the wire: the bytes counted are the fp32 blocks themselves, ratio 1.
       assert.ok(metric(afterText, 'pdserve_kv_transfer_bytes_total', 'wire_dtype="fp32"') > metric(before, 'pdserve_kv_transfer_bytes_total', 'wire_dtype="fp32"'));
       assert.equal(metric(afterText, 'pdserve_kv_transfer_compression_ratio', 'wire_dtype="fp32"'), 1);
-      // The blocks came in several PushKv messages, one per prefill chunk that completed blocks.
+      // The blocks came over the TCP data channel (the default transport) in several frames, one per
+      // prefill chunk that completed blocks.
       const received = cluster.output().split('\n').filter((l) => l.includes('"KV received"')).map((l) => JSON.parse(l));
-      assert.ok(received.some((l) => l.kv_chunks >= 3), `several chunks per transfer: ${JSON.stringify(received)}`);
+      assert.ok(received.some((l) => l.kv_chunks >= 3 && l.via === 'tcp'), `several chunks per transfer over tcp: ${JSON.stringify(received)}`);
       assert.equal(metric(await workerMetrics(cluster, 'decode'), 'pdserve_kv_transfer_failures_total'), 0);
     });
 
@@ -115,6 +118,40 @@ describe('KV transfer between workers', { skip: !haveShared() && 'no ../shared m
       assert.equal(r.status, 200);
     });
 
+    test('garbage sent to the decode worker\'s KV data port closes that connection only; the worker keeps serving', async () => {
+      const decode = (await workersOf(cluster)).find((w) => w.role === 'decode');
+      const client = decodeClient(decode.grpc_address) as grpc.Client & { Health: Function };
+      const health = await new Promise<any>((resolve, reject) => client.Health({}, (err: Error | null, res: any) => (err ? reject(err) : resolve(res))));
+      client.close();
+      assert.match(health.kv_data_address, /^127\.0\.0\.1:\d+$/, 'the decode worker advertises its data channel in Health');
+      const [host, port] = [health.kv_data_address.split(':')[0], Number(health.kv_data_address.split(':')[1])];
+      /** Sends `bytes`, returns what came back before the worker closed the connection. */
+      const exchange = (bytes: Buffer, closeAfter?: (got: Buffer) => boolean) => new Promise<Buffer>((resolve, reject) => {
+        const got: Buffer[] = [];
+        const s = connect({ host, port }, () => s.write(bytes));
+        s.on('data', (d) => { got.push(d); if (closeAfter?.(Buffer.concat(got))) s.end(); });
+        s.on('error', reject);
+        s.on('close', () => resolve(Buffer.concat(got)));
+      });
+      // Not a frame at all; then a frame that claims a 4 GiB payload (refused before any allocation);
+      // then a chunk frame whose meta is not JSON.
+      assert.equal((await exchange(Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'.repeat(50)))).byteLength, 0);
+      const huge = encodeHeader('chunk', { r: 'x' }, 0);
+      huge.writeUInt32BE(0xffffffff, 12);
+      assert.equal((await exchange(huge)).byteLength, 0);
+      const bad = Buffer.concat([encodeHeader('chunk', {}, 0).subarray(0, 16), Buffer.from('{{')]);
+      bad.writeUInt32BE(2, 8);
+      assert.equal((await exchange(bad)).byteLength, 0);
+      // A well-formed chunk for a request nobody reserved is refused by an ack naming why, and the
+      // connection stays usable.
+      const meta = { r: 'nobody', fb: 0, bc: 1, tc: 1, cs: [0], d: false, ft: null, bt: 16, bb: 16, l: 'pdserve-kv/1', w: 'fp32', c: 0 };
+      const reply = await exchange(Buffer.concat([encodeHeader('chunk', meta, 16), Buffer.alloc(16)]), (b) => b.byteLength >= 16 && b.byteLength >= 16 + b.readUInt32BE(8));
+      assert.match(reply.subarray(16).toString(), /"r":"nobody","e":".*(not supported|mismatch|no sequence)/);
+      // The worker is still up and serving.
+      const r = await postJson(`${cluster.url}/v1/completions`, { model: cluster.modelName, prompt: 'Sam', max_tokens: 4, temperature: 0 });
+      assert.equal(r.status, 200, JSON.stringify(r.json));
+    });
+
     test('a decode worker refuses a wire dtype or layout it does not know, with a clear error', async () => {
       const decode = (await workersOf(cluster)).find((w) => w.role === 'decode');
       const client = decodeClient(decode.grpc_address) as grpc.Client & { PushKv: Function };
@@ -134,6 +171,26 @@ describe('KV transfer between workers', { skip: !haveShared() && 'no ../shared m
       } finally {
         client.close();
       }
+    });
+  });
+
+  describe('fp32 over --kv-transport grpc (Decode.PushKv), prefill chunks of 16', () => {
+    let cluster: TestCluster;
+    before(async () => {
+      cluster = await startCluster(model.dir, ['--prefill', '1', '--decode', '1', '--prefill-placement', 'remote', '--kv-transport', 'grpc', '--prefill-chunk', '16'], 60_000,
+        { env: { PDSERVE_LOG_LEVEL: 'debug' } });
+    });
+    after(async () => cluster?.stop());
+
+    test('greedy output is the same as over tcp (and as one engine); the blocks went over gRPC', async () => {
+      for (const p of [golden.prompt, LONG]) {
+        const ids = engine.tokenizer.encode(p);
+        const r = await postJson(`${cluster.url}/v1/completions`, { model: cluster.modelName, prompt: ids, max_tokens: 30, temperature: 0, ignore_eos: true });
+        assert.equal(r.status, 200, JSON.stringify(r.json));
+        assert.equal(r.json.choices[0].text, engine.tokenizer.decode(expected.get(p)!, ids), p);
+      }
+      const received = cluster.output().split('\n').filter((l) => l.includes('"KV received"')).map((l) => JSON.parse(l));
+      assert.ok(received.length >= 2 && received.every((l) => l.via === undefined), `PushKv received every transfer: ${JSON.stringify(received)}`);
     });
   });
 

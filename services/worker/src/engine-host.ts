@@ -4,7 +4,8 @@ import { Worker } from 'node:worker_threads';
 import { KV_WIRE_DTYPES, wireBlockBytes, type KvWireDtype, type SampledToken } from '@pdserve/engine';
 import { KV_MESSAGE_BYTES, type KvChunkMsg, type SamplingParamsMsg, type WorkerLoad } from '@pdserve/common';
 import type { EngineInfo, EngineThreadData, FailureKind, FromEngine, ToEngine } from './engine-protocol.ts';
-import { GrpcKvPush } from './kv-sinks.ts';
+import type { KvPush } from './kv-sinks.ts';
+import { createKvPush, type KvTransport } from './kv-transport.ts';
 import { kvChunkProblem, type KvReceiveState } from './validate.ts';
 
 /**
@@ -67,7 +68,7 @@ export type KvPushOutcome =
 interface PendingPrefill {
   resolve(r: PrefillResult): void;
   reject(e: EngineError): void;
-  push?: GrpcKvPush;
+  push?: KvPush;
 }
 
 export class EngineHost {
@@ -83,6 +84,8 @@ export class EngineHost {
 
   /** Bytes of one block on the wire per dtype, for checking received chunks. */
   private readonly wireBlockBytes: Record<KvWireDtype, number>;
+  /** How this worker's prefills push KV to decode peers (kv-transport.ts); set by the worker. */
+  kvTransport: KvTransport = 'tcp';
 
   private constructor(private readonly worker: Worker, readonly info: EngineInfo) {
     this.wireBlockBytes = Object.fromEntries(KV_WIRE_DTYPES.map((d) => [d, wireBlockBytes(info.kvShape, d)])) as Record<KvWireDtype, number>;
@@ -156,7 +159,7 @@ export class EngineHost {
       if (this.prefills.has(requestId)) return reject(new EngineError(`request ${requestId} is already being prefilled here`, 'exists'));
       const pending: PendingPrefill = { resolve, reject };
       if (!target.local) {
-        pending.push = new GrpcKvPush(requestId, target.address, (error) => this.send({ type: 'kvAck', requestId, error }));
+        pending.push = createKvPush(this.kvTransport, requestId, target.address, (error) => this.send({ type: 'kvAck', requestId, error }));
       }
       this.prefills.set(requestId, pending);
       this.send({ type: 'prefill', requestId, promptIds, sampling, local: target.local });
@@ -197,6 +200,13 @@ export class EngineHost {
     this.send({ type: 'kv', requestId, chunk }, ownedBuffer(chunk.data));
     if (d.kvBacklog <= KV_BACKLOG_BYTES) return { ok: true };
     return { ok: true, drained: new Promise((resolve) => d.kvWaiters.push(resolve)) };
+  }
+
+  /** Fails a decode whose KV transfer broke (its data connection was closed); its slot is freed. */
+  failKv(requestId: string, message: string): void {
+    if (!this.decodes.has(requestId)) return;
+    this.cancelDecode(requestId);
+    this.dropDecode(requestId)?.handlers.failed(new EngineError(message, 'precondition'));
   }
 
   /** Stops (paused) or resumes decode steps of a request whose client is not reading. */

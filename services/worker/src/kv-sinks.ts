@@ -33,7 +33,7 @@ export class ThreadKvSink implements KvSink {
   send(seq: KvSequence, first: number, count: number, tokenCount: number): void {
     if (this.pushError) return;
     kvTrace('p.sink', this.requestId, { first, count });
-    this.to.out(this.messages(seq, first, count, tokenCount, undefined), false);
+    this.messages(seq, first, count, tokenCount, undefined, (m) => this.to.out([m], false));
     kvTrace('p.posted', this.requestId);
   }
 
@@ -41,9 +41,10 @@ export class ThreadKvSink implements KvSink {
     if (this.pushError) return Promise.reject(this.pushError);
     const done = new Promise<void>((resolve, reject) => { this.ack = { resolve, reject }; });
     kvTrace('p.sink', this.requestId, { first, count, final: true });
-    const messages = this.messages(seq, first, count, seq.length, firstToken);
-    messages[messages.length - 1].cached_tokens = cachedTokens;
-    this.to.out(messages, true);
+    this.messages(seq, first, count, seq.length, firstToken, (m, last) => {
+      if (last) m.cached_tokens = cachedTokens;
+      this.to.out([m], last);
+    });
     kvTrace('p.posted', this.requestId);
     return done;
   }
@@ -61,27 +62,29 @@ export class ThreadKvSink implements KvSink {
     } else this.ack?.resolve();
   }
 
-  /** Reads the blocks now: the scheduler may free the sequence as soon as this returns. */
-  private messages(seq: KvSequence, first: number, count: number, tokenCount: number, firstToken: SampledToken | undefined): KvChunkMsg[] {
+  /**
+   * Reads the blocks now: the scheduler may free the sequence as soon as this returns. Each message
+   * is handed over as soon as it is built (gathered, encoded, checksummed), so the main thread puts
+   * the first on the wire while the engine thread builds the next (measured: BENCHMARKS.md, issue 9).
+   */
+  private messages(seq: KvSequence, first: number, count: number, tokenCount: number, firstToken: SampledToken | undefined, emit: (m: KvChunkMsg, last: boolean) => void): void {
     const blockBytes = this.runner.blockBytes;
     const shape = this.runner.kvShape;
     const wireBytes = wireBlockBytes(shape, this.wireDtype);
     const perMessage = Math.max(1, Math.floor(KV_MESSAGE_BYTES / wireBytes));
-    const out: KvChunkMsg[] = [];
     let b = first;
     do {
       const n = Math.min(perMessage, first + count - b);
       const data = n > 0 ? encodeKvBlocks(this.runner.readBlocks(seq, b, n), shape, this.wireDtype) : new Uint8Array(0);
       const last = b + n >= first + count;
-      out.push({
+      emit({
         request_id: this.requestId, first_block: b, block_count: n,
         token_count: Math.min(tokenCount, (b + n) * shape.blockTokens), data, checksums: checksumBlocks(data, wireBytes),
         done: last && firstToken !== undefined, first_token: last && firstToken ? toTokenMsg(firstToken) : null,
         block_tokens: shape.blockTokens, block_bytes: blockBytes, layout: KV_LAYOUT, wire_dtype: this.wireDtype,
-      });
+      }, last);
       b += n;
     } while (b < first + count);
-    return out;
   }
 }
 
@@ -114,14 +117,26 @@ export const decodeClients = new ClientPool<grpc.Client>(decodeClient);
  * worker refuse that block by number.
  */
 const CORRUPT_BLOCK = process.env.PDSERVE_TEST_CORRUPT_KV_BLOCK === undefined ? undefined : Number(process.env.PDSERVE_TEST_CORRUPT_KV_BLOCK);
-function corruptForTest(c: KvChunkMsg): void {
+export function corruptForTest(c: KvChunkMsg): void {
   if (CORRUPT_BLOCK === undefined || CORRUPT_BLOCK < c.first_block || CORRUPT_BLOCK >= c.first_block + c.block_count) return;
   const wireBytes = c.data.byteLength / c.block_count;
   c.data[(CORRUPT_BLOCK - c.first_block) * wireBytes + Math.floor(wireBytes / 2)] ^= 0x10;
 }
 
+/** Main thread: one sequence's blocks on their way to the decode worker, by whichever transport. */
+export interface KvPush {
+  write(chunks: KvChunkMsg[], final: boolean): void;
+  cancel(): void;
+  /** Bytes on the wire (encoded), and the fp32 bytes they stand for. */
+  readonly bytes: number;
+  readonly rawBytes: number;
+  /** When the first block was handed over, and when the decode worker acknowledged the last. */
+  readonly startedAt?: number;
+  readonly finishedAt?: number;
+}
+
 /** Main thread: one Decode.PushKv call carrying one sequence's blocks to the decode worker. */
-export class GrpcKvPush {
+export class GrpcKvPush implements KvPush {
   private readonly call: grpc.ClientWritableStream<KvChunkMsg>;
   /** Chunks not yet handed to gRPC: written one at a time, waiting for 'drain' when gRPC's buffer is full. */
   private readonly queue: KvChunkMsg[] = [];

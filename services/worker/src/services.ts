@@ -4,10 +4,10 @@
 import {
   grpc, kvTrace, type GenerateEventMsg, type GenerateRequestMsg, type KvChunkMsg, type PrefillRequestMsg, type PrefillResponseMsg,
 } from '@pdserve/common';
-import { isKvWireDtype, KV_LAYOUT, KV_WIRE_DTYPES } from '@pdserve/engine';
 import type { Logger } from 'pino';
 import { EngineError, type EngineHost } from './engine-host.ts';
 import { toTokenMsg } from './kv-sinks.ts';
+import { receiveKvChunk } from './kv-receive.ts';
 import { generateProblem, kvTimeoutMs, prefillProblem } from './validate.ts';
 
 export interface ServiceContext {
@@ -25,6 +25,8 @@ export interface ServiceContext {
   isDecodeAddress?(address: string): Promise<boolean>;
   workerId: string;
   role(): string;
+  /** The TCP KV data channel's address (kv-data/server.ts), advertised in Health; none: gRPC only. */
+  kvDataAddress?(): string;
   onKvTransfer?(t: { seconds: number; bytes: number; rawBytes: number }): void;
   onKvFailure?(reason: 'checksum' | 'timeout' | 'peer_lost' | 'rejected'): void;
 }
@@ -227,26 +229,13 @@ export function decodeHandlers(ctx: ServiceContext): grpc.UntypedServiceImplemen
         failed = true;
         callback(s);
       };
-      const { blockBytes, blockTokens } = ctx.host.info;
       call.on('data', (chunk: KvChunkMsg) => {
         if (failed) return;
-        const unsupported = unsupportedKvEncoding(chunk);
-        if (unsupported) {
-          ctx.onKvFailure?.('rejected');
-          ctx.host.cancelDecode(chunk.request_id);
-          return fail(status(grpc.status.FAILED_PRECONDITION, unsupported));
-        }
-        if (chunk.block_bytes !== blockBytes || chunk.block_tokens !== blockTokens) {
-          ctx.onKvFailure?.('rejected');
-          ctx.host.cancelDecode(chunk.request_id);
-          return fail(status(grpc.status.FAILED_PRECONDITION, `KV layout mismatch: sender blocks are ${chunk.block_tokens} tokens/${chunk.block_bytes} bytes, here ${blockTokens}/${blockBytes}`));
-        }
         // Measured first: pushKv hands the payload's buffer over to the engine thread.
         const received = chunk.data.byteLength;
-        const outcome = ctx.host.pushKv(chunk.request_id, chunk);
+        const outcome = receiveKvChunk(ctx.host, chunk, ctx.onKvFailure);
         if (!outcome.ok) {
-          if (outcome.kind !== 'not_found') ctx.onKvFailure?.('rejected');
-          const code = { not_found: grpc.status.NOT_FOUND, invalid: grpc.status.INVALID_ARGUMENT, precondition: grpc.status.FAILED_PRECONDITION }[outcome.kind];
+          const code = { not_found: grpc.status.NOT_FOUND, invalid: grpc.status.INVALID_ARGUMENT, precondition: grpc.status.FAILED_PRECONDITION, unsupported: grpc.status.FAILED_PRECONDITION, layout: grpc.status.FAILED_PRECONDITION }[outcome.kind];
           return fail(status(code, outcome.message));
         }
         bytes += received;
@@ -277,14 +266,7 @@ export function decodeHandlers(ctx: ServiceContext): grpc.UntypedServiceImplemen
   };
 }
 
-/** Why this worker cannot take a chunk's layout or wire dtype; undefined when it can. */
-function unsupportedKvEncoding(chunk: KvChunkMsg): string | undefined {
-  if (chunk.layout && chunk.layout !== KV_LAYOUT) return `KV layout ${JSON.stringify(chunk.layout)} is not supported here (this worker reads ${KV_LAYOUT})`;
-  if (chunk.wire_dtype && !isKvWireDtype(chunk.wire_dtype)) return `KV wire dtype ${JSON.stringify(chunk.wire_dtype)} is not supported here (this worker reads ${KV_WIRE_DTYPES.join(', ')})`;
-  return undefined;
-}
-
 function healthHandler(ctx: ServiceContext) {
-  return (_call: unknown, callback: grpc.sendUnaryData<{ worker_id: string; role: string; ready: boolean }>) =>
-    callback(null, { worker_id: ctx.workerId, role: ctx.role(), ready: !ctx.isDraining() });
+  return (_call: unknown, callback: grpc.sendUnaryData<{ worker_id: string; role: string; ready: boolean; kv_data_address: string }>) =>
+    callback(null, { worker_id: ctx.workerId, role: ctx.role(), ready: !ctx.isDraining(), kv_data_address: ctx.kvDataAddress?.() ?? '' });
 }

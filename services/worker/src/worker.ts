@@ -15,6 +15,9 @@ import { ENGINE_STALL_MS, engineStall } from './engine-watchdog.ts';
 import { ENGINE_NICE } from './engine-protocol.ts';
 import { RoleSwitch } from './role-switch.ts';
 import { decodeHandlers, prefillHandlers } from './services.ts';
+import type { KvTransport } from './kv-transport.ts';
+import { startKvDataServer } from './kv-data/server.ts';
+import { closeKvDataConnections } from './kv-data/push.ts';
 
 export interface WorkerOptions {
   role: WorkerRole;
@@ -36,6 +39,10 @@ export interface WorkerOptions {
   prefixCache?: boolean;
   /** How this worker sends KV blocks (default fp32, exact); a decode worker reads whatever arrives. */
   kvWireDtype?: KvWireDtype;
+  /** How KV goes to decode peers: 'tcp' (default) the peer's data channel when it has one, else gRPC; 'grpc' always gRPC. */
+  kvTransport?: KvTransport;
+  /** Port of this worker's TCP KV data channel (default 0: any free one); it binds to `host`. */
+  kvDataPort?: number;
   id?: string;
   prefix?: string;
   heartbeatMs?: number;
@@ -90,6 +97,7 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
     kvWireDtype: o.kvWireDtype ?? 'fp32',
     nice: o.engineNice ?? ENGINE_NICE,
   });
+  host.kvTransport = o.kvTransport ?? 'tcp';
   const { config } = host.info;
   if (config.source.kind === 'dummy') log.warn({ model: o.model }, 'serving a DUMMY model: random weights, meaningless text');
   log.info({ model: config.name, kv_bytes: host.info.kvBytes, max_sequences: host.info.maxSequences, device: o.device, threads: o.threads }, 'engine loaded');
@@ -128,7 +136,13 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
   const publicHost = advertisedHost(o.advertiseHost);
   const port = await bindServer(server, `${o.host}:${o.grpcPort}`);
   const grpcAddress = `${publicHost}:${port}`;
+  // The bulk KV data channel (kv-data/): every worker listens, since a role can change at run time;
+  // with --kv-transport grpc it advertises none, so its peers push over gRPC.
+  const kvData = o.kvTransport === 'grpc' ? undefined : await startKvDataServer({
+    host: o.host, port: o.kvDataPort ?? 0, engine: host, log, onKvFailure: (r) => metrics.kvTransferFailed(r),
+  });
   const ctx = {
+    kvDataAddress: () => (kvData ? `${publicHost}:${kvData.port}` : ''),
     host, log, selfAddress: grpcAddress, workerId: id, role: () => roles.role,
     accepts: (kind: 'prefill' | 'decode') => roles.accepts(kind), isDraining: () => draining,
     isDecodeAddress,
@@ -180,7 +194,7 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
     void registration!.setState(want);
   }, 1000);
   watchdog.unref();
-  log.info({ grpc: grpcAddress, metrics: metricsUrl, pinned: o.pinRole ?? false }, 'worker ready');
+  log.info({ grpc: grpcAddress, kv_data: ctx.kvDataAddress() || undefined, metrics: metricsUrl, pinned: o.pinRole ?? false }, 'worker ready');
 
   let stopping: Promise<void> | undefined;
   const stop = () => (stopping ??= (async () => {
@@ -193,6 +207,8 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
     await prefixPublisher?.close();
     await directory.stop();
     await host.stop();
+    await kvData?.close();
+    closeKvDataConnections();
     server.forceShutdown();
     await metricsServer.close();
     log.info('worker stopped');

@@ -47,6 +47,8 @@ export function register(program: Command): void {
     .option('--prefill-chunk <n>', 'prompt tokens per prefill pass', positiveInt, 256)
     .option('--prefix-cache <on|off>', "automatic prefix caching: an idle KV slot keeps its prompt's blocks for the next prompt that starts the same way (no extra memory)", oneOf('--prefix-cache', ['on', 'off'] as const), 'on')
     .option('--kv-wire-dtype <dtype>', `how KV blocks travel to decode workers: ${KV_WIRE_DTYPES.join(', ')} (fp32 is exact)`, kvWireDtype, 'fp32')
+    .option('--kv-transport <tcp|grpc>', 'how KV blocks go to decode workers: tcp = the peer\'s raw-TCP data channel when it advertises one (else gRPC), grpc = always gRPC; also whether this worker offers the data channel', oneOf('--kv-transport', ['tcp', 'grpc'] as const), 'tcp')
+    .option('--kv-data-port <n>', 'port of the TCP KV data channel, bound to --host (0 = any free one)', positiveInt, 0)
     .option('--id <id>', 'worker id (default: role-host-pid-random)')
     .option('--drain-timeout-s <s>', 'on SIGTERM, how long to finish the requests held before exiting', positiveInt, 30)
     .option('--pin-role', 'keep --role: ignore role-change commands (the planner leaves this worker alone)')

@@ -39,6 +39,7 @@ interface UpFlags {
   prefixCache: 'on' | 'off';
   prefixRouting: 'on' | 'off';
   kvWireDtype: string;
+  kvTransport: string;
   readyTimeoutS: number;
   drainTimeoutS: number;
   engineStallS?: number;
@@ -98,6 +99,7 @@ export function register(program: Command): void {
     .option('--prefix-cache <on|off>', "every worker's automatic prefix caching (idle KV slots keep their prompts' blocks; no extra memory)", oneOf('--prefix-cache', ['on', 'off'] as const), 'on')
     .option('--prefix-routing <on|off>', "the router weighs the workers' cached prompt prefixes against load (off: load only)", oneOf('--prefix-routing', ['on', 'off'] as const), 'on')
     .option('--kv-wire-dtype <dtype>', `how prefill workers send KV blocks: ${KV_WIRE_DTYPES.join(', ')} (fp32 is exact)`, kvWireDtype, 'fp32')
+    .option('--kv-transport <tcp|grpc>', 'how prefill workers send KV: tcp = raw-TCP data channel negotiated over gRPC (default), grpc = Decode.PushKv', oneOf('--kv-transport', ['tcp', 'grpc'] as const), 'tcp')
     .option('--ready-timeout-s <n>', 'give up if the cluster is not ready by then', positiveInt, 120)
     .option('--drain-timeout-s <n>', 'how long a stopping worker may finish its requests (the stop grace is this plus 10 s)', positiveInt, 30)
     .option('--engine-nice <n>', "passed to every worker: the engine thread's nice value (default: the worker's, 10)", niceValue)
@@ -143,7 +145,7 @@ export function register(program: Command): void {
       if (o.engineStallS !== undefined) common.push('--engine-stall-s', String(o.engineStallS));
       if (o.engineNice !== undefined) common.push('--engine-nice', String(o.engineNice));
       if (o.prefillChunk !== undefined) common.push('--prefill-chunk', String(o.prefillChunk));
-      common.push('--kv-wire-dtype', o.kvWireDtype, '--prefix-cache', o.prefixCache);
+      common.push('--kv-wire-dtype', o.kvWireDtype, '--prefix-cache', o.prefixCache, '--kv-transport', o.kvTransport);
       const roles: Array<['prefill' | 'decode' | 'unified', number]> = o.unified ? [['unified', o.unified]] : [['prefill', o.prefill], ['decode', o.decode]];
       const pinRole = o.pinRoles ? ['--pin-role'] : [];
       for (const [role, count] of roles) for (let i = 0; i < count; i++) node(`${role}-${i}`, ['worker', '--role', role, ...common, ...pinRole], o.pin);

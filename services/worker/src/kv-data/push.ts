@@ -1,0 +1,137 @@
+// Prefill side of the TCP KV data channel: one persistent connection per decode peer, shared by
+// every transfer to it; each batch of chunks the engine thread posts goes out corked, as one writev
+// (a small header buffer and the payload itself, no copy), and writing stops at the socket's
+// high-water mark until 'drain'. The decode side answers each transfer with an `ack` frame.
+import { connect, type Socket } from 'node:net';
+import { kvTrace, type KvChunkMsg } from '@pdserve/common';
+import { corruptForTest, type KvPush } from '../kv-sinks.ts';
+import { chunkMeta, encodeHeader, FrameReader, type AckMeta } from './frames.ts';
+
+class DataConnection {
+  readonly pushes = new Map<string, TcpKvPush>();
+  private readonly queue: Buffer[][] = [];
+  private waitingDrain = false;
+  private connected = false;
+  closed = false;
+  private readonly socket: Socket;
+
+  constructor(readonly address: string, private readonly onClosed: () => void) {
+    const i = address.lastIndexOf(':');
+    this.socket = connect({ host: address.slice(0, i).replace(/^\[|\]$/g, ''), port: Number(address.slice(i + 1)), noDelay: true });
+    // An idle pooled connection must not keep a stopping worker alive.
+    this.socket.unref();
+    this.socket.on('connect', () => { this.connected = true; this.flush(); });
+    const reader = new FrameReader(0);
+    this.socket.on('data', (data: Buffer) => {
+      let frames;
+      try { frames = reader.push(data); } catch (err) { return this.fail(`bad frame from ${address}: ${(err as Error).message}`); }
+      for (const f of frames) {
+        const m = f.meta as AckMeta;
+        if (f.type !== 'ack' || typeof m?.r !== 'string') return this.fail(`unexpected ${f.type} frame from ${address}`);
+        this.pushes.get(m.r)?.ended(typeof m.e === 'string' ? m.e : undefined);
+      }
+    });
+    this.socket.on('error', (err) => this.fail(err.message));
+    this.socket.on('close', () => this.fail('connection closed'));
+  }
+
+  /** Queues one batch of buffers (frames) and writes what the socket takes. */
+  send(buffers: Buffer[]): void {
+    if (this.closed) return;
+    this.queue.push(buffers);
+    this.flush();
+  }
+
+  private flush(): void {
+    if (!this.connected || this.closed) return;
+    while (!this.waitingDrain && this.queue.length > 0) {
+      const batch = this.queue.shift()!;
+      this.socket.cork();
+      let ok = true;
+      for (const b of batch) ok = this.socket.write(b);
+      this.socket.uncork();
+      if (!ok) {
+        this.waitingDrain = true;
+        this.socket.once('drain', () => { this.waitingDrain = false; this.flush(); });
+      }
+    }
+  }
+
+  fail(why: string): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.queue.length = 0;
+    this.socket.destroy();
+    this.onClosed();
+    for (const p of [...this.pushes.values()]) p.ended(`KV push to ${this.address} failed: data connection: ${why}`);
+  }
+}
+
+const connections = new Map<string, DataConnection>();
+
+function connection(address: string): DataConnection {
+  let c = connections.get(address);
+  if (!c || c.closed) {
+    const fresh: DataConnection = new DataConnection(address, () => { if (connections.get(address) === fresh) connections.delete(address); });
+    connections.set(address, fresh);
+    c = fresh;
+  }
+  return c;
+}
+
+/** Closes every pooled data connection (tests, worker stop). */
+export function closeKvDataConnections(): void {
+  for (const c of connections.values()) c.fail('closed');
+  connections.clear();
+}
+
+/** One sequence's transfer over the data channel to `dataAddress`. */
+export class TcpKvPush implements KvPush {
+  bytes = 0;
+  rawBytes = 0;
+  startedAt?: number;
+  finishedAt?: number;
+  private readonly conn: DataConnection;
+  private done = false;
+
+  constructor(private readonly requestId: string, dataAddress: string, private readonly onEnd: (error?: string) => void) {
+    this.conn = connection(dataAddress);
+    if (this.conn.pushes.has(requestId)) {
+      queueMicrotask(() => this.ended(`request ${requestId} already has a KV transfer to ${dataAddress}`));
+      return;
+    }
+    this.conn.pushes.set(requestId, this);
+  }
+
+  write(chunks: KvChunkMsg[], _final: boolean): void {
+    if (this.done) return;
+    this.startedAt ??= performance.now();
+    kvTrace('p.main_recv', this.requestId, { messages: chunks.length, via: 'tcp' });
+    const buffers: Buffer[] = [];
+    for (const c of chunks) {
+      this.bytes += c.data.byteLength;
+      this.rawBytes += c.block_count * c.block_bytes;
+      corruptForTest(c);
+      buffers.push(encodeHeader('chunk', chunkMeta(c), c.data.byteLength));
+      if (c.data.byteLength > 0) buffers.push(Buffer.from(c.data.buffer, c.data.byteOffset, c.data.byteLength));
+    }
+    this.conn.send(buffers);
+    kvTrace('p.written', this.requestId, { via: 'tcp' });
+  }
+
+  cancel(): void {
+    if (this.done) return;
+    this.conn.send([encodeHeader('cancel', { r: this.requestId }, 0)]);
+    this.ended(`KV push to ${this.conn.address} failed: cancelled`);
+  }
+
+  /** The decode side acknowledged the transfer (or refused it, or the connection broke). */
+  ended(error?: string): void {
+    if (this.done) return;
+    this.done = true;
+    this.finishedAt = performance.now();
+    if (this.conn.pushes.get(this.requestId) === this) this.conn.pushes.delete(this.requestId);
+    kvTrace('p.ack', this.requestId, { via: 'tcp' });
+    this.onEnd(error ? (error.startsWith('KV push') ? error : `KV push to ${this.conn.address} failed: ${error}`) : undefined);
+  }
+}
