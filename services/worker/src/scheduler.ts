@@ -281,6 +281,8 @@ export class Scheduler {
           req.cachedTokens = Math.min(chunk.cached_tokens ?? 0, req.promptLen);
           req.kvDoneAt = performance.now();
           req.status = 'ready';
+          // The router sent the prompt's ids: keep the transferred KV reusable under them.
+          if (req.promptIds) this.engine.rememberPrompt(req.seq, req.promptIds);
         }
       }
     }
