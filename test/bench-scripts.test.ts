@@ -65,3 +65,12 @@ test('bench-reslo: re-scores a sweep file against other SLOs', () => {
   assert.match(out, /\| sweep\.json \| 2 \| 25% \| 0\.500 \|/);
   assert.match(out, /rate at 90%/);
 });
+
+test('bench-prefix-routing: both decisions timed, the prefix-aware one picks the worker holding the shared prefix', () => {
+  const res = JSON.parse(script('bench-prefix-routing.ts', ['--workers', '2', '--blocks', '128', '--prompt', '1056', '--iterations', '20']));
+  assert.equal(res.iterations, 20);
+  assert.ok(res.index_hashes >= 2 * 128, `index holds every worker's blocks: ${res.index_hashes}`);
+  positive(res.load_only_us.mean, 'load-only mean');
+  positive(res.prefix_aware_us.mean, 'prefix-aware mean');
+  assert.equal(res.chose.prefix_aware, 'w0', 'w0 holds the system prompt');
+});

@@ -225,16 +225,21 @@ for (const mode of modes) {
         await Promise.all(prompts.map((p) => postJson(`${cluster!.url}/v1/completions`, { model: cluster!.modelName, prompt: p, max_tokens: 8, temperature: 0 })));
         await new Promise((r) => setTimeout(r, 1200));
       }
-      await new Promise((r) => setTimeout(r, 2500));
       const dashboard = JSON.parse(readFileSync(join(repoRoot, 'deploy/grafana/dashboards/pdserve.json'), 'utf8'));
       const exprs = dashboardExpressions(dashboard, { window: '1m' });
       assert.ok(exprs.length >= 10, `dashboard has ${exprs.length} queries`);
-      const empty: string[] = [];
-      for (const e of exprs) {
-        const r = await query(e);
-        assert.equal(r.status, 'success', `${e}: ${JSON.stringify(r)}`);
-        if (!(r.data.result.length > 0)) empty.push(e);
-      }
+      // Poll (not a fixed wait) until the scrapes after the traffic give every query data; a loaded
+      // machine only delays this.
+      let empty: string[] = [];
+      await waitFor(async () => {
+        empty = [];
+        for (const e of exprs) {
+          const r = await query(e);
+          assert.equal(r.status, 'success', `${e}: ${JSON.stringify(r)}`);
+          if (!(r.data.result.length > 0)) empty.push(e);
+        }
+        return empty.length === 0 ? true : undefined;
+      }, 30_000, 'every dashboard query to return data').catch(() => {});
       assert.deepEqual(empty, [], 'queries that returned no data');
     });
 

@@ -4,22 +4,33 @@
 // not hang `up`'s readiness wait.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { createServer, type ServerResponse } from 'node:http';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { Supervisor } from '@pdserve/common';
 import { stopGraceMs, waitReady } from '../src/commands/up.ts';
 
 /** A child that, on SIGTERM, keeps "draining" for drainMs and then exits 0 by itself. */
-function drainingChild(sup: Supervisor, name: string, drainMs: number) {
-  const script = `process.on('SIGTERM', () => setTimeout(() => process.exit(0), ${drainMs})); process.send?.('up'); setInterval(() => {}, 1000);`;
+function drainingChild(sup: Supervisor, name: string, drainMs: number, marker: string) {
+  // The marker file says the SIGTERM handler is in place (a loaded machine can take longer than any
+  // fixed wait to start node).
+  const script = `process.on('SIGTERM', () => setTimeout(() => process.exit(0), ${drainMs})); require('fs').writeFileSync(${JSON.stringify(marker)}, 'up'); setInterval(() => {}, 1000);`;
   const child = sup.spawn({ name, command: process.execPath, args: ['-e', script] });
   return child;
 }
 
 async function stopAfterStart(drainMs: number, graceMs: number) {
   const sup = new Supervisor({ graceMs, output: 'passthrough' });
-  const child = drainingChild(sup, 'worker', drainMs);
-  await new Promise((r) => setTimeout(r, 300)); // the child installs its SIGTERM handler
+  const marker = join(mkdtempSync(join(tmpdir(), 'pdserve-up-timing-')), 'up');
+  const child = drainingChild(sup, 'worker', drainMs, marker);
+  const deadline = Date.now() + 30_000;
+  while (!existsSync(marker)) {
+    if (Date.now() > deadline) throw new Error('the child never installed its SIGTERM handler');
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  rmSync(dirname(marker), { recursive: true, force: true });
   await sup.stop();
   return child.exited;
 }
@@ -27,7 +38,7 @@ async function stopAfterStart(drainMs: number, graceMs: number) {
 test('the stop grace covers the drain bound: a worker draining for its whole bound exits on its own', async () => {
   const drainMs = 400;
   assert.equal(stopGraceMs(30_000), 40_000, 'default: drain bound plus 10 s');
-  const exit = await stopAfterStart(drainMs, stopGraceMs(drainMs, 300));
+  const exit = await stopAfterStart(drainMs, stopGraceMs(drainMs, 2_000));
   assert.equal(exit.signal, null, 'not SIGKILLed');
   assert.equal(exit.code, 0);
   // The control: a grace shorter than the drain (the old fixed 5 s against a 30 s drain) cuts it short.

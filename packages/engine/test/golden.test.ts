@@ -1,11 +1,11 @@
 // Greedy generation of the converted llama2.c models equals the reference implementation's output
 // (llama2.c run.c, ../shared/golden) token for token, prompt ids included.
 import { test } from 'node:test';
-import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { convertLlama2c, Engine, generate } from '../src/index.ts';
+import { convertLlama2c, Engine } from '../src/index.ts';
+import { assertGreedyGolden } from './support/golden.ts';
 import { requireShared } from '../../../test/support/shared.ts';
 
 const cases = [
@@ -23,13 +23,6 @@ for (const c of cases) {
     t.after(() => rmSync(out, { recursive: true, force: true }));
     convertLlama2c({ checkpoint: join(dir, c.checkpoint), tokenizer: join(dir, c.tokenizer), out });
     const engine = await Engine.load(out, { threads: 1, maxSequences: 2 });
-    const promptIds = engine.tokenizer.encode(golden.prompt);
-    assert.deepEqual(promptIds, golden.prompt_ids);
-    const maxTokens = golden.positions + 1 - promptIds.length;
-    const result = await generate(engine, promptIds, { temperature: 0, topK: 0, topP: 1, maxTokens });
-    const expected: number[] = golden.stop === 'bos' ? golden.generated_ids.slice(0, -1) : golden.generated_ids;
-    assert.deepEqual(result.ids, expected);
-    assert.equal(result.finishReason, golden.stop === 'bos' ? 'stop' : 'length');
-    assert.equal(engine.tokenizer.decode(result.ids, promptIds), golden.completion_text);
+    await assertGreedyGolden(engine, golden);
   });
 }

@@ -13,6 +13,7 @@ import { bf16ToFloat32, f16ToFloat32, float32ToBf16, float32ToF16, SafetensorsFi
 import { ropeFrequencies } from '../src/model/llama-graph.ts';
 import { requireShared } from '../../../test/support/shared.ts';
 import { exportSharedModelToHf, LLAMA2C_MODELS } from '../../../test/support/hf-fixture.ts';
+import { assertGreedyGolden } from './support/golden.ts';
 
 function tempDir(t: { after(fn: () => void): void }): string {
   const dir = mkdtempSync(join(tmpdir(), 'pdserve-hf-'));
@@ -38,13 +39,7 @@ for (const name of Object.keys(LLAMA2C_MODELS)) {
 
     const engine = await Engine.load(join(dir, 'model'), { threads: 1, maxSequences: 2 });
     assert.equal((engine.tokenizer as { chatTemplate?: string }).chatTemplate, '{% for m in messages %}{{ m.content }}{% endfor %}');
-    const promptIds = engine.tokenizer.encode(golden.prompt);
-    assert.deepEqual(promptIds, golden.prompt_ids);
-    const maxTokens = golden.positions + 1 - promptIds.length;
-    const result = await generate(engine, promptIds, { temperature: 0, topK: 0, topP: 1, maxTokens });
-    const expected: number[] = golden.stop === 'bos' ? golden.generated_ids.slice(0, -1) : golden.generated_ids;
-    assert.deepEqual(result.ids, expected);
-    assert.equal(engine.tokenizer.decode(result.ids, promptIds), golden.completion_text);
+    await assertGreedyGolden(engine, golden);
   });
 }
 

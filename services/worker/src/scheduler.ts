@@ -34,6 +34,12 @@ export class Scheduler {
   readonly decodes = new Map<string, DecodeRequest>();
   private readonly reserveQueue: ReserveWaiter[] = [];
   private wake?: () => void;
+  /**
+   * Set by notify() and cleared as a pass begins: work that arrives while a pass runs (in a
+   * microtask between its awaits, when no waker is set yet) makes the loop go round again instead
+   * of sleeping on a wake-up that already happened.
+   */
+  private kicked = false;
   private stopped = false;
   private loopDone?: Promise<void>;
   readonly recentStepMs: number[] = [];
@@ -57,6 +63,7 @@ export class Scheduler {
   }
 
   notify(): void {
+    this.kicked = true;
     const w = this.wake;
     this.wake = undefined;
     w?.();
@@ -198,6 +205,7 @@ export class Scheduler {
   private async loop(): Promise<void> {
     while (!this.stopped) {
       let worked = false;
+      this.kicked = false;
       try {
         this.reap();
         this.applyKv();
@@ -207,7 +215,7 @@ export class Scheduler {
         // A failed step must not kill the worker: fail what was in it and go on.
         this.failAll(err as Error);
       }
-      if (!worked) await new Promise<void>((resolve) => { this.wake = resolve; if (this.stopped) resolve(); });
+      if (!worked && !this.kicked) await new Promise<void>((resolve) => { this.wake = resolve; if (this.stopped) resolve(); });
       else await new Promise<void>((resolve) => setImmediate(resolve)); // let gRPC I/O run between steps
     }
   }
@@ -247,6 +255,9 @@ export class Scheduler {
         const chunk = req.pendingKv.shift()!;
         req.kvApplied?.(chunk.data.byteLength);
         try {
+          // validate.ts refuses chunks after `done` on the main thread; here, as the last line, such a
+          // chunk would rewrite a running sequence and admit it again (a second first token).
+          if (req.status !== 'waiting_kv') throw new RequestFailure(`KV chunk for ${req.requestId} after its transfer ended`, 'precondition');
           if (chunk.block_count > 0) {
             // The gRPC layer refused unknown dtypes and layouts before the chunk got here.
             const dtype = (chunk.wire_dtype || 'fp32') as KvWireDtype;

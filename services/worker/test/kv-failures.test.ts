@@ -1,16 +1,17 @@
 // The gRPC handlers' mapping of KV transfer failures to status codes, and the failure counter
 // `pdserve_kv_transfer_failures_total{reason}` moving by exactly one per failure (issue 14 item 2):
 // a corrupted block -> DATA_LOSS (checksum), KV that never comes -> the KV wait's timeout.
-// (peer_lost, a decode worker dying under a push, is not covered here yet.) Real worker processes on
+// a decode worker dying under a push -> peer_lost on the prefill side; a cancel racing the last
+// decode step ends the call once and counts nothing. Real worker processes on
 // stories260K, raw gRPC; after each case the surviving workers hold no KV blocks.
 import { after, before, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { grpc, type RedisServerHandle } from '../../../packages/common/src/index.ts';
+import { grpc, type GenerateEventMsg, type RedisServerHandle } from '../../../packages/common/src/index.ts';
 import { stories260K } from '../../../test/support/cluster.ts';
 import { sharedPath } from '../../../test/support/shared.ts';
 import {
-  allBlocksFree, assertAlive, blockBytesOf, generate, pollUntil, pushKv, startRedis, startWorkerProc, zeroChunk, type WorkerProc,
+  allBlocksFree, assertAlive, blockBytesOf, generate, pollUntil, prefill, pushKv, sampling, startRedis, startWorkerProc, zeroChunk, type WorkerProc,
 } from './support/workers.ts';
 
 const haveModel = existsSync(sharedPath('models', 'stories260K'));
@@ -93,4 +94,47 @@ test('KV that never arrives: Generate ends after kv_timeout_ms with a clear stat
   await failureMoved(D, before, 'timeout');
   await assertAlive(D);
   await allBlocksFree(D);
+});
+
+test('a decode worker lost under a push: Prefill ends INTERNAL naming the push, peer_lost +1 on the prefill side', async (t) => {
+  if (!need(t)) return;
+  // A third worker that dies after reserving: its registry record outlives it by the TTL (3 s), so
+  // the prefill worker still takes it for a decode worker and pushes into a closed port.
+  const D2 = await startWorkerProc(model!.dir, redis!.url, 'decode', ['--max-sequences', '2']);
+  const rid = 'kvf-peer-lost';
+  const g = generate(D2, { request_id: rid, prompt_len: 40 });
+  await g.reserved;
+  const before = await failures(P);
+  await D2.stop(); // SIGKILL
+  const r = await prefill(P, { request_id: rid, prompt_ids: Array.from({ length: 40 }, (_, i) => 1 + (i % 200)), decode_address: D2.address });
+  assert.equal(r.code, grpc.status.INTERNAL, `${r.code} ${r.details}`);
+  assert.match(r.details, /KV push to .* failed/);
+  const now = await failureMoved(P, before, 'peer_lost');
+  for (const reason of ['timeout', 'checksum']) assert.equal(now[reason] ?? 0, before[reason] ?? 0, `${reason} unchanged`);
+  await assertAlive(P);
+  await allBlocksFree(P);
+});
+
+test('cancel arriving with the last decode step: the call ends once (OK or CANCELLED), no failure counted, nothing leaks', async (t) => {
+  if (!need(t)) return;
+  const before = await failures(D);
+  for (const max of [1, 2, 3]) {
+    const rid = `kvf-cancel-last-${max}`;
+    const g = generate(D, { request_id: rid, prompt_len: 20, sampling: sampling({ max_tokens: max }) });
+    await g.reserved;
+    // Cancel as soon as the token before the last one is out, so the cancel races the last step.
+    let tokens = 0;
+    g.call.on('data', (e: GenerateEventMsg) => {
+      tokens += e.tokens?.tokens.length ?? 0;
+      if (e.event === 'tokens' && tokens === max - 1) g.call.cancel();
+    });
+    if (max === 1) g.call.cancel();
+    await pushKv(D, rid, [zeroChunk(rid, blockBytes, 20, 0, 2, true)]);
+    const end = await g.ended;
+    assert.ok(end.code === grpc.status.OK || end.code === grpc.status.CANCELLED, `max_tokens ${max}: ${end.code} ${end.details}`);
+    await allBlocksFree(D);
+  }
+  const now = await failures(D);
+  for (const reason of ['timeout', 'checksum', 'peer_lost', 'rejected']) assert.equal(now[reason] ?? 0, before[reason] ?? 0, `${reason} unchanged`);
+  await assertAlive(D);
 });
