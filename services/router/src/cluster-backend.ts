@@ -231,6 +231,8 @@ export class ClusterBackend implements Backend {
     const base: GenerateRequest = { ...req, sampling: { ...req.sampling, seed: req.sampling.seed ?? Math.floor(Math.random() * 2 ** 48) } };
     const generated: number[] = [];
     const maxMigrations = this.opts.maxMigrations ?? DEFAULT_MAX_MIGRATIONS;
+    let lastFailure: unknown;
+    let pending: MigrationReason | undefined;
     for (let migrations = 0; ; migrations++) {
       const next = continuation(base.promptIds, base.sampling, generated);
       if (migrations > 0 && next.exhausted) {
@@ -241,13 +243,19 @@ export class ClusterBackend implements Backend {
       const progress: AttemptProgress = { generated, phase: undefined, worker: undefined };
       try {
         const attemptReq = migrations === 0 ? base : { ...base, promptIds: next.promptIds, sampling: next.sampling };
-        yield* this.attempt(attemptReq, failed, progress, { sampleOffset: next.sampleOffset, migrated: migrations > 0 });
+        const reason = pending;
+        // Counted once the request has somewhere to go (a migration that finds no worker is a failure).
+        const onPlaced = reason ? () => this.opts.onMigration?.(reason) : undefined;
+        yield* this.attempt(attemptReq, failed, progress, { sampleOffset: next.sampleOffset, migrated: migrations > 0, onPlaced });
         return;
       } catch (err) {
+        // A migration that finds no worker to go to reports the failure that caused it, not "no capacity".
+        if (lastFailure && progress.phase === undefined && err instanceof BackendError && err.code === 'no_capacity') throw lastFailure;
         const d = decideMigration({ err, phase: progress.phase, migrations, maxMigrations, aborted: req.signal.aborted });
         if (!d.migrate) throw d.error;
+        lastFailure = err;
         if (progress.worker) failed.add(progress.worker);
-        this.opts.onMigration?.(d.reason);
+        pending = d.reason;
         this.opts.logger.warn(
           { request_id: req.requestId, reason: d.reason, migration: migrations + 1, generated: generated.length, failed: [...failed], err: (err as Error).message },
           'worker failed mid-request; migrating it to other workers',
@@ -256,10 +264,11 @@ export class ClusterBackend implements Backend {
     }
   }
 
-  private async *attempt(req: GenerateRequest, failed: Set<string>, progress: AttemptProgress, cont: { sampleOffset: number; migrated: boolean }): AsyncGenerator<GenerationEvent> {
+  private async *attempt(req: GenerateRequest, failed: Set<string>, progress: AttemptProgress, cont: { sampleOffset: number; migrated: boolean; onPlaced?: () => void }): AsyncGenerator<GenerationEvent> {
     const arrived = performance.now();
     // A migrated request was admitted already: it is not refused half-way for an SLO estimate.
     const { prefill, decode, placement } = this.pick(req, failed, !cont.migrated);
+    cont.onPlaced?.();
     const n = req.promptIds.length;
     const log = this.opts.logger;
     const sampling: SamplingParamsMsg = {
