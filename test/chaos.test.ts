@@ -36,7 +36,7 @@ export function counterTotal(page: string, name: string, match = ''): number {
 interface StreamResult { text: string; finish: string | null; done: boolean; error?: unknown; chunks: number }
 
 /** One streaming completion; `onChunk` sees the running chunk count (to time a fault). */
-async function stream(url: string, model: string, prompt: string, maxTokens: number, onChunk?: (n: number) => void, signal?: AbortSignal, extra: Record<string, unknown> = {}): Promise<StreamResult> {
+async function stream(url: string, model: string, prompt: string, maxTokens: number, onChunk?: (n: number) => void | Promise<void>, signal?: AbortSignal, extra: Record<string, unknown> = {}): Promise<StreamResult> {
   const res = await fetch(`${url}/v1/completions`, {
     method: 'POST', headers: { 'content-type': 'application/json' }, signal,
     body: JSON.stringify({ model, prompt, max_tokens: maxTokens, temperature: 0, stream: true, ignore_eos: true, ...extra }),
@@ -58,7 +58,7 @@ async function stream(url: string, model: string, prompt: string, maxTokens: num
       if (ev.error) { out.error = ev.error; continue; }
       out.text += ev.choices[0].text ?? '';
       if (ev.choices[0].finish_reason) out.finish = ev.choices[0].finish_reason;
-      onChunk?.(++out.chunks);
+      await onChunk?.(++out.chunks);
     }
   }
   return out;
@@ -87,31 +87,44 @@ describe('chaos', { timeout: 280_000 }, () => {
   test('kill -9 of a decode worker with 8 streams in flight: all complete, same text as without the fault; up restarts it', { timeout: 150_000 }, async () => {
     const cluster: TestCluster = await startCluster(model.dir, ['--prefill', '1', '--decode', '2', '--planner', 'off', '--admission', 'off', '--max-sequences', '8', '--prefix-cache', 'off']);
     try {
-      const clean = await Promise.all(PROMPTS.map((p) => stream(cluster.url, cluster.modelName, p, MAX_TOKENS)));
+      // The readers stop reading after their second chunk until the kill: with 5 alternatives per
+      // token the events outgrow the HTTP/2 and gRPC buffers, so the decode workers pause mid-stream
+      // (defect 13) instead of finishing before the fault. Up to 3 rounds, one kill each, until a
+      // killed worker had streams in flight (the placement spreads 8 streams over both).
+      const lp = { logprobs: 5 };
+      const clean = await Promise.all(PROMPTS.map((p) => stream(cluster.url, cluster.modelName, p, MAX_TOKENS, undefined, undefined, lp)));
       for (const r of clean) assert.equal(r.finish, 'length');
-      const [victim] = workerPids(cluster.proc.pid!, 'decode');
-      assert.ok(victim, 'a decode worker');
-      // Kill once half the streams have text (the decode steps are fast: waiting for all 8 can be too late).
-      let started = 0;
-      let killed = false;
-      const kill = () => { if (!killed && started >= PROMPTS.length / 2) { killed = true; process.kill(victim!, 'SIGKILL'); } };
-      const faulty = await Promise.all(PROMPTS.map((p) => {
-        let first = true;
-        return stream(cluster.url, cluster.modelName, p, MAX_TOKENS, (n) => { if (first && n >= 2) { first = false; started++; kill(); } });
-      }));
-      assert.ok(killed, 'the worker was killed mid-run');
-      for (const [i, r] of faulty.entries()) {
-        assert.equal(r.error, undefined, `stream ${i} got an error: ${JSON.stringify(r.error)}`);
-        assert.ok(r.done, `stream ${i} ended with [DONE]`);
-        assert.equal(r.finish, 'length');
-        assert.equal(r.text, clean[i]!.text, `stream ${i}: same text as the fault-free run`);
+      let victim: number | undefined;
+      let restarts = 0;
+      for (let round = 0; round < 3 && counterTotal(await metrics(cluster.url), 'pdserve_request_migrations_total') === 0; round++) {
+        await waitFor(async () => (workerPids(cluster.proc.pid!, 'decode').length === 2 && (await fetch(`${cluster.url}/ready`)).ok ? true : undefined), 30_000, 'two decode workers');
+        victim = workerPids(cluster.proc.pid!, 'decode')[round % 2];
+        assert.ok(victim, 'a decode worker');
+        let started = 0;
+        let release!: () => void;
+        const killed = new Promise<void>((r) => { release = r; });
+        const faulty = await Promise.all(PROMPTS.map((p) => {
+          let first = true;
+          return stream(cluster.url, cluster.modelName, p, MAX_TOKENS, async (n) => {
+            if (!first || n < 2) return;
+            first = false;
+            if (++started === PROMPTS.length) { process.kill(victim!, 'SIGKILL'); restarts++; release(); }
+            await killed;
+          }, undefined, lp);
+        }));
+        for (const [i, r] of faulty.entries()) {
+          assert.equal(r.error, undefined, `stream ${i} got an error: ${JSON.stringify(r.error)}`);
+          assert.ok(r.done, `stream ${i} ended with [DONE]`);
+          assert.equal(r.finish, 'length');
+          assert.equal(r.text, clean[i]!.text, `stream ${i}: same text as the fault-free run`);
+        }
       }
       const page = await metrics(cluster.url);
       const logs = cluster.output().split('\n').filter((l) => /"level":(40|50)/.test(l)).slice(-15).join('\n');
       assert.ok(counterTotal(page, 'pdserve_request_migrations_total') >= 1, `no migration counted (victim ${victim}):\n${logs}`);
       // Supervision: the killed worker comes back and the cluster serves with both decode workers.
       const upMetrics = /^supervision metrics (http:\S+)$/m.exec(cluster.output())![1]!;
-      await waitFor(async () => (counterTotal(await (await fetch(upMetrics)).text(), 'pdserve_worker_restarts_total', 'reason="SIGKILL"') === 1 ? true : undefined), 20_000, 'the restart counted');
+      await waitFor(async () => (counterTotal(await (await fetch(upMetrics)).text(), 'pdserve_worker_restarts_total', 'reason="SIGKILL"') === restarts ? true : undefined), 20_000, 'the restart counted');
       await waitFor(async () => (workerPids(cluster.proc.pid!, 'decode').length === 2 ? true : undefined), 30_000, 'a new decode worker');
       assert.ok(!workerPids(cluster.proc.pid!, 'decode').includes(victim!));
       const after = await stream(cluster.url, cluster.modelName, PROMPTS[0]!, 20);
