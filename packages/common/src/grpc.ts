@@ -110,6 +110,8 @@ export interface SamplingParamsMsg {
   stop_token_ids: number[];
   ignore_eos: boolean;
   logprobs: number;
+  /** Random draws to skip before the first sample (a migrated request; 0 or absent otherwise). */
+  sample_offset?: number;
 }
 
 export interface TokenMsg {

@@ -11,8 +11,8 @@
 //      timeout, the consumer stopping early).
 // Bounds: both calls carry gRPC deadlines, and a decode stream silent for tokenIdleTimeoutMs (the
 // prefill's own deadline covers the wait for the first token) ends the request with a 504. A
-// worker that fails fast with UNAVAILABLE is set aside locally (worker-health.ts) and a request
-// that has sent nothing to its client yet is retried once on another worker.
+// worker that fails fast with UNAVAILABLE is set aside locally (worker-health.ts), and a request
+// whose worker failed is migrated to other workers (migration.ts), continuing where it stopped.
 import { randomBytes } from 'node:crypto';
 import { canDecode, canPrefill, decodeClient, grpc, prefillClient, requestMetadata, WorkerDirectory, type GenerateEventMsg, type PrefillResponseMsg, type SamplingParamsMsg, type WorkerInfo } from '@pdserve/common';
 import type { Logger } from 'pino';
@@ -20,6 +20,7 @@ import { judgeAdmission, type AdmissionConfig } from './admission.ts';
 import { BackendError, type Backend, type GenerateRequest, type GenerationEvent, type WorkerSummary } from './backend.ts';
 import { LoadLedger } from './load-ledger.ts';
 import { decidePlacement, decodeScore, type Placement, type PlacementConfig } from './placement.ts';
+import { continuation, decideMigration, DEFAULT_MAX_MIGRATIONS, type FailedPhase, type MigrationReason } from './migration.ts';
 import { PrefixIndexFeed } from './prefix-index.ts';
 import { WorkerHealth } from './worker-health.ts';
 
@@ -47,6 +48,10 @@ export interface ClusterBackendOptions {
   admission?: AdmissionConfig;
   /** Every placement decision of an admitted request (for pdserve_prefill_placement_total). */
   onPlacement?(p: Placement): void;
+  /** Times a request may be re-placed after a worker failure (default 3; 0 = never: migration.ts). */
+  maxMigrations?: number;
+  /** Every migration (for pdserve_request_migrations_total). */
+  onMigration?(reason: MigrationReason): void;
   /** Follow the workers' prefix caches (their block-hash events in Redis) when choosing (default true). */
   prefixRouting?: boolean;
 }
@@ -59,6 +64,8 @@ const PROBE_TIMEOUT_MS = 1000;
 
 type Client = grpc.Client & Record<string, Function>;
 interface Clients { prefill: Client; decode: Client; users: number }
+/** What an attempt did, for the migration decision: tokens yielded so far, and which call failed. */
+interface AttemptProgress { generated: number[]; phase: FailedPhase | undefined; worker: string | undefined }
 
 export class ClusterBackend implements Backend {
   readonly directory: WorkerDirectory;
@@ -177,7 +184,7 @@ export class ClusterBackend implements Backend {
   }
 
   /** The decode worker, the placement of the prefill, and admission's verdict (throws the refusal). */
-  private pick(req: GenerateRequest, exclude: ReadonlySet<string>): { prefill: WorkerInfo; decode: WorkerInfo; placement: Placement } {
+  private pick(req: GenerateRequest, exclude: ReadonlySet<string>, admit = true): { prefill: WorkerInfo; decode: WorkerInfo; placement: Placement } {
     const fresh = this.directory.staleSince() === undefined;
     const healthy = this.directory.list().filter((w) => w.healthy && !exclude.has(w.id) && this.servesOurModel(w) && this.health.usable(w, fresh));
     const n = req.promptIds.length;
@@ -206,7 +213,7 @@ export class ClusterBackend implements Backend {
       decodeBatch: dv.batch,
       decodeSeats: decode.load.max_sequences,
     }, this.opts.admission ?? { sloAdmission: true });
-    if (refusal) throw new BackendError(refusal.message, 503, refusal.code, refusal.retryAfterS);
+    if (refusal && admit) throw new BackendError(refusal.message, 503, refusal.code, refusal.retryAfterS);
     this.opts.onPlacement?.(placement);
     return { prefill, decode, placement };
   }
@@ -215,33 +222,62 @@ export class ClusterBackend implements Backend {
     return this.run(req);
   }
 
-  /** One attempt, and a second on other workers when the first met an unavailable one before any token. */
+  /**
+   * Attempts until one finishes: a worker failure re-places the request (migration.ts decides
+   * whether and how), continuing from the tokens already yielded, up to maxMigrations times.
+   */
   private async *run(req: GenerateRequest): AsyncGenerator<GenerationEvent> {
     if (req.signal.aborted) return; // the client left (e.g. during tokenization): no worker work at all
     const failed = new Set<string>();
-    for (let attempt = 1; ; attempt++) {
-      const progress = { yielded: false };
+    // One seed for every attempt: a migrated request continues the same random stream.
+    const base: GenerateRequest = { ...req, sampling: { ...req.sampling, seed: req.sampling.seed ?? Math.floor(Math.random() * 2 ** 48) } };
+    const generated: number[] = [];
+    const maxMigrations = this.opts.maxMigrations ?? DEFAULT_MAX_MIGRATIONS;
+    let lastFailure: unknown;
+    let pending: MigrationReason | undefined;
+    for (let migrations = 0; ; migrations++) {
+      const next = continuation(base.promptIds, base.sampling, generated);
+      if (migrations > 0 && next.exhausted) {
+        // Every token was handed over before the worker failed: only its finish event was lost.
+        yield { type: 'finish', reason: 'length', timings: {} };
+        return;
+      }
+      const progress: AttemptProgress = { generated, phase: undefined, worker: undefined };
       try {
-        yield* this.attempt(req, failed, progress);
+        const attemptReq = migrations === 0 ? base : { ...base, promptIds: next.promptIds, sampling: next.sampling };
+        const reason = pending;
+        // Counted once the request has somewhere to go (a migration that finds no worker is a failure).
+        const onPlaced = reason ? () => this.opts.onMigration?.(reason) : undefined;
+        yield* this.attempt(attemptReq, failed, progress, { sampleOffset: next.sampleOffset, migrated: migrations > 0, onPlaced });
         return;
       } catch (err) {
-        const retry = attempt === 1 && !progress.yielded && !req.signal.aborted && err instanceof BackendError && err.code === 'worker_unavailable';
-        if (!retry) throw err;
-        this.opts.logger.warn({ request_id: req.requestId, failed: [...failed] }, 'worker unavailable before the first token; retrying on another worker');
+        // A migration that finds no worker to go to reports the failure that caused it, not "no capacity".
+        if (lastFailure && progress.phase === undefined && err instanceof BackendError && err.code === 'no_capacity') throw lastFailure;
+        const d = decideMigration({ err, phase: progress.phase, migrations, maxMigrations, aborted: req.signal.aborted });
+        if (!d.migrate) throw d.error;
+        lastFailure = err;
+        if (progress.worker) failed.add(progress.worker);
+        pending = d.reason;
+        this.opts.logger.warn(
+          { request_id: req.requestId, reason: d.reason, migration: migrations + 1, generated: generated.length, failed: [...failed], err: (err as Error).message },
+          'worker failed mid-request; migrating it to other workers',
+        );
       }
     }
   }
 
-  private async *attempt(req: GenerateRequest, failed: Set<string>, progress: { yielded: boolean }): AsyncGenerator<GenerationEvent> {
+  private async *attempt(req: GenerateRequest, failed: Set<string>, progress: AttemptProgress, cont: { sampleOffset: number; migrated: boolean; onPlaced?: () => void }): AsyncGenerator<GenerationEvent> {
     const arrived = performance.now();
-    const { prefill, decode, placement } = this.pick(req, failed);
+    // A migrated request was admitted already: it is not refused half-way for an SLO estimate.
+    const { prefill, decode, placement } = this.pick(req, failed, !cont.migrated);
+    cont.onPlaced?.();
     const n = req.promptIds.length;
     const log = this.opts.logger;
     const sampling: SamplingParamsMsg = {
       temperature: req.sampling.temperature, top_p: req.sampling.topP, top_k: req.sampling.topK,
       seed: req.sampling.seed ?? Math.floor(Math.random() * 2 ** 48), max_tokens: req.sampling.maxTokens,
       min_tokens: req.sampling.minTokens, stop_token_ids: req.sampling.stopTokenIds, ignore_eos: req.sampling.ignoreEos,
-      logprobs: req.sampling.logprobs ?? -1,
+      logprobs: req.sampling.logprobs ?? -1, sample_offset: cont.sampleOffset,
     };
     const md = requestMetadata(req.requestId);
     const id = `${req.requestId}#${this.instanceId}-${++this.counter}`;
@@ -284,6 +320,8 @@ export class ClusterBackend implements Backend {
     stream.on('data', (e: GenerateEventMsg) => push(e));
     stream.on('error', (err: grpc.ServiceError) => {
       if (err.code === grpc.status.CANCELLED) return push(null);
+      progress.phase ??= 'decode';
+      progress.worker ??= decode.id;
       onUnavailable(decode, err);
       push(toBackendError(err, 'decode', decode, log, req.requestId));
     });
@@ -304,6 +342,8 @@ export class ClusterBackend implements Backend {
         wake = undefined;
         if (!woke && buffer.length === 0 && !prefillPending) {
           log.warn({ request_id: req.requestId, worker: decode.id, idle_ms: idleMs }, 'decode stream idle too long; cancelling');
+          progress.phase ??= 'decode';
+          progress.worker ??= decode.id;
           return idle();
         }
       }
@@ -337,6 +377,7 @@ export class ClusterBackend implements Backend {
         const e = await next();
         if (e === null) {
           if (req.signal.aborted) return;
+          if (!prefillError) { progress.phase ??= 'decode'; progress.worker ??= decode.id; }
           throw prefillError ?? new BackendError('The decode worker ended the stream early.', 502, 'worker_failed', undefined, `decode worker ${decode.id}`);
         }
         if (e instanceof Error) throw prefillError ?? e;
@@ -354,6 +395,8 @@ export class ClusterBackend implements Backend {
               held.prefilled();
               if (err) {
                 if (err.code !== grpc.status.CANCELLED) {
+                  progress.phase ??= 'prefill';
+                  progress.worker ??= prefill.id;
                   onUnavailable(prefill, err);
                   prefillError = toBackendError(err, 'prefill', prefill, log, req.requestId);
                 }
@@ -368,7 +411,8 @@ export class ClusterBackend implements Backend {
           timings.reserve = reservedAt - arrived;
         } else if (e.event === 'tokens') {
           // The first token's message says how much of the prompt came from a prefix cache.
-          let cachedTokens = first ? e.tokens!.cached_tokens ?? 0 : undefined;
+          // (Reported once per request: a migrated attempt's prompt is not the client's.)
+          let cachedTokens = first && !cont.migrated ? e.tokens!.cached_tokens ?? 0 : undefined;
           if (first) {
             first = false;
             timings.first_decode = e.tokens!.admit_ms;
@@ -377,7 +421,7 @@ export class ClusterBackend implements Backend {
             observeTransfer();
           }
           for (const t of e.tokens!.tokens) {
-            progress.yielded = true;
+            progress.generated.push(t.id);
             yield { type: 'token', id: t.id, logprob: sampling.logprobs >= 0 ? t.logprob : undefined, topLogprobs: sampling.logprobs > 0 ? t.top_logprobs : undefined, ...(cachedTokens !== undefined ? { cachedTokens } : {}) };
             cachedTokens = undefined;
           }
@@ -399,7 +443,6 @@ export class ClusterBackend implements Backend {
           // Past that wait nobody needs the prefill's reply: cancel whatever is left of it.
           void wait.then(() => call?.cancel());
           const timingsLater = prefillResult ? undefined : wait.then(complete);
-          progress.yielded = true;
           yield { type: 'finish', reason: f.reason === 'stop' ? 'stop' : 'length', stopTokenId: f.has_stop_token ? f.stop_token_id : undefined, timings: complete(), timingsLater };
           return;
         }

@@ -1,9 +1,10 @@
 // A router process: the OpenAI HTTP API over the cluster backend, with /metrics.
 import pino, { type Logger } from 'pino';
-import { createRouterMetrics } from '@pdserve/common';
+import { createMigrationCounter, createRouterMetrics } from '@pdserve/common';
 import { loadTokenizer, readModelConfig } from '@pdserve/engine';
 import { buildRouterApp } from './app.ts';
 import { ClusterBackend } from './cluster-backend.ts';
+import { MIGRATION_REASONS } from './migration.ts';
 import { PLACEMENT_REASONS, type PlacementMode } from './placement.ts';
 import { metricsObserver, workerStateLabel } from './metrics-observer.ts';
 import { combineObservers, LoadStats, LoadStatsPublisher } from './load-stats.ts';
@@ -36,6 +37,8 @@ export interface RouterOptions {
   /** 'slo' (default): refuse requests whose SLO the estimates say cannot be met; 'off': never. */
   admission?: 'slo' | 'off';
   logger?: Logger;
+  /** Re-placements of a request after worker failures (default 3: migration.ts). */
+  maxMigrations?: number;
 }
 
 export interface RunningRouter {
@@ -52,7 +55,9 @@ export async function startRouter(o: RouterOptions): Promise<RunningRouter> {
   const hf = tokenizer as { chatTemplate?: string; bosToken?: string; eosToken?: string };
   const metrics = createRouterMetrics(undefined, { slo: { ttftSeconds: o.sloTtftMs ? o.sloTtftMs / 1000 : undefined, tpotSeconds: o.sloTpotMs ? o.sloTpotMs / 1000 : undefined } });
   for (const where of ['remote', 'local']) for (const reason of PLACEMENT_REASONS) metrics.prefillPlacement.inc({ where, reason }, 0);
+  const migrations = createMigrationCounter(metrics.registry, MIGRATION_REASONS);
   const backend = new ClusterBackend({
+    maxMigrations: o.maxMigrations, onMigration: (reason) => migrations.inc({ reason }),
     redisUrl: o.redisUrl, prefix: o.prefix, logger: log, model: config.name,
     generateTimeoutMs: o.generateTimeoutMs, prefillTimeoutMs: o.prefillTimeoutMs, tokenIdleTimeoutMs: o.tokenIdleTimeoutMs,
     placement: { mode: o.prefillPlacement ?? 'auto', localMaxTokens: o.localPrefillMaxTokens },

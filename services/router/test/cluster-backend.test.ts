@@ -300,4 +300,59 @@ describe('ClusterBackend', () => {
     assert.doesNotMatch(e2.message, /u-secret-2|10\.9\.9\.9/);
     void w;
   });
+  test('issue 10: a decode stream that breaks mid-generation is migrated: prompt + sent tokens, shrunk budgets, sample offset', T, async () => {
+    const seen: Array<{ prompt_len: number; sampling: Record<string, number> }> = [];
+    const reasons: string[] = [];
+    const breaking = (call: GenerateCall) => {
+      seen.push(call.request as never);
+      call.write({ event: 'reserved', reserved: true });
+      setTimeout(() => {
+        for (const id of [7, 8]) call.write({ event: 'tokens', tokens: { tokens: [{ id, logprob: 0, top_logprobs: [] }], admit_ms: 1 } });
+        setTimeout(() => call.emit('error', { code: grpc.status.UNAVAILABLE, details: 'peer gone' }), 20);
+      }, 10);
+    };
+    const { backend, workers: [a, b] } = await cluster([
+      { id: 'u-mig-a', script: { generate: breaking } },
+      { id: 'u-mig-b', script: { generate: breaking } },
+    ], { onMigration: (r) => reasons.push(r) });
+    const req = request('r-mig');
+    req.sampling = { ...req.sampling, maxTokens: 5, minTokens: 3, seed: 42 };
+    const events = await collect(backend.generate(req)).catch((e) => e);
+    // Both workers break after 2 tokens: 7 8 from the first, 7 8 from the second, then the third
+    // attempt finds nobody left and reports the worker failure (never a hang, never "no capacity").
+    assert.ok(events instanceof BackendError, String(events));
+    assert.equal(events.code, 'worker_unavailable');
+    assert.equal(seen.length, 2);
+    assert.equal(seen[0]!.prompt_len, 3);
+    assert.equal(seen[0]!.sampling.sample_offset, 0);
+    assert.equal(seen[1]!.prompt_len, 5, 'the prompt grew by the 2 tokens already sent');
+    assert.equal(seen[1]!.sampling.max_tokens, 3);
+    assert.equal(seen[1]!.sampling.min_tokens, 1);
+    assert.equal(seen[1]!.sampling.sample_offset, 2);
+    assert.equal(seen[1]!.sampling.seed, 42, 'the same seed');
+    assert.deepEqual(reasons, ['decode_unavailable']);
+    const prefills = [...a!.prefillCalls, ...b!.prefillCalls].map((c) => (c.request as unknown as { prompt_ids: number[] }).prompt_ids);
+    assert.deepEqual(prefills, [[1, 2, 3], [1, 2, 3, 7, 8]]);
+  });
+
+  test('issue 10: a migrated request finishes on the next worker with every token once', T, async () => {
+    let calls = 0;
+    const { backend } = await cluster([
+      { id: 'u-mig2-a', script: { generate: (call, w) => (calls++ === 0 ? (call.write({ event: 'reserved', reserved: true }), setTimeout(() => { call.write({ event: 'tokens', tokens: { tokens: [{ id: 9, logprob: 0, top_logprobs: [] }], admit_ms: 1 } }); setTimeout(() => call.emit('error', { code: grpc.status.INTERNAL, details: 'RST_STREAM' }), 20); }, 10)) : defaultGenerate(call, w)) } },
+      { id: 'u-mig2-b', script: { generate: (call, w) => (calls++ === 0 ? (call.write({ event: 'reserved', reserved: true }), setTimeout(() => { call.write({ event: 'tokens', tokens: { tokens: [{ id: 9, logprob: 0, top_logprobs: [] }], admit_ms: 1 } }); setTimeout(() => call.emit('error', { code: grpc.status.INTERNAL, details: 'RST_STREAM' }), 20); }, 10)) : defaultGenerate(call, w)) } },
+    ], { maxMigrations: 1 });
+    const events = await collect(backend.generate(request('r-mig2')));
+    assert.deepEqual(events.filter((e) => e.type === 'token').map((e) => (e as { id: number }).id), [9, 5, 6, 7]);
+    assert.equal(events.at(-1)!.type, 'finish');
+  });
+
+  test('issue 10: --max-migrations 0 ends a broken request with the worker error', T, async () => {
+    const { backend } = await cluster([
+      { id: 'u-nomig-a', script: { generate: (call) => call.emit('error', { code: grpc.status.UNAVAILABLE, details: 'gone' }) } },
+      { id: 'u-nomig-b', script: { generate: (call) => call.emit('error', { code: grpc.status.UNAVAILABLE, details: 'gone' }) } },
+    ], { maxMigrations: 0 });
+    const err = await rejection(collect(backend.generate(request('r-nomig'))));
+    assert.equal(err.code, 'worker_unavailable');
+    assert.match(err.message, /0 migrations allowed/);
+  });
 });

@@ -26,7 +26,10 @@ interface ReserveWaiter {
 }
 
 export function samplerFor(p: SamplingParamsMsg): Sampler {
-  return new Sampler({ temperature: p.temperature, topP: p.top_p || 1, topK: p.top_k, seed: p.seed, logprobs: p.logprobs >= 0 ? p.logprobs : undefined });
+  const sampler = new Sampler({ temperature: p.temperature, topP: p.top_p || 1, topK: p.top_k, seed: p.seed, logprobs: p.logprobs >= 0 ? p.logprobs : undefined });
+  // A migrated request continues another worker's random stream (proto: sample_offset).
+  sampler.skip(p.sample_offset ?? 0);
+  return sampler;
 }
 
 export class Scheduler {

@@ -83,6 +83,7 @@ export function register(program: Command): void {
     .option('--admission <mode>', "slo: refuse (503) requests the estimates say would miss their SLO; off: never", oneOf('--admission', ['slo', 'off'] as const), 'slo')
     .option('--prefill-placement <mode>', 'auto: decide per request; remote: always a prefill worker; local: always the decode worker', oneOf('--prefill-placement', PLACEMENT_MODES), 'auto')
     .option('--local-prefill-max-tokens <n>', 'auto placement: prompts longer than this always go to a prefill worker', positiveInt)
+    .option('--max-migrations <n>', 'times a request is moved to other workers after its worker fails mid-request (0 = never)', positiveInt, 3)
     .option('--prefix-routing <on|off>', "on: weigh the workers' cached prompt prefixes (their block-hash events in Redis) against load; off: load only", oneOf('--prefix-routing', ['on', 'off'] as const), 'on')
     .action(async (o) => {
       const log = createLogger('pdserve-router');

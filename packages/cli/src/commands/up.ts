@@ -4,16 +4,19 @@
 //
 // Stopping: SIGTERM to every child, then up to the workers' drain bound (--drain-timeout-s, passed
 // to every worker) plus STOP_MARGIN_MS before SIGKILL, so a draining worker is never cut short.
-// Failure: any child, or the redis-server `up` started, exiting on its own stops the whole cluster
-// and exits 1 with a message naming it. A cluster on a dead registry cannot admit new workers or
-// see failed ones, and `up` restarts nothing, so it says so and stops rather than stay "ready".
+// Failure: a worker or the planner that dies is restarted (../supervisor.ts: backoff, a restart
+// budget, pdserve_worker_restarts_total{role,reason} on up's own /metrics, --metrics-port) while the
+// rest keep serving. Only the router, or the redis-server `up` started, exiting on its own stops
+// the whole cluster and exits 1 with a message naming it: a cluster on a dead registry cannot admit
+// new workers or see failed ones, so it says so and stops rather than stay "ready".
 import { InvalidArgumentError, type Command } from 'commander';
 import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
-import { createLogger, DEFAULT_SLO_TARGETS, freePort, startRedisServer, Supervisor, SUPERVISOR_PID_ENV } from '@pdserve/common';
+import { createLogger, createSupervisionMetrics, DEFAULT_SLO_TARGETS, freePort, startMetricsServer, startRedisServer, Supervisor, SUPERVISOR_PID_ENV } from '@pdserve/common';
 import { KV_WIRE_DTYPES } from '@pdserve/engine';
 import { PLACEMENT_MODES } from '@pdserve/router';
 import { resolveDefaultModel } from '../default-model.ts';
+import { RestartingChildren } from '../supervisor.ts';
 import { device, kvWireDtype, niceValue, oneOf, positiveInt, positiveNumber } from './options.ts';
 
 const MAIN = fileURLToPath(new URL('../main.ts', import.meta.url));
@@ -53,6 +56,8 @@ interface UpFlags {
   admission: 'slo' | 'off';
   prefillPlacement: string;
   localPrefillMaxTokens?: number;
+  maxMigrations: number;
+  metricsPort: number;
 }
 
 /** Supervisor SIGTERM-to-SIGKILL grace: a worker may drain for its whole bound and still exit on its own. */
@@ -115,6 +120,8 @@ export function register(program: Command): void {
     .option('--admission <mode>', 'slo: refuse (503) what the estimates say would miss its SLO; off: never', oneOf('--admission', ['slo', 'off'] as const), 'slo')
     .option('--prefill-placement <mode>', 'auto: decide per request; remote: always a prefill worker; local: always the decode worker', oneOf('--prefill-placement', PLACEMENT_MODES), 'auto')
     .option('--local-prefill-max-tokens <n>', 'auto placement: prompts longer than this always go to a prefill worker', positiveInt)
+    .option('--max-migrations <n>', "passed to the router: times a request is moved to other workers after its worker fails mid-request (0 = never)", positiveInt, 3)
+    .option('--metrics-port <n>', "up's own /metrics (pdserve_worker_restarts_total); 0 = a free port, printed at start", positiveInt, 0)
     .action(async (o: UpFlags) => {
       const log = createLogger('pdserve-up');
       const model = await resolveDefaultModel(log, o.model);
@@ -126,8 +133,13 @@ export function register(program: Command): void {
         output: 'inherit',
         logger: log,
         graceMs: stopGraceMs(o.drainTimeoutS * 1000),
-        onUnexpectedExit: (e) => { failure ??= `${e.name} exited unexpectedly (code ${e.code}, signal ${e.signal})`; },
+        // Supervised children (workers, planner) are restarted by `restarting`; anything else is fatal.
+        onUnexpectedExit: (e) => { if (!restarting.has(e.name)) failure ??= `${e.name} exited unexpectedly (code ${e.code}, signal ${e.signal})`; },
       });
+      const { registry: upMetrics, restarts: restartsTotal } = createSupervisionMetrics();
+      const restarting = new RestartingChildren({ log, onRestart: (role, reason) => restartsTotal.inc({ role, reason }) });
+      const metricsServer = await startMetricsServer({ host: o.host, port: o.metricsPort, registry: upMetrics });
+      process.stdout.write(`supervision metrics http://${o.host === '0.0.0.0' ? '127.0.0.1' : o.host}:${metricsServer.port}/metrics\n`);
       void redis?.exited.then(({ code, signal }) => {
         if (!stopping) failure ??= `redis-server (the cluster's registry) exited unexpectedly (code ${code}, signal ${signal})`;
       });
@@ -137,7 +149,7 @@ export function register(program: Command): void {
         const argv = [process.execPath, '--import', 'tsx', MAIN, ...args];
         // taskset execs the program: same process, so signals and the IPC channel still reach it.
         const pinned = pin ? ['taskset', '-c', String(nextCore++ % cores), ...argv] : argv;
-        return supervisor.spawn({ name, command: pinned[0], args: pinned.slice(1), env: { [SUPERVISOR_PID_ENV]: String(process.pid) } });
+        return () => supervisor.spawn({ name, command: pinned[0], args: pinned.slice(1), env: { [SUPERVISOR_PID_ENV]: String(process.pid) } });
       };
       const common = ['--model', model, '--redis-url', redisUrl, '--device', o.device, '--threads', String(o.threads), '--max-sequences', String(o.maxSequences), '--drain-timeout-s', String(o.drainTimeoutS)];
       if (o.kvBudgetMb !== undefined) common.push('--kv-budget-mb', String(o.kvBudgetMb));
@@ -148,18 +160,20 @@ export function register(program: Command): void {
       common.push('--kv-wire-dtype', o.kvWireDtype, '--prefix-cache', o.prefixCache, '--kv-transport', o.kvTransport);
       const roles: Array<['prefill' | 'decode' | 'unified', number]> = o.unified ? [['unified', o.unified]] : [['prefill', o.prefill], ['decode', o.decode]];
       const pinRole = o.pinRoles ? ['--pin-role'] : [];
-      for (const [role, count] of roles) for (let i = 0; i < count; i++) node(`${role}-${i}`, ['worker', '--role', role, ...common, ...pinRole], o.pin);
-      if (o.planner === 'on') node('planner', ['planner', '--redis-url', redisUrl]);
+      for (const [role, count] of roles) for (let i = 0; i < count; i++) restarting.add(`${role}-${i}`, role, node(`${role}-${i}`, ['worker', '--role', role, ...common, ...pinRole], o.pin));
+      if (o.planner === 'on') restarting.add('planner', 'planner', node('planner', ['planner', '--redis-url', redisUrl]));
       const port = o.port || (await freePort());
-      const routing = ['--admission', o.admission, '--prefill-placement', o.prefillPlacement, '--prefix-routing', o.prefixRouting];
+      const routing = ['--admission', o.admission, '--prefill-placement', o.prefillPlacement, '--prefix-routing', o.prefixRouting, '--max-migrations', String(o.maxMigrations)];
       if (o.sloTtftMs > 0) routing.push('--slo-ttft-ms', String(o.sloTtftMs));
       if (o.sloTpotMs > 0) routing.push('--slo-tpot-ms', String(o.sloTpotMs));
       if (o.localPrefillMaxTokens !== undefined) routing.push('--local-prefill-max-tokens', String(o.localPrefillMaxTokens));
-      node('router', ['router', '--model', model, '--redis-url', redisUrl, '--host', o.host, '--port', String(port), ...routing]);
+      node('router', ['router', '--model', model, '--redis-url', redisUrl, '--host', o.host, '--port', String(port), ...routing])();
       const shutdown = async (code: number) => {
         if (stopping) return;
         stopping = true;
+        restarting.stop();
         await supervisor.stop();
+        await metricsServer.close();
         await redis?.stop();
         process.exit(code);
       };
