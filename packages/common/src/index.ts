@@ -1,4 +1,5 @@
 export * from './grpc.ts';
+export * from './cluster-security.ts';
 export * from './metrics/index.ts';
 export * from './redis/keys.ts';
 export * from './redis/registry.ts';

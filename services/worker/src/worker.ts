@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import pino, { type Logger } from 'pino';
 import type { Device, KvWireDtype } from '@pdserve/engine';
 import {
-  bindServer, canDecode, createGrpcServer, createWorkerMetrics, decodeService, prefillService, PrefixPublisher, startMetricsServer,
+  authFailuresCounter, bindServer, canDecode, createGrpcServer, createWorkerMetrics, decodeService, prefillService, PrefixPublisher, startMetricsServer,
   WorkerDirectory, WorkerRegistration, type WorkerRole,
 } from '@pdserve/common';
 import { EngineHost } from './engine-host.ts';
@@ -124,7 +124,11 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
     onRejected: (reason) => metrics.roleChangeRejected.inc({ reason }),
     isStopping: () => draining,
   });
-  const server = createGrpcServer();
+  // Calls without this cluster's token are refused before any handler runs (cluster-security.ts).
+  const authFailures = authFailuresCounter(metrics.registry);
+  const server = createGrpcServer({
+    onAuthFailure: (f) => { authFailures.inc({ service: f.service }); log.warn(f, 'gRPC call refused: cluster token'); },
+  });
   const publicHost = advertisedHost(o.advertiseHost);
   const port = await bindServer(server, `${o.host}:${o.grpcPort}`);
   const grpcAddress = `${publicHost}:${port}`;
