@@ -9,7 +9,6 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Redis } from 'ioredis';
 import {
   decodeService, grpc, startRedisServer, tokenClientInterceptor, type RedisServerHandle,
 } from '../packages/common/src/index.ts';
@@ -21,7 +20,7 @@ const DecodeCtor = grpc.makeGenericClientConstructor(decodeService(), 'pdserve.v
 
 /** Health over a client with the given credentials; resolves with the status code. */
 function health(address: string, creds: grpc.ChannelCredentials, options: grpc.ClientOptions = {}): Promise<grpc.status> {
-  const client = new DecodeCtor(address, creds, options) as grpc.Client & { Health: Function };
+  const client = new DecodeCtor(address, creds, options) as unknown as grpc.Client & { Health: Function };
   return new Promise((resolve) => {
     client.Health({}, { deadline: Date.now() + 10_000 }, (err: grpc.ServiceError | null) => {
       client.close();
@@ -112,10 +111,9 @@ describe('pdserve up with a Redis ACL user and several API keys', () => {
   before(async () => {
     redis = await startRedisServer();
     // An ACL user with a password; the default user is switched off, so nothing gets in without it.
-    const admin = new Redis(redis.url);
-    await admin.call('ACL', 'SETUSER', 'pdserve', 'on', `>${PASSWORD}`, '~*', '&*', '+@all');
-    await admin.call('ACL', 'SETUSER', 'default', 'off');
-    admin.disconnect();
+    const cli = (...args: string[]) => execFileSync('redis-cli', ['-p', String(redis!.port), ...args], { encoding: 'utf8' });
+    assert.match(cli('ACL', 'SETUSER', 'pdserve', 'on', `>${PASSWORD}`, '~*', '&*', '+@all'), /OK/);
+    assert.match(cli('ACL', 'SETUSER', 'default', 'off'), /OK/);
     model = stories260K();
     cluster = await startCluster(model.dir, ['--unified', '1', '--planner', 'off'], 90_000, {
       env: { PDSERVE_REDIS_URL: `redis://pdserve:${PASSWORD}@127.0.0.1:${redis.port}`, PDSERVE_API_KEY: 'key-one, key-two' },
