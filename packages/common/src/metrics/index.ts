@@ -6,3 +6,4 @@ export * from './worker-metrics.ts';
 export * from './planner-metrics.ts';
 export * from './http.ts';
 export * from './dashboard.ts';
+export * from './lease-metrics.ts';
