@@ -13,3 +13,4 @@ export * from './process/supervisor.ts';
 export * from './process/log-like.ts';
 export * from './logger.ts';
 export * from './trace/kv-trace.ts';
+export * from './peer-connect.ts';
