@@ -82,10 +82,26 @@ describe('cluster token on worker gRPC', () => {
     const real = process.env.PDSERVE_CLUSTER_TOKEN!;
     const near = real.slice(0, -1) + (real.endsWith('a') ? 'b' : 'a');
     assert.equal(await health(w.address, insecure, { interceptors: [tokenClientInterceptor(near)] }), grpc.status.UNAUTHENTICATED);
+    // Streaming calls too: a KV push (client stream) and a decode stream (server stream).
+    const bare = new DecodeCtor(w.address, insecure) as unknown as grpc.Client & Record<string, Function>;
+    const pushEnd = await new Promise<grpc.status>((resolve) => {
+      const call = bare.PushKv((err: grpc.ServiceError | null) => resolve(err ? err.code : grpc.status.OK)) as grpc.ClientWritableStream<unknown>;
+      call.write({ request_id: 'x', first_block: 0, block_count: 0, token_count: 0, data: Buffer.alloc(0), checksums: [], done: true, block_tokens: 16, block_bytes: 0 });
+      call.end();
+    });
+    assert.equal(pushEnd, grpc.status.UNAUTHENTICATED);
+    const genEnd = await new Promise<grpc.status>((resolve) => {
+      const call = bare.Generate({ request_id: 'y', prompt_len: 5 }, { deadline: Date.now() + 10_000 }) as grpc.ClientReadableStream<unknown>;
+      call.on('data', () => {});
+      call.on('error', () => {});
+      call.on('status', (st: grpc.StatusObject) => resolve(st.code));
+    });
+    assert.equal(genEnd, grpc.status.UNAUTHENTICATED);
+    bare.close();
     // The right token passes.
     assert.equal(await health(w.address, insecure, { interceptors: [tokenClientInterceptor(real)] }), grpc.status.OK);
     const text = await (await fetch(w.metricsUrl)).text();
-    assert.equal(counterValue(text, 'pdserve_auth_failures_total', 'service="decode"'), 3, text.split('\n').filter((l) => l.includes('auth')).join('\n'));
+    assert.equal(counterValue(text, 'pdserve_auth_failures_total', 'service="decode"'), 5, text.split('\n').filter((l) => l.includes('auth')).join('\n'));
     assert.match(w.output(), /gRPC call refused: cluster token/);
     assert.ok(!w.output().includes(real), 'the token is never logged');
     await assertAlive(w);
