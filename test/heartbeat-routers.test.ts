@@ -64,7 +64,9 @@ describe('a worker frozen past the heartbeat TTL', () => {
     try {
       // Requests sent while it freezes: each ends (served by the other worker, or after the retry
       // once the frozen one's connection is declared dead); none hangs.
-      const during = await Promise.all([0, 1, 2, 3].map(() => complete(c)));
+      const during = await Promise.all([0, 1, 2, 3].map(() => complete(c).catch((err: Error) => {
+        throw new Error(`request did not end: ${err.message}\n${c.output().split('\n').filter((l) => /warn|error|lost|WARN|ERROR/.test(l)).slice(-30).join('\n')}`);
+      })));
       for (const r of during) assert.equal(r.status, 200, r.body);
       await waitFor(async () => ((await healthyWorkers(c.url)) === 1 ? true : undefined), 20_000, 'the frozen worker out of routing');
       const out = await Promise.all([0, 1, 2, 3].map(() => complete(c)));
