@@ -32,7 +32,7 @@ function missing(t: TestContext, what: string, failUnderCi: boolean): void {
 }
 
 /** The secrets docker-compose.yml requires (it has no defaults for them). */
-const SECRETS = { PDSERVE_API_KEY: 'sk-test', PDSERVE_REDIS_PASSWORD: 'redis-test', PDSERVE_GRAFANA_ADMIN_PASSWORD: 'grafana-test' };
+const SECRETS = { PDSERVE_API_KEY: 'sk-test', PDSERVE_REDIS_PASSWORD: 'redis-test', PDSERVE_GRAFANA_ADMIN_PASSWORD: 'grafana-test', PDSERVE_CLUSTER_TOKEN: 'cluster-test' };
 
 /** Runs docker-compose with `env` added; undefined when it is not installed. */
 function compose(env: Record<string, string>, args: string[]): { status: number | null; output: string } | undefined {

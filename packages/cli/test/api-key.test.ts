@@ -25,3 +25,38 @@ test('the API key comes from a file, the environment, or the flag, in that order
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('several API keys: repeated flags, comma lists, one per line in a file, a comma list in the environment', async () => {
+  const { resolveApiKeys } = await import('../src/commands/api-key.ts');
+  const dir = mkdtempSync(join(tmpdir(), 'pdserve-keys-'));
+  try {
+    const file = join(dir, 'keys');
+    writeFileSync(file, 'sk-a\n# a comment\n\nsk-b, sk-c\n');
+    assert.deepEqual(resolveApiKeys({ apiKey: ['sk-1', 'sk-2,sk-3', 'sk-1'] }, {}), ['sk-1', 'sk-2', 'sk-3']);
+    assert.deepEqual(resolveApiKeys({ apiKeyFile: file }, {}), ['sk-a', 'sk-b', 'sk-c']);
+    assert.deepEqual(resolveApiKeys({}, { PDSERVE_API_KEY: 'sk-x, sk-y' }), ['sk-x', 'sk-y']);
+    assert.deepEqual(resolveApiKeys({}, {}), []);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('the cluster token: flag, file, environment; none without --insecure-cluster is refused', async () => {
+  const { clusterSecurityFrom, resolveClusterToken } = await import('../src/commands/cluster-auth.ts');
+  const dir = mkdtempSync(join(tmpdir(), 'pdserve-token-'));
+  try {
+    const file = join(dir, 'token');
+    writeFileSync(file, 'tok-file\n');
+    assert.equal(resolveClusterToken({ clusterToken: 'tok-flag' }, { PDSERVE_CLUSTER_TOKEN: 'tok-env' }), 'tok-flag');
+    assert.equal(resolveClusterToken({ clusterTokenFile: file }, {}), 'tok-file');
+    assert.equal(resolveClusterToken({}, { PDSERVE_CLUSTER_TOKEN: 'tok-env' }), 'tok-env');
+    assert.equal(resolveClusterToken({}, { PDSERVE_CLUSTER_TOKEN_FILE: file }), 'tok-file');
+    assert.throws(() => resolveClusterToken({ clusterToken: 'a', clusterTokenFile: file }, {}), /not both/);
+    assert.throws(() => clusterSecurityFrom({}, {}), /no cluster token/);
+    assert.equal(clusterSecurityFrom({ insecureCluster: true }, {}).insecure, true);
+    assert.equal(clusterSecurityFrom({}, { PDSERVE_INSECURE_CLUSTER: '1' }).token, undefined);
+    assert.throws(() => clusterSecurityFrom({ clusterToken: 't', tlsCert: file }, {}), /go together/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

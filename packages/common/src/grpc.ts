@@ -4,6 +4,7 @@ import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { channelCredentials, clientSecurityOptions, serverCredentials, serverSecurityOptions, type AuthFailure } from './cluster-security.ts';
 
 export { grpc };
 
@@ -52,13 +53,15 @@ export function decodeService(): grpc.ServiceDefinition {
   return (pdserveV1().Decode as ServiceCtor).service;
 }
 
+// Clients and servers take this process's cluster security (cluster-security.ts): the token
+// interceptor and, when configured, TLS credentials.
 export function prefillClient(address: string): grpc.Client {
-  return new (pdserveV1().Prefill as ServiceCtor)(address, grpc.credentials.createInsecure(), CHANNEL_OPTIONS);
+  return new (pdserveV1().Prefill as ServiceCtor)(address, channelCredentials(), { ...CHANNEL_OPTIONS, ...clientSecurityOptions() });
 }
 
 /** `options` override CHANNEL_OPTIONS (tests use a small 'grpc-node.flow_control_window'). */
 export function decodeClient(address: string, options: grpc.ChannelOptions = {}): grpc.Client {
-  return new (pdserveV1().Decode as ServiceCtor)(address, grpc.credentials.createInsecure(), { ...CHANNEL_OPTIONS, ...options });
+  return new (pdserveV1().Decode as ServiceCtor)(address, channelCredentials(), { ...CHANNEL_OPTIONS, ...clientSecurityOptions(), ...options });
 }
 
 // grpc-js applies 'grpc-node.flow_control_window' to the client end only; its server keeps
@@ -70,8 +73,9 @@ interface GrpcServerInternals {
   http2Servers?: Map<{ on(event: 'session', cb: (s: { setLocalWindowSize?(n: number): void }) => void): void }, unknown>;
 }
 
-export function createGrpcServer(): grpc.Server {
-  const server = new grpc.Server(CHANNEL_OPTIONS);
+/** `onAuthFailure`: called for each call refused for a missing or wrong cluster token. */
+export function createGrpcServer(security: { onAuthFailure?: (f: AuthFailure) => void } = {}): grpc.Server {
+  const server = new grpc.Server({ ...CHANNEL_OPTIONS, ...serverSecurityOptions(security.onAuthFailure) });
   const internals = server as unknown as GrpcServerInternals;
   if (internals.commonServerOptions) {
     internals.commonServerOptions.settings = { ...internals.commonServerOptions.settings, initialWindowSize: FLOW_CONTROL_WINDOW };
@@ -81,7 +85,7 @@ export function createGrpcServer(): grpc.Server {
 
 export function bindServer(server: grpc.Server, address: string): Promise<number> {
   return new Promise((resolveBind, reject) =>
-    server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (err, port) => {
+    server.bindAsync(address, serverCredentials(), (err, port) => {
       if (err) return reject(err);
       for (const http2Server of (server as unknown as GrpcServerInternals).http2Servers?.keys() ?? []) {
         http2Server.on('session', (session) => session.setLocalWindowSize?.(FLOW_CONTROL_WINDOW));

@@ -1,4 +1,5 @@
 export * from './grpc.ts';
+export * from './cluster-security.ts';
 export * from './metrics/index.ts';
 export * from './redis/keys.ts';
 export * from './redis/registry.ts';
@@ -12,3 +13,4 @@ export * from './process/supervisor.ts';
 export * from './process/log-like.ts';
 export * from './logger.ts';
 export * from './trace/kv-trace.ts';
+export * from './peer-connect.ts';

@@ -44,7 +44,7 @@ export interface RouterAppOptions {
   chatBosToken?: string;
   chatEosToken?: string;
   /** When set, every route but /health, /ready and /metrics needs `Authorization: Bearer <apiKey>`. */
-  apiKey?: string;
+  apiKey?: string | readonly string[];
   /** A pino logger (used as is), true (fastify's own pino at info), or false / absent (silent). */
   logger?: FastifyBaseLogger | boolean;
   /** Observer hooks (metrics). */
@@ -77,9 +77,11 @@ function requestId(req: { headers: Record<string, string | string[] | undefined>
   return typeof h === 'string' && REQUEST_ID.test(h) ? h : randomUUID();
 }
 
-function apiKeyCheck(apiKey: string): (req: FastifyRequest) => void {
+function apiKeyCheck(apiKeys: readonly string[]): (req: FastifyRequest) => void {
   const digest = (s: string) => createHash('sha256').update(s).digest();
-  const expected = digest(apiKey);
+  const expected = apiKeys.map(digest);
+  // Every key is compared (no early exit), each in constant time on equal-length digests.
+  const matches = (presented: Buffer) => expected.reduce((hit, e) => timingSafeEqual(presented, e) || hit, false);
   return (req) => {
     const path = req.url.split('?')[0] ?? '';
     if (PUBLIC_PATHS.has(path)) return;
@@ -89,7 +91,7 @@ function apiKeyCheck(apiKey: string): (req: FastifyRequest) => void {
     if (m === null) {
       throw new ApiError(401, 'Missing API key: send it as "Authorization: Bearer <key>".', { code: 'invalid_api_key', headers });
     }
-    if (!timingSafeEqual(digest(m[1] as string), expected)) {
+    if (!matches(digest(m[1] as string))) {
       throw new ApiError(401, 'Incorrect API key provided.', { code: 'invalid_api_key', headers });
     }
   };
@@ -135,8 +137,9 @@ export function buildRouterApp(opts: RouterAppOptions): FastifyInstance {
     req.pd = { arrivedAt: performance.now() };
     reply.header('x-request-id', req.id);
   });
-  if (opts.apiKey !== undefined && opts.apiKey !== '') {
-    const check = apiKeyCheck(opts.apiKey);
+  const apiKeys = (typeof opts.apiKey === 'string' ? [opts.apiKey] : opts.apiKey ?? []).filter((k) => k !== '');
+  if (apiKeys.length > 0) {
+    const check = apiKeyCheck(apiKeys);
     app.addHook('onRequest', async (req) => check(req));
   }
   installErrorHandlers(app, observer, failGeneration);

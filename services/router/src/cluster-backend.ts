@@ -19,6 +19,7 @@ import type { Logger } from 'pino';
 import { judgeAdmission, type AdmissionConfig } from './admission.ts';
 import { BackendError, type Backend, type GenerateRequest, type GenerationEvent, type WorkerSummary } from './backend.ts';
 import { LoadLedger } from './load-ledger.ts';
+import { InFlightByWorker } from './lost-workers.ts';
 import { decidePlacement, decodeScore, type Placement, type PlacementConfig } from './placement.ts';
 import { continuation, decideMigration, DEFAULT_MAX_MIGRATIONS, type FailedPhase, type MigrationReason } from './migration.ts';
 import { PrefixIndexFeed } from './prefix-index.ts';
@@ -85,6 +86,8 @@ export class ClusterBackend implements Backend {
   readonly prefixes?: PrefixIndexFeed;
   /** Workers already reported as serving another model (logged once each). */
   private readonly wrongModel = new Set<string>();
+  /** Calls in flight per worker, failed at once when the registry declares the worker lost. */
+  private readonly onWorkers = new InFlightByWorker();
   private counter = 0;
 
   constructor(private readonly opts: ClusterBackendOptions) {
@@ -143,6 +146,11 @@ export class ClusterBackend implements Backend {
 
   /** Forgets clients, counts and suspicions of workers that left the registry (or were lost: expired). */
   private prune(): void {
+    for (const w of this.directory.list()) {
+      if (w.lost_since === undefined) continue;
+      const n = this.onWorkers.lost(w.id);
+      if (n > 0) this.opts.logger?.warn({ worker: w.id, calls: n }, 'worker lost (heartbeat expired): failing its calls in flight');
+    }
     const listed = this.directory.list().filter((w) => w.lost_since === undefined);
     const ids = new Set(listed.map((w) => w.id));
     const addresses = new Set(listed.map((w) => w.grpc_address));
@@ -307,6 +315,11 @@ export class ClusterBackend implements Backend {
     const onAbort = () => { stream.cancel(); prefillCall?.cancel(); };
     req.signal.addEventListener('abort', onAbort, { once: true });
     if (req.signal.aborted) onAbort(); // aborted between the check in run() and here
+    const unwatch = this.onWorkers.watch([decode.id, prefill.id], () => {
+      push(new BackendError('A worker stopped responding; the request was cancelled.', 503, 'worker_unavailable', undefined, `worker lost (heartbeat expired): decode ${decode.id}, prefill ${prefill.id}`));
+      stream.cancel();
+      prefillCall?.cancel();
+    });
 
     // Decode events, buffered with a bound: past it the gRPC stream is paused until we catch up.
     const buffer: Array<GenerateEventMsg | Error | null> = [];
@@ -449,6 +462,7 @@ export class ClusterBackend implements Backend {
       }
     } finally {
       req.signal.removeEventListener('abort', onAbort);
+      unwatch();
       stream.cancel();
       // A request nobody waits for must not keep a prefill worker busy (the finished case cancels
       // it after the reply's grace above).

@@ -17,7 +17,8 @@ export interface RouterOptions {
   port: number;
   redisUrl: string;
   prefix?: string;
-  apiKey?: string;
+  /** One key or several (any of them is accepted). */
+  apiKey?: string | readonly string[];
   maxModelLen?: number;
   sloTtftMs?: number;
   sloTpotMs?: number;

@@ -6,7 +6,7 @@
 //  - LocalKvSink (engine thread): a unified worker's own decode batch takes the sequence as it is;
 //    nothing is copied.
 import { checksumBlocks, encodeKvBlocks, KV_LAYOUT, wireBlockBytes, type KvSequence, type KvWireDtype, type ModelRunner, type SampledToken } from '@pdserve/engine';
-import { decodeClient, grpc, KV_MESSAGE_BYTES, kvTrace, requestMetadata, type KvChunkMsg, type TokenMsg } from '@pdserve/common';
+import { boundConnect, decodeClient, grpc, PEER_CONNECT_TIMEOUT_MS, KV_MESSAGE_BYTES, kvTrace, requestMetadata, type KvChunkMsg, type TokenMsg } from '@pdserve/common';
 import type { DecodeRequest, KvSink } from './requests.ts';
 import { ClientPool } from './client-pool.ts';
 
@@ -151,8 +151,19 @@ export class GrpcKvPush implements KvPush {
 
   constructor(requestId: string, address: string, onEnd: (error?: string) => void) {
     const client = decodeClients.acquire(address) as grpc.Client & { PushKv: Function };
+    // A decode worker that vanished (host gone, process frozen) fails the push in seconds, not at
+    // the prefill call's deadline; the prefill's KV room is then freed by the usual error path.
+    let unreachable = false;
+    const disarm = boundConnect(client, () => { unreachable = true; this.call.cancel(); });
     this.call = client.PushKv(requestMetadata(requestId), (err: grpc.ServiceError | null) => {
+      disarm();
       this.finishedAt = performance.now();
+      if (unreachable) {
+        onEnd(`KV push to ${address} failed: decode worker unreachable (no connection within ${PEER_CONNECT_TIMEOUT_MS / 1000} s)`);
+        this.queue.length = 0;
+        decodeClients.release(address);
+        return;
+      }
       this.queue.length = 0;
       decodeClients.release(address);
       kvTrace('p.ack', requestId);

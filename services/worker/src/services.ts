@@ -29,6 +29,8 @@ export interface ServiceContext {
   kvDataAddress?(): string;
   onKvTransfer?(t: { seconds: number; bytes: number; rawBytes: number }): void;
   onKvFailure?(reason: 'checksum' | 'timeout' | 'peer_lost' | 'rejected'): void;
+  /** KV room freed because its deadline passed (pdserve_kv_leases_expired_total). */
+  onLeaseExpired?(reason: 'kv_never_arrived' | 'kv_push_stalled', requestId: string): void;
 }
 
 const round = (ms: number) => Math.round(ms * 100) / 100;
@@ -166,18 +168,22 @@ export function decodeHandlers(ctx: ServiceContext): grpc.UntypedServiceImplemen
       // prompt whose blocks keep streaming never times out; a prefill that never starts does
       // (its queue wait counts until the first chunk).
       const waitMs = kvTimeoutMs(r.kv_timeout_ms);
+      let kvSeen = false;
       const armKvTimer = () => {
         clearTimeout(kvTimer);
         kvTimer = setTimeout(() => {
           if (!waitingKv || ended) return;
           ctx.onKvFailure?.('timeout');
+          const reason = kvSeen ? 'kv_push_stalled' : 'kv_never_arrived';
+          log.warn({ reason, wait_ms: waitMs, prompt_tokens: r.prompt_len }, 'KV lease expired: reservation freed');
+          ctx.onLeaseExpired?.(reason, r.request_id);
           ctx.host.cancelDecode(r.request_id);
           ctx.host.forget(r.request_id);
           end(new Error(`no KV data arrived for ${waitMs} ms`));
         }, waitMs);
       };
       ctx.host.reserve(r.request_id, r.prompt_len, r.sampling, {
-        kvProgress: () => { if (waitingKv && !ended && kvTimer) armKvTimer(); },
+        kvProgress: () => { kvSeen = true; if (waitingKv && !ended && kvTimer) armKvTimer(); },
         tokens: (tokens, admitMs, cachedTokens) => {
           waitingKv = false;
           clearTimeout(kvTimer);

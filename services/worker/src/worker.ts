@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import pino, { type Logger } from 'pino';
 import type { Device, KvWireDtype } from '@pdserve/engine';
 import {
-  bindServer, canDecode, createGrpcServer, createWorkerMetrics, decodeService, prefillService, PrefixPublisher, startMetricsServer,
+  authFailuresCounter, kvLeasesExpiredCounter, bindServer, canDecode, createGrpcServer, createWorkerMetrics, decodeService, prefillService, PrefixPublisher, startMetricsServer,
   WorkerDirectory, WorkerRegistration, type WorkerRole,
 } from '@pdserve/common';
 import { EngineHost } from './engine-host.ts';
@@ -132,7 +132,12 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
     onRejected: (reason) => metrics.roleChangeRejected.inc({ reason }),
     isStopping: () => draining,
   });
-  const server = createGrpcServer();
+  // Calls without this cluster's token are refused before any handler runs (cluster-security.ts).
+  const authFailures = authFailuresCounter(metrics.registry);
+  const leasesExpired = kvLeasesExpiredCounter(metrics.registry);
+  const server = createGrpcServer({
+    onAuthFailure: (f) => { authFailures.inc({ service: f.service }); log.warn(f, 'gRPC call refused: cluster token'); },
+  });
   const publicHost = advertisedHost(o.advertiseHost);
   const port = await bindServer(server, `${o.host}:${o.grpcPort}`);
   const grpcAddress = `${publicHost}:${port}`;
@@ -148,6 +153,7 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
     isDecodeAddress,
     onKvTransfer: (t: { seconds: number; bytes: number; rawBytes: number }) => metrics.observeKvTransfer({ ...t, wireDtype: o.kvWireDtype ?? 'fp32' }),
     onKvFailure: (r: 'checksum' | 'timeout' | 'peer_lost' | 'rejected') => metrics.kvTransferFailed(r),
+    onLeaseExpired: (reason: 'kv_never_arrived' | 'kv_push_stalled') => leasesExpired.inc({ reason }),
   };
   // Every worker serves both services so a misrouted call gets a clear UNAVAILABLE, not UNIMPLEMENTED.
   server.addService(prefillService(), prefillHandlers(ctx));

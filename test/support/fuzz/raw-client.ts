@@ -2,7 +2,7 @@
 // (see wire.ts) and decode the answers with the real proto definitions. Every call has a deadline,
 // and every helper resolves with the call's final status: a call that never ends shows up as
 // DEADLINE_EXCEEDED, which the properties treat as a hang.
-import { decodeService, grpc, prefillService, CHANNEL_OPTIONS, type GenerateEventMsg } from '../../../packages/common/src/index.ts';
+import { channelCredentials, clientSecurityOptions, decodeService, grpc, prefillService, CHANNEL_OPTIONS, type GenerateEventMsg } from '../../../packages/common/src/index.ts';
 
 type Method = grpc.MethodDefinition<Uint8Array, unknown>;
 
@@ -36,8 +36,10 @@ export class RawWorkerClient {
   private readonly decode: AnyClient;
 
   constructor(readonly address: string) {
-    this.prefill = new PrefillRaw(address, grpc.credentials.createInsecure(), CHANNEL_OPTIONS) as AnyClient;
-    this.decode = new DecodeRaw(address, grpc.credentials.createInsecure(), CHANNEL_OPTIONS) as AnyClient;
+    // With this process's cluster token (if any), so the fuzzed bytes reach the handlers.
+    const options = { ...CHANNEL_OPTIONS, ...clientSecurityOptions() };
+    this.prefill = new PrefillRaw(address, channelCredentials(), options) as AnyClient;
+    this.decode = new DecodeRaw(address, channelCredentials(), options) as AnyClient;
   }
 
   close(): void {

@@ -5,7 +5,8 @@ import { createLogger, exitWhenParentDies, WORKER_ROLES, type WorkerRole } from 
 import { ENGINE_NICE, ENGINE_STALL_MS, startWorker } from '@pdserve/worker';
 import { PLACEMENT_MODES, startRouter } from '@pdserve/router';
 import { KV_WIRE_DTYPES } from '@pdserve/engine';
-import { resolveApiKey } from './api-key.ts';
+import { collect, resolveApiKeys } from './api-key.ts';
+import { addClusterAuthOptions, applyClusterAuth } from './cluster-auth.ts';
 import { device, kvWireDtype, niceValue, oneOf, positiveInt, positiveNumber } from './options.ts';
 
 function role(value: string): WorkerRole {
@@ -28,7 +29,7 @@ function runUntilSignalled(stop: () => Promise<void>, log: pino.Logger): void {
 }
 
 export function register(program: Command): void {
-  program
+  const worker = program
     .command('worker')
     .description('run a prefill, decode or unified worker')
     .requiredOption('--role <role>', 'prefill, decode or unified', role)
@@ -54,15 +55,17 @@ export function register(program: Command): void {
     .option('--pin-role', 'keep --role: ignore role-change commands (the planner leaves this worker alone)')
     .option('--role-grace-ms <ms>', 'after a role change, old-kind calls already routed here are still taken this long', positiveInt, 10_000)
     .option('--engine-nice <n>', 'nice value (0-19) of the engine thread, so forward passes yield to I/O on a busy machine (0 = as the process)', niceValue, ENGINE_NICE)
-    .option('--engine-stall-s <s>', 'report unhealthy (heartbeat state and /health 503) while the engine thread is silent this long with work pending', positiveNumber, ENGINE_STALL_MS / 1000)
+    .option('--engine-stall-s <s>', 'report unhealthy (heartbeat state and /health 503) while the engine thread is silent this long with work pending', positiveNumber, ENGINE_STALL_MS / 1000);
+  addClusterAuthOptions(worker)
     .action(async (o) => {
       const log = createLogger('pdserve-worker');
-      const { drainTimeoutS, engineStallS, prefixCache, ...rest } = o;
+      applyClusterAuth(o, log);
+      const { clusterToken: _t, clusterTokenFile: _tf, insecureCluster: _i, tlsCert: _c, tlsKey: _k, tlsCa: _a, drainTimeoutS, engineStallS, prefixCache, ...rest } = o;
       const w = await startWorker({ ...rest, prefixCache: prefixCache === 'on', drainTimeoutMs: drainTimeoutS * 1000, engineStallMs: engineStallS * 1000, logger: log });
       runUntilSignalled(w.stop, log);
     });
 
-  program
+  const router = program
     .command('router')
     .description('run the OpenAI-compatible router')
     .requiredOption('--model <dir>', 'model directory (tokenizer, context length, served name)')
@@ -70,8 +73,8 @@ export function register(program: Command): void {
     .option('--host <host>', 'interface to bind', '127.0.0.1')
     .option('--port <n>', 'HTTP port', positiveInt, 8000)
     .option('--served-model-name <name>', 'name clients use in `model` (default: the model directory name)')
-    .option('--api-key <key>', 'require `Authorization: Bearer <key>` (visible in `ps`: prefer $PDSERVE_API_KEY or --api-key-file)')
-    .option('--api-key-file <path>', 'read the API key from this file (first line; e.g. a Docker secret)')
+    .option('--api-key <keys>', 'require `Authorization: Bearer <key>`; repeat it or give a comma list for several keys (visible in `ps`: prefer $PDSERVE_API_KEY or --api-key-file)', collect)
+    .option('--api-key-file <path>', 'read the API keys from this file (one per line; e.g. a Docker secret)')
     .option('--generate-timeout-s <s>', 'deadline of a whole decode stream', positiveInt, 1800)
     .option('--prefill-timeout-s <s>', 'deadline of a prefill call (prompt and KV push)', positiveInt, 300)
     .option('--token-timeout-s <s>', 'a decode stream silent this long (after its prefill answered) ends with 504', positiveInt, 60)
@@ -84,14 +87,16 @@ export function register(program: Command): void {
     .option('--prefill-placement <mode>', 'auto: decide per request; remote: always a prefill worker; local: always the decode worker', oneOf('--prefill-placement', PLACEMENT_MODES), 'auto')
     .option('--local-prefill-max-tokens <n>', 'auto placement: prompts longer than this always go to a prefill worker', positiveInt)
     .option('--max-migrations <n>', 'times a request is moved to other workers after its worker fails mid-request (0 = never)', positiveInt, 3)
-    .option('--prefix-routing <on|off>', "on: weigh the workers' cached prompt prefixes (their block-hash events in Redis) against load; off: load only", oneOf('--prefix-routing', ['on', 'off'] as const), 'on')
+    .option('--prefix-routing <on|off>', "on: weigh the workers' cached prompt prefixes (their block-hash events in Redis) against load; off: load only", oneOf('--prefix-routing', ['on', 'off'] as const), 'on');
+  addClusterAuthOptions(router)
     .action(async (o) => {
       const log = createLogger('pdserve-router');
-      const { apiKeyFile: _file, prefixRouting, generateTimeoutS, prefillTimeoutS, tokenTimeoutS, requestTimeoutS, connectionTimeoutS, ...rest } = o;
+      applyClusterAuth(o, log);
+      const { clusterToken: _t, clusterTokenFile: _tf, insecureCluster: _i, tlsCert: _c, tlsKey: _k, tlsCa: _a, apiKeyFile: _file, prefixRouting, generateTimeoutS, prefillTimeoutS, tokenTimeoutS, requestTimeoutS, connectionTimeoutS, ...rest } = o;
       const r = await startRouter({
         ...rest,
         prefixRouting: prefixRouting === 'on',
-        apiKey: resolveApiKey(o),
+        apiKey: resolveApiKeys(o),
         generateTimeoutMs: generateTimeoutS * 1000, prefillTimeoutMs: prefillTimeoutS * 1000, tokenIdleTimeoutMs: tokenTimeoutS * 1000,
         requestTimeoutMs: requestTimeoutS * 1000, connectionTimeoutMs: connectionTimeoutS * 1000,
         logger: log,

@@ -12,6 +12,7 @@
 import { InvalidArgumentError, type Command } from 'commander';
 import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
+import { randomBytes } from 'node:crypto';
 import { createLogger, createSupervisionMetrics, DEFAULT_SLO_TARGETS, freePort, startMetricsServer, startRedisServer, Supervisor, SUPERVISOR_PID_ENV } from '@pdserve/common';
 import { KV_WIRE_DTYPES } from '@pdserve/engine';
 import { PLACEMENT_MODES } from '@pdserve/router';
@@ -58,6 +59,9 @@ interface UpFlags {
   localPrefillMaxTokens?: number;
   maxMigrations: number;
   metricsPort: number;
+  tlsCert?: string;
+  tlsKey?: string;
+  tlsCa?: string;
 }
 
 /** Supervisor SIGTERM-to-SIGKILL grace: a worker may drain for its whole bound and still exit on its own. */
@@ -95,7 +99,7 @@ export function register(program: Command): void {
     .option('--prefill <n>', 'prefill workers', positiveInt, 1)
     .option('--decode <n>', 'decode workers', positiveInt, 1)
     .option('--unified <n>', 'unified workers (prefill and decode in one process) instead of --prefill/--decode', positiveInt)
-    .option('--redis-url <url>', 'use this Redis instead of starting redis-server')
+    .option('--redis-url <url>', 'use this Redis instead of starting redis-server (default: $PDSERVE_REDIS_URL; a password belongs there, not in `ps`)', process.env.PDSERVE_REDIS_URL)
     .option('--device <name>', 'cpu, webgpu or cuda', device, 'cpu')
     .option('--threads <n>', 'ONNX Runtime threads per worker (0 = one per core)', positiveInt, 1)
     .option('--max-sequences <n>', 'sequences per worker', positiveInt, 16)
@@ -122,6 +126,9 @@ export function register(program: Command): void {
     .option('--local-prefill-max-tokens <n>', 'auto placement: prompts longer than this always go to a prefill worker', positiveInt)
     .option('--max-migrations <n>', "passed to the router: times a request is moved to other workers after its worker fails mid-request (0 = never)", positiveInt, 3)
     .option('--metrics-port <n>', "up's own /metrics (pdserve_worker_restarts_total); 0 = a free port, printed at start", positiveInt, 0)
+    .option('--tls-cert <path>', 'passed to the router and every worker: PEM certificate for internal gRPC')
+    .option('--tls-key <path>', 'passed to the router and every worker: PEM key of --tls-cert')
+    .option('--tls-ca <path>', 'passed to the router and every worker: PEM CA, mutual TLS')
     .action(async (o: UpFlags) => {
       const log = createLogger('pdserve-up');
       const model = await resolveDefaultModel(log, o.model);
@@ -145,13 +152,18 @@ export function register(program: Command): void {
       });
       const cores = availableParallelism();
       let nextCore = 0;
+      // Secrets reach the children by environment, not argv (`ps` shows argv to every local user):
+      // the cluster token ($PDSERVE_CLUSTER_TOKEN if set, to join a cluster, else a fresh random one
+      // per `up`) and the Redis URL, which may carry a password.
+      const secrets = { PDSERVE_CLUSTER_TOKEN: process.env.PDSERVE_CLUSTER_TOKEN || randomBytes(32).toString('base64url'), PDSERVE_REDIS_URL: redisUrl };
+      const tls = [...(o.tlsCert ? ['--tls-cert', o.tlsCert] : []), ...(o.tlsKey ? ['--tls-key', o.tlsKey] : []), ...(o.tlsCa ? ['--tls-ca', o.tlsCa] : [])];
       const node = (name: string, args: string[], pin = false) => {
         const argv = [process.execPath, '--import', 'tsx', MAIN, ...args];
         // taskset execs the program: same process, so signals and the IPC channel still reach it.
         const pinned = pin ? ['taskset', '-c', String(nextCore++ % cores), ...argv] : argv;
-        return () => supervisor.spawn({ name, command: pinned[0], args: pinned.slice(1), env: { [SUPERVISOR_PID_ENV]: String(process.pid) } });
+        return () => supervisor.spawn({ name, command: pinned[0], args: pinned.slice(1), env: { [SUPERVISOR_PID_ENV]: String(process.pid), ...secrets } });
       };
-      const common = ['--model', model, '--redis-url', redisUrl, '--device', o.device, '--threads', String(o.threads), '--max-sequences', String(o.maxSequences), '--drain-timeout-s', String(o.drainTimeoutS)];
+      const common = ['--model', model, ...tls, '--device', o.device, '--threads', String(o.threads), '--max-sequences', String(o.maxSequences), '--drain-timeout-s', String(o.drainTimeoutS)];
       if (o.kvBudgetMb !== undefined) common.push('--kv-budget-mb', String(o.kvBudgetMb));
       if (o.roleGraceMs !== undefined) common.push('--role-grace-ms', String(o.roleGraceMs));
       if (o.engineStallS !== undefined) common.push('--engine-stall-s', String(o.engineStallS));
@@ -161,13 +173,13 @@ export function register(program: Command): void {
       const roles: Array<['prefill' | 'decode' | 'unified', number]> = o.unified ? [['unified', o.unified]] : [['prefill', o.prefill], ['decode', o.decode]];
       const pinRole = o.pinRoles ? ['--pin-role'] : [];
       for (const [role, count] of roles) for (let i = 0; i < count; i++) restarting.add(`${role}-${i}`, role, node(`${role}-${i}`, ['worker', '--role', role, ...common, ...pinRole], o.pin));
-      if (o.planner === 'on') restarting.add('planner', 'planner', node('planner', ['planner', '--redis-url', redisUrl]));
+      if (o.planner === 'on') restarting.add('planner', 'planner', node('planner', ['planner']));
       const port = o.port || (await freePort());
       const routing = ['--admission', o.admission, '--prefill-placement', o.prefillPlacement, '--prefix-routing', o.prefixRouting, '--max-migrations', String(o.maxMigrations)];
       if (o.sloTtftMs > 0) routing.push('--slo-ttft-ms', String(o.sloTtftMs));
       if (o.sloTpotMs > 0) routing.push('--slo-tpot-ms', String(o.sloTpotMs));
       if (o.localPrefillMaxTokens !== undefined) routing.push('--local-prefill-max-tokens', String(o.localPrefillMaxTokens));
-      node('router', ['router', '--model', model, '--redis-url', redisUrl, '--host', o.host, '--port', String(port), ...routing])();
+      node('router', ['router', '--model', model, ...tls, '--host', o.host, '--port', String(port), ...routing])();
       const shutdown = async (code: number) => {
         if (stopping) return;
         stopping = true;

@@ -7,3 +7,4 @@ export * from './planner-metrics.ts';
 export * from './http.ts';
 export * from './dashboard.ts';
 export * from './fault-metrics.ts';
+export * from './lease-metrics.ts';
