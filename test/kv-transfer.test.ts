@@ -9,7 +9,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { Engine, generate } from '../packages/engine/src/index.ts';
-import { decodeClient, grpc } from '../packages/common/src/index.ts';
+import { clusterSecurity, decodeClient, grpc } from '../packages/common/src/index.ts';
 import { postJson, startCluster, stories260K, waitFor, type TestCluster } from './support/cluster.ts';
 import { sharedPath } from './support/shared.ts';
 import { connect } from 'node:net';
@@ -142,10 +142,20 @@ describe('KV transfer between workers', { skip: !haveShared() && 'no ../shared m
       const bad = Buffer.concat([encodeHeader('chunk', {}, 0).subarray(0, 16), Buffer.from('{{')]);
       bad.writeUInt32BE(2, 8);
       assert.equal((await exchange(bad)).byteLength, 0);
-      // A well-formed chunk for a request nobody reserved is refused by an ack naming why, and the
-      // connection stays usable.
+      // A connection must open with a hello carrying the cluster token: a chunk first, no token or
+      // another token closes it unanswered, and the refusals are counted with the gRPC ones.
       const meta = { r: 'nobody', fb: 0, bc: 1, tc: 1, cs: [0], d: false, ft: null, bt: 16, bb: 16, l: 'pdserve-kv/1', w: 'fp32', c: 0 };
-      const reply = await exchange(Buffer.concat([encodeHeader('chunk', meta, 16), Buffer.alloc(16)]), (b) => b.byteLength >= 16 && b.byteLength >= 16 + b.readUInt32BE(8));
+      const chunk = Buffer.concat([encodeHeader('chunk', meta, 16), Buffer.alloc(16)]);
+      const token = clusterSecurity().token;
+      assert.ok(token, 'the test cluster has a token');
+      const refusedBefore = metric(await workerMetrics(cluster, 'decode'), 'pdserve_auth_failures_total', 'service="kv_data"');
+      assert.equal((await exchange(chunk)).byteLength, 0, 'a chunk before the hello');
+      assert.equal((await exchange(Buffer.concat([encodeHeader('hello', {}, 0), chunk]))).byteLength, 0, 'no token');
+      assert.equal((await exchange(Buffer.concat([encodeHeader('hello', { t: `${token}x` }, 0), chunk]))).byteLength, 0, 'a wrong token');
+      assert.equal(metric(await workerMetrics(cluster, 'decode'), 'pdserve_auth_failures_total', 'service="kv_data"') - refusedBefore, 2);
+      // After the hello, a well-formed chunk for a request nobody reserved is refused by an ack
+      // naming why, and the connection stays usable.
+      const reply = await exchange(Buffer.concat([encodeHeader('hello', { t: token }, 0), chunk]), (b) => b.byteLength >= 16 && b.byteLength >= 16 + b.readUInt32BE(8));
       assert.match(reply.subarray(16).toString(), /"r":"nobody","e":".*(not supported|mismatch|no sequence)/);
       // The worker is still up and serving.
       const r = await postJson(`${cluster.url}/v1/completions`, { model: cluster.modelName, prompt: 'Sam', max_tokens: 4, temperature: 0 });

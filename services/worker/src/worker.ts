@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import pino, { type Logger } from 'pino';
 import type { Device, KvWireDtype } from '@pdserve/engine';
 import {
-  authFailuresCounter, kvLeasesExpiredCounter, bindServer, canDecode, createGrpcServer, createWorkerMetrics, decodeService, prefillService, PrefixPublisher, startMetricsServer,
+  authFailuresCounter, clusterSecurity, kvLeasesExpiredCounter, bindServer, canDecode, createGrpcServer, createWorkerMetrics, decodeService, prefillService, PrefixPublisher, startMetricsServer,
   WorkerDirectory, WorkerRegistration, type WorkerRole,
 } from '@pdserve/common';
 import { EngineHost } from './engine-host.ts';
@@ -142,9 +142,13 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
   const port = await bindServer(server, `${o.host}:${o.grpcPort}`);
   const grpcAddress = `${publicHost}:${port}`;
   // The bulk KV data channel (kv-data/): every worker listens, since a role can change at run time;
-  // with --kv-transport grpc it advertises none, so its peers push over gRPC.
-  const kvData = o.kvTransport === 'grpc' ? undefined : await startKvDataServer({
+  // with --kv-transport grpc it advertises none, so its peers push over gRPC. Its connections carry
+  // the cluster token in their first frame, but it has no TLS: with --tls-* the KV goes over gRPC.
+  const tlsCluster = clusterSecurity().tls !== undefined;
+  if (tlsCluster && o.kvTransport !== 'grpc') log.info('TLS configured: KV blocks go over gRPC (the TCP data channel has no TLS)');
+  const kvData = o.kvTransport === 'grpc' || tlsCluster ? undefined : await startKvDataServer({
     host: o.host, port: o.kvDataPort ?? 0, engine: host, log, onKvFailure: (r) => metrics.kvTransferFailed(r),
+    onAuthFailure: (reason, peer) => { authFailures.inc({ service: 'kv_data' }); log.warn({ reason, peer }, 'KV data connection refused: cluster token'); },
   });
   const ctx = {
     kvDataAddress: () => (kvData ? `${publicHost}:${kvData.port}` : ''),

@@ -15,7 +15,8 @@ export const HEADER_BYTES = 16;
 /** A frame's meta is a request id, a few numbers and one checksum per block: 64 KiB is plenty. */
 export const MAX_META_BYTES = 64 * 1024;
 
-export const FrameType = { chunk: 1, ack: 2, cancel: 3 } as const;
+// hello: the first frame of a connection, carrying the cluster token when the cluster has one.
+export const FrameType = { chunk: 1, ack: 2, cancel: 3, hello: 4 } as const;
 export type FrameTypeName = keyof typeof FrameType;
 
 export interface ChunkMeta {
@@ -24,6 +25,7 @@ export interface ChunkMeta {
 }
 export interface AckMeta { r: string; e?: string }
 export interface CancelMeta { r: string }
+export interface HelloMeta { t?: string }
 
 export function encodeHeader(type: FrameTypeName, meta: unknown, payloadBytes: number): Buffer {
   const m = Buffer.from(JSON.stringify(meta));

@@ -3,7 +3,7 @@
 // (a small header buffer and the payload itself, no copy), and writing stops at the socket's
 // high-water mark until 'drain'. The decode side answers each transfer with an `ack` frame.
 import { connect, type Socket } from 'node:net';
-import { kvTrace, type KvChunkMsg } from '@pdserve/common';
+import { clusterSecurity, kvTrace, type KvChunkMsg } from '@pdserve/common';
 import { corruptForTest, type KvPush } from '../kv-sinks.ts';
 import { chunkMeta, encodeHeader, FrameReader, type AckMeta } from './frames.ts';
 
@@ -20,6 +20,10 @@ class DataConnection {
     this.socket = connect({ host: address.slice(0, i).replace(/^\[|\]$/g, ''), port: Number(address.slice(i + 1)), noDelay: true });
     // An idle pooled connection must not keep a stopping worker alive.
     this.socket.unref();
+    // The hello goes first: the decode side drops a connection whose first frame is anything else
+    // or carries another cluster's token (the gRPC calls are checked the same way).
+    const token = clusterSecurity().token;
+    this.socket.write(encodeHeader('hello', token === undefined ? {} : { t: token }, 0));
     this.socket.on('connect', () => { this.connected = true; this.flush(); });
     const reader = new FrameReader(0);
     this.socket.on('data', (data: Buffer) => {

@@ -6,7 +6,8 @@
 // its connection and fails only the transfers that connection had in progress.
 import { createServer, type Server, type Socket } from 'node:net';
 import type { Logger } from 'pino';
-import { kvTrace } from '@pdserve/common';
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { clusterSecurity, kvTrace } from '@pdserve/common';
 import type { EngineHost } from '../engine-host.ts';
 import { receiveKvChunk } from '../kv-receive.ts';
 import { chunkFromFrame, encodeHeader, FrameReader, type Frame } from './frames.ts';
@@ -26,7 +27,11 @@ export interface KvDataServerOptions {
   maxPayload?: number;
   onKvFailure?(r: 'rejected'): void;
   onKvTransfer?(): void;
+  /** A connection refused for a missing or wrong cluster token (counted with the gRPC refusals). */
+  onAuthFailure?(reason: 'missing' | 'wrong', peer: string): void;
 }
+
+const digest = (s: string) => createHash('sha256').update(s).digest();
 
 export async function startKvDataServer(o: KvDataServerOptions): Promise<KvDataServer> {
   const maxPayload = o.maxPayload ?? Math.max(16 * 1024 * 1024, 4 * o.engine.info.blockBytes);
@@ -62,6 +67,10 @@ function serveConnection(socket: Socket, o: KvDataServerOptions, maxPayload: num
   const stats = new Map<string, { bytes: number; chunks: number; firstAt: number }>();
   let pausedFor = 0;
   let closed = false;
+  // Until its hello frame, a connection is nobody's: no chunk, cancel or ack is taken from it.
+  let greeted = false;
+  const token = clusterSecurity().token;
+  const expected = token === undefined ? undefined : digest(token);
 
   const ack = (requestId: string, error?: string) => {
     open.delete(requestId);
@@ -82,6 +91,20 @@ function serveConnection(socket: Socket, o: KvDataServerOptions, maxPayload: num
     socket.destroy();
   };
   const onFrame = (f: Frame) => {
+    if (!greeted) {
+      if (f.type !== 'hello') return hostile(`${f.type} frame before the hello`);
+      const presented = (f.meta as { t?: unknown } | null)?.t;
+      if (expected) {
+        const ok = typeof presented === 'string' && timingSafeEqual(digest(presented), expected);
+        if (!ok) {
+          o.onAuthFailure?.(typeof presented === 'string' ? 'wrong' : 'missing', socket.remoteAddress ?? '');
+          return hostile(typeof presented === 'string' ? 'wrong cluster token' : 'no cluster token');
+        }
+      }
+      greeted = true;
+      return;
+    }
+    if (f.type === 'hello') return hostile('a second hello frame');
     const requestId = (f.meta as { r?: unknown } | null)?.r;
     if (typeof requestId !== 'string') return hostile(`${f.type} frame without a request id`);
     if (f.type === 'cancel') {
