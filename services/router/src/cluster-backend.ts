@@ -151,6 +151,18 @@ export class ClusterBackend implements Backend {
       const n = this.onWorkers.lost(w.id);
       if (n > 0) this.opts.logger?.warn({ worker: w.id, calls: n }, 'worker lost (heartbeat expired): failing its calls in flight');
     }
+    // A worker can also vanish from the directory without ever showing as lost here: whichever
+    // directory (a worker's, another router's) sees its heartbeat expire first removes it from the
+    // registry, and the next poll here no longer lists it at all. Calls still in flight on it are
+    // lost the same way (a worker that deregistered cleanly had drained them first).
+    if (this.directory.staleSince() === undefined) {
+      const known = new Set(this.directory.list().map((w) => w.id));
+      for (const id of this.onWorkers.ids()) {
+        if (known.has(id)) continue;
+        const n = this.onWorkers.lost(id);
+        if (n > 0) this.opts.logger?.warn({ worker: id, calls: n }, 'worker left the registry with calls in flight: failing them');
+      }
+    }
     const listed = this.directory.list().filter((w) => w.lost_since === undefined);
     const ids = new Set(listed.map((w) => w.id));
     const addresses = new Set(listed.map((w) => w.grpc_address));
@@ -315,7 +327,10 @@ export class ClusterBackend implements Backend {
     const onAbort = () => { stream.cancel(); prefillCall?.cancel(); };
     req.signal.addEventListener('abort', onAbort, { once: true });
     if (req.signal.aborted) onAbort(); // aborted between the check in run() and here
-    const unwatch = this.onWorkers.watch([decode.id, prefill.id], () => {
+    const unwatch = this.onWorkers.watch([decode.id, prefill.id], (lostId) => {
+      // Which call failed decides the migration's reason, and the lost worker is not tried again.
+      progress.phase ??= lostId === decode.id ? 'decode' : 'prefill';
+      progress.worker ??= lostId;
       push(new BackendError('A worker stopped responding; the request was cancelled.', 503, 'worker_unavailable', undefined, `worker lost (heartbeat expired): decode ${decode.id}, prefill ${prefill.id}`));
       stream.cancel();
       prefillCall?.cancel();

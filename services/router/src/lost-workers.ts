@@ -3,12 +3,12 @@
 // keepalive or the stream's idle timeout. The failure is `worker_unavailable`, which the
 // generation path already retries elsewhere when nothing was sent to the client yet.
 export class InFlightByWorker {
-  private readonly calls = new Map<string, Set<() => void>>();
+  private readonly calls = new Map<string, Set<(id: string) => void>>();
 
-  /** `onLost` runs once if any of `ids` is declared lost before the returned release is called. */
-  watch(ids: readonly string[], onLost: () => void): () => void {
+  /** `onLost` runs once, with the worker's id, if any of `ids` is declared lost before the returned release is called. */
+  watch(ids: readonly string[], onLost: (id: string) => void): () => void {
     let fired = false;
-    const cb = () => { if (!fired) { fired = true; onLost(); } };
+    const cb = (id: string) => { if (!fired) { fired = true; onLost(id); } };
     for (const id of new Set(ids)) {
       const set = this.calls.get(id) ?? new Set();
       set.add(cb);
@@ -23,12 +23,17 @@ export class InFlightByWorker {
     };
   }
 
+  /** Workers with calls in flight. */
+  ids(): string[] {
+    return [...this.calls.keys()];
+  }
+
   /** Fails every call watching `id`; returns how many. */
   lost(id: string): number {
     const set = this.calls.get(id);
     if (!set) return 0;
     this.calls.delete(id);
-    for (const cb of set) cb();
+    for (const cb of set) cb(id);
     return set.size;
   }
 }
