@@ -22,10 +22,9 @@
 // events: prefix-index.ts). So a prefill worker holding the prompt's system prompt wins unless its
 // queue costs more time than the hit saves: cached tokens are weighed against load in one unit,
 // milliseconds of TTFT. The decode worker is chosen first (decodeScore): by load, and for a unified
-// worker, which prefills its own prompts, a hit counts as load taken off, in proportion to the
-// prefill it saves: PREFIX_HIT_FULL_TOKENS cached tokens are worth PREFIX_HIT_WEIGHT requests less (on
-// CPU a 1024-token prefill costs its TTFT far more than sharing decode steps with a running request
-// does, while a short conversation history is cheap to recompute and not worth a busier batch). The index is a hint; workers verify the tokens of every reused block.
+// worker, which prefills its own prompts, a hit counts as load taken off (a whole prompt cached is
+// worth PREFIX_HIT_WEIGHT requests less: on CPU a prompt's prefill costs its TTFT far more than
+// sharing decode steps with a running request does). The index is a hint; workers verify the tokens of every reused block.
 import type { WorkerRole } from '@pdserve/common';
 
 export const PLACEMENT_MODES = ['auto', 'remote', 'local'] as const;
@@ -108,9 +107,8 @@ export interface Placement {
   expectedCachedTokens?: number;
 }
 
-/** Requests of load that PREFIX_HIT_FULL_TOKENS cached prompt tokens are worth (decodeScore); fewer count in proportion. */
+/** Requests of load a whole prompt found in a unified worker's prefix cache is worth (decodeScore). */
 export const PREFIX_HIT_WEIGHT = 2;
-export const PREFIX_HIT_FULL_TOKENS = 1024;
 
 /** What decodeScore needs of a candidate decode worker. */
 export interface DecodeCandidate {
@@ -133,19 +131,15 @@ export interface DecodeCandidate {
 /**
  * The decode worker's score, lower is better: queued and running requests (reported plus in flight
  * from here), less its free KV share, less, when it would prefill the prompt itself (unified),
- * PREFIX_HIT_WEIGHT per PREFIX_HIT_FULL_TOKENS prompt tokens its prefix cache is expected to hold
- * (at most that much; a decode worker too when the prompt may be prefilled locally). Counted in
- * tokens, not as a share of the prompt: the hit is worth the prefill it saves, and a 100-token history
- * found whole saves little. Measured: as a share, the multiturn workload kept conversations on a busy
- * worker (BENCHMARKS.md, prefix-aware routing). Among equals the worker holding fewer cached blocks
+ * PREFIX_HIT_WEIGHT times the share of the prompt its prefix cache is expected to hold (a decode worker too when
+ * the prompt may be prefilled locally). Among equals the worker holding fewer cached blocks
  * wins, so that new prefixes spread over the workers instead of evicting each other on one.
  */
 export function decodeScore(c: DecodeCandidate, promptTokens: number): number {
   const l = c.load;
   const base = l.queue_len + l.running + l.waiting + c.inflight - l.free_kv_blocks / Math.max(1, l.total_kv_blocks);
   const prefillsHere = c.role === 'unified' || (c.role === 'decode' && c.mayPrefillLocally === true);
-  const cached = Math.min(c.cachedTokens, promptTokens);
-  const hit = prefillsHere && promptTokens > 0 ? PREFIX_HIT_WEIGHT * Math.min(1, cached / PREFIX_HIT_FULL_TOKENS) : 0;
+  const hit = prefillsHere && promptTokens > 0 ? PREFIX_HIT_WEIGHT * Math.min(1, c.cachedTokens / promptTokens) : 0;
   const spread = 1e-3 * Math.min(1, (c.heldBlocks ?? l.prefix_cache_blocks ?? 0) / Math.max(1, l.total_kv_blocks));
   return base - hit + spread;
 }
