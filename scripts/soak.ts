@@ -14,13 +14,14 @@
 // Prints one JSON line per fault and a summary: requests sent, completed, client-aborted, failed
 // (by error), migrated (the router's pdserve_request_migrations_total), worker restarts, KV
 // blocks leaked.
-import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { convertLlama2c } from '../packages/engine/src/index.ts';
 import { freePort } from '../packages/common/src/index.ts';
+import { counterTotal, workerPids } from './lib/cluster-processes.ts';
 
 const { values } = parseArgs({ options: {
   minutes: { type: 'string', default: '10' }, model: { type: 'string' }, rate: { type: 'string', default: '2' },
@@ -48,24 +49,6 @@ function modelDir(): { dir: string; cleanup(): void } {
   const out = join(tmp, 'stories260K');
   convertLlama2c({ checkpoint: join(src, 'stories260K.bin'), tokenizer: join(src, 'tok512.bin'), out });
   return { dir: out, cleanup: () => rmSync(tmp, { recursive: true, force: true }) };
-}
-
-/** `up`'s direct children running `worker --role ROLE`. */
-function workerPids(upPid: number, role: string): number[] {
-  let out = '';
-  try { out = execFileSync('ps', ['-o', 'pid=', '--ppid', String(upPid)], { encoding: 'utf8' }); } catch { return []; }
-  return out.trim().split('\n').filter(Boolean).map(Number).filter((pid) => {
-    try {
-      const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
-      return argv.includes('worker') && argv[argv.indexOf('--role') + 1] === role;
-    } catch { return false; }
-  });
-}
-
-function counterTotal(page: string, name: string): number {
-  let sum = 0;
-  for (const line of page.split('\n')) if (line.startsWith(name) && !line.startsWith('#')) sum += Number(line.slice(line.lastIndexOf(' ') + 1));
-  return sum;
 }
 
 const PROMPTS = ['Once upon a time', 'The little dog', 'Lily and Ben', 'One day, a girl', 'The sun was', 'Tom had a red ball', 'In the park', 'A big bird'];

@@ -7,31 +7,8 @@
 //   - clients disconnecting at random points under load leak no KV block (free = total again).
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import { startCluster, stories260K, waitFor, type TestCluster } from './support/cluster.ts';
-
-/** Worker processes of a `pdserve up` (its direct children running `worker --role ROLE`). */
-export function workerPids(upPid: number, role: string): number[] {
-  const out = execFileSync('ps', ['-o', 'pid=', '--ppid', String(upPid)], { encoding: 'utf8' });
-  return out.trim().split('\n').filter(Boolean).map(Number).filter((pid) => {
-    try {
-      const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
-      return argv.includes('worker') && argv[argv.indexOf('--role') + 1] === role;
-    } catch { return false; }
-  });
-}
-
-/** A counter's total over its label sets in a Prometheus text page. */
-export function counterTotal(page: string, name: string, match = ''): number {
-  let sum = 0;
-  for (const line of page.split('\n')) {
-    if (!line.startsWith(name) || line.startsWith('#')) continue;
-    if (match && !line.includes(match)) continue;
-    sum += Number(line.slice(line.lastIndexOf(' ') + 1));
-  }
-  return sum;
-}
+import { counterTotal, workerPids } from '../scripts/lib/cluster-processes.ts';
 
 interface StreamResult { text: string; finish: string | null; done: boolean; error?: unknown; chunks: number }
 

@@ -5,30 +5,15 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { freePort, startRedisServer, type RedisServerHandle } from '../packages/common/src/index.ts';
 import { postJson, startCluster, stories260K, waitFor, type TestCluster } from './support/cluster.ts';
 import { repoRoot } from './support/shared.ts';
 import { needStories260K } from '../services/worker/test/support/workers.ts';
+import { workerPids } from '../scripts/lib/cluster-processes.ts';
 
 /** A request that has not ended after this long counts as hung (the router's own bounds are longer only for silent streams: 60 s). */
 const HANG_MS = 45_000;
-
-function workerPids(upPid: number): number[] {
-  const parentOf = new Map<number, number>();
-  for (const d of readdirSync('/proc')) {
-    if (!/^\d+$/.test(d)) continue;
-    try {
-      const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
-      parentOf.set(Number(d), Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]));
-    } catch { /* gone */ }
-  }
-  return [...parentOf].filter(([pid, parent]) => {
-    if (parent !== upPid) return false;
-    try { return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').includes('worker'); } catch { return false; }
-  }).map(([pid]) => pid);
-}
 
 async function healthyWorkers(routerUrl: string): Promise<number> {
   const text = await (await fetch(`${routerUrl}/metrics`)).text();
