@@ -146,22 +146,19 @@ export class ClusterBackend implements Backend {
 
   /** Forgets clients, counts and suspicions of workers that left the registry (or were lost: expired). */
   private prune(): void {
-    for (const w of this.directory.list()) {
-      if (w.lost_since === undefined) continue;
-      const n = this.onWorkers.lost(w.id);
-      if (n > 0) this.opts.logger?.warn({ worker: w.id, calls: n }, 'worker lost (heartbeat expired): failing its calls in flight');
-    }
-    // A worker can also vanish from the directory without ever showing as lost here: whichever
-    // directory (a worker's, another router's) sees its heartbeat expire first removes it from the
-    // registry, and the next poll here no longer lists it at all. Calls still in flight on it are
-    // lost the same way (a worker that deregistered cleanly had drained them first).
-    if (this.directory.staleSince() === undefined) {
-      const known = new Set(this.directory.list().map((w) => w.id));
-      for (const id of this.onWorkers.ids()) {
-        if (known.has(id)) continue;
-        const n = this.onWorkers.lost(id);
-        if (n > 0) this.opts.logger?.warn({ worker: id, calls: n }, 'worker left the registry with calls in flight: failing them');
-      }
+    // Calls in flight on a worker the registry declares lost fail at once. A worker can also vanish
+    // from the directory without ever showing as lost here: whichever directory (a worker's, another
+    // router's) sees its heartbeat expire first removes it from the registry, and the next poll here
+    // no longer lists it (a worker that deregistered cleanly had drained its calls first). Not while
+    // the directory is stale: its list is then only the last snapshot.
+    const byId = new Map(this.directory.list().map((w) => [w.id, w]));
+    const fresh = this.directory.staleSince() === undefined;
+    for (const id of this.onWorkers.ids()) {
+      const w = byId.get(id);
+      const why = w ? (w.lost_since !== undefined ? 'heartbeat expired' : undefined) : fresh ? 'left the registry' : undefined;
+      if (!why) continue;
+      const n = this.onWorkers.lost(id);
+      if (n > 0) this.opts.logger?.warn({ worker: id, calls: n, why }, 'worker lost: failing its calls in flight');
     }
     const listed = this.directory.list().filter((w) => w.lost_since === undefined);
     const ids = new Set(listed.map((w) => w.id));
