@@ -307,6 +307,13 @@ export class ClusterBackend implements Backend {
 
     this.bump(prefill.id, 1);
     if (decode.id !== prefill.id) this.bump(decode.id, 1);
+    let counted = true;
+    const uncount = () => {
+      if (!counted) return;
+      counted = false;
+      this.bump(prefill.id, -1);
+      if (decode.id !== prefill.id) this.bump(decode.id, -1);
+    };
     const held = this.ledger.begin(decode.id, prefill.id, n, placement.localPrefillMs);
     const decodeClients = this.acquire(decode.grpc_address);
     let prefillClients: Clients | undefined;
@@ -453,7 +460,9 @@ export class ClusterBackend implements Backend {
         } else if (e.event === 'finished') {
           const f = e.finished!;
           finished = true;
-          // Over for the load ledger now, not when the consumer lets this generator finish.
+          // Over for placement and the load ledger now, not when the consumer lets this generator
+          // finish (a consumer that stops at the finish event leaves it suspended below).
+          uncount();
           held.ended();
           // The prefill's reply (its share of the TTFT) may land just after the last token: the
           // response goes out now, the metrics get the full breakdown when it arrives.
@@ -479,8 +488,7 @@ export class ClusterBackend implements Backend {
       // A request nobody waits for must not keep a prefill worker busy (the finished case cancels
       // it after the reply's grace above).
       if (!finished) prefillCall?.cancel();
-      this.bump(prefill.id, -1);
-      if (decode.id !== prefill.id) this.bump(decode.id, -1);
+      uncount();
       held.ended();
       this.release(decode.grpc_address);
       if (prefillClients) this.release(prefill.grpc_address);

@@ -100,6 +100,9 @@ export class Generation {
         const ev = r.value;
         if (ev.type === 'finish') {
           finish = ev;
+          // Let the backend's generator run its finally blocks (streams, clients, bookkeeping):
+          // left suspended at its last yield, it would hold them forever.
+          void it.return?.()?.catch(() => {});
           break;
         }
         this.onTokenTiming();
@@ -214,7 +217,10 @@ async function drainTimings(it: AsyncIterator<GenerationEvent>): Promise<Record<
       for (;;) {
         const r = await it.next();
         if (r.done) return {};
-        if (r.value.type === 'finish') return r.value.timings ?? {};
+        if (r.value.type === 'finish') {
+          void it.return?.()?.catch(() => {}); // as in generate(): release what the backend holds
+          return r.value.timings ?? {};
+        }
       }
     } catch {
       return {};

@@ -171,6 +171,20 @@ describe('ClusterBackend', () => {
     await until(() => backend.bookkeeping().inflight === 0, 5000);
   });
 
+  test('a request stops counting as in flight at its finish event, even if the consumer never resumes the generator', T, async () => {
+    // The router's own consumer stops at the finish event; the in-flight count steers placement,
+    // so a leak there made an idle worker that had served requests look busy (and lose its prefix hits).
+    const { backend } = await cluster([{ id: 'u-finish' }]);
+    const it = backend.generate(request())[Symbol.asyncIterator]();
+    for (;;) {
+      const r = await it.next();
+      assert.equal(r.done, false);
+      if ((r.value as GenerationEvent).type === 'finish') break;
+    }
+    assert.equal(backend.bookkeeping().inflight, 0);
+    await it.return!(undefined);
+  });
+
   test('defect 5: a request whose client already left does no worker work', T, async () => {
     const { backend, workers: [w] } = await cluster([{ id: 'u-gone' }]);
     const ac = new AbortController();

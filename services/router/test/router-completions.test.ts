@@ -185,4 +185,14 @@ describe('POST /v1/completions', () => {
     assert.ok(end.e2eMs >= end.ttftMs);
     assert.equal(typeof end.tpotMs, 'number');
   });
+  test('the backend\'s generator is closed after its finish event (its streams and bookkeeping are released)', async () => {
+    const before = { requests: backend.requests.length, finished: backend.finished };
+    script = { ids: tok.ids(' upon a time'), finish: 'length' };
+    assert.equal((await post({ model: MODEL, prompt: 'Once', max_tokens: 5 })).statusCode, 200);
+    assert.equal((await post({ model: MODEL, prompt: 'Once', max_tokens: 5, stream: true })).statusCode, 200);
+    assert.equal((await post({ model: MODEL, prompt: 'Once', max_tokens: 5, stop: [' a'] })).statusCode, 200);
+    const started = backend.requests.length - before.requests;
+    for (let i = 0; i < 50 && backend.finished - before.finished < started; i++) await new Promise((r) => setTimeout(r, 10));
+    assert.equal(backend.finished - before.finished, started);
+  });
 });

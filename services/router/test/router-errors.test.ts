@@ -212,6 +212,12 @@ describe('models and admin routes', () => {
     assert.equal((await app.inject({ method: 'GET', url: '/ready' })).statusCode, 503);
     backend.isReady = true;
     assert.equal((await app.inject({ method: 'GET', url: '/ready' })).statusCode, 200);
+    // ?min_workers: ready only once that many workers are healthy (the fake has one).
+    assert.equal((await app.inject({ method: 'GET', url: '/ready?min_workers=1' })).statusCode, 200);
+    const short = await app.inject({ method: 'GET', url: '/ready?min_workers=2' });
+    assert.equal(short.statusCode, 503);
+    assert.deepEqual(short.json(), { status: 'not_ready', healthy_workers: 1, min_workers: 2 });
+    assert.equal((await app.inject({ method: 'GET', url: '/ready?min_workers=x' })).statusCode, 400);
     const w = (await app.inject({ method: 'GET', url: '/workers', headers: auth })).json();
     assert.equal(w.workers[0].id, 'w1');
   });

@@ -70,13 +70,13 @@ export function stopGraceMs(drainTimeoutMs: number, marginMs = STOP_MARGIN_MS): 
 }
 
 /** Polls `url`/ready until it answers 2xx; each probe is bounded, so a hung router cannot stall `up`. */
-export async function waitReady(url: string, timeoutMs: number, failed: () => string | undefined, probeTimeoutMs = READY_PROBE_TIMEOUT_MS): Promise<void> {
+export async function waitReady(url: string, timeoutMs: number, failed: () => string | undefined, probeTimeoutMs = READY_PROBE_TIMEOUT_MS, minWorkers = 0): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     const why = failed();
     if (why) throw new Error(why);
     try {
-      const res = await fetch(`${url}/ready`, { signal: AbortSignal.timeout(probeTimeoutMs) });
+      const res = await fetch(`${url}/ready${minWorkers > 0 ? `?min_workers=${minWorkers}` : ''}`, { signal: AbortSignal.timeout(probeTimeoutMs) });
       if (res.ok) return;
     } catch { /* not listening yet, or the probe timed out */ }
     await new Promise((r) => setTimeout(r, 200));
@@ -192,7 +192,10 @@ export function register(program: Command): void {
       supervisor.handleSignals({ exit: false, onSignal: () => void shutdown(0) });
       const url = `http://${o.host === '0.0.0.0' ? '127.0.0.1' : o.host}:${port}`;
       try {
-        await waitReady(url, o.readyTimeoutS * 1000, () => failure);
+        // Every worker started here, not just one of each kind: a benchmark or test that starts at
+        // `ready` must not see the first requests all land on the one worker up so far.
+        const workers = roles.reduce((sum, [, count]) => sum + count, 0);
+        await waitReady(url, o.readyTimeoutS * 1000, () => failure, READY_PROBE_TIMEOUT_MS, workers);
       } catch (err) {
         log.error({ err: (err as Error).message }, 'cluster failed to start');
         await shutdown(1);

@@ -12,10 +12,17 @@ export async function adminRoutes(app: FastifyInstance, opts: { ctx: RouterConte
   /** Liveness: 200 as long as the process serves HTTP. */
   app.get('/health', async () => ({ status: 'ok' }));
 
-  /** Readiness: 200 when the backend can serve (a prefill- and a decode-capable worker), else 503. */
-  app.get('/ready', async (_req, reply) => {
-    if (ctx.backend.ready()) return { status: 'ready' };
-    return reply.code(503).send({ status: 'not_ready' });
+  /**
+   * Readiness: 200 when the backend can serve (a prefill- and a decode-capable worker), else 503.
+   * `?min_workers=N` also waits for N healthy workers (`pdserve up` waits for all it started, so
+   * that its `ready` line means the cluster that was asked for).
+   */
+  app.get('/ready', { schema: { querystring: { type: 'object', properties: { min_workers: { type: 'string', pattern: '^[0-9]{1,6}$' } } } } }, async (req, reply) => {
+    // (A string: this app's validator does not coerce types, and a query string is text.)
+    const min = Number((req.query as { min_workers?: string }).min_workers ?? 0);
+    const healthy = min > 0 ? ctx.backend.workers().filter((w) => w.healthy).length : 0;
+    if (ctx.backend.ready() && healthy >= min) return { status: 'ready' };
+    return reply.code(503).send({ status: 'not_ready', ...(min > 0 ? { healthy_workers: healthy, min_workers: min } : {}) });
   });
 
   app.get('/workers', async () => ({ workers: ctx.backend.workers() }));
