@@ -145,25 +145,34 @@ export function decodeScore(c: DecodeCandidate, promptTokens: number): number {
 }
 
 /**
- * Step time at `batch`: the measured average at that size, else a least-squares line through every
- * size measured (a CPU decode step is a fixed cost plus a cost per sequence), never below what a
- * smaller measured size took. Noise between neighbouring small sizes must
- * not make a batch of 16 look as cheap as one of 2.
+ * Step time at `batch`, from the worker's table of average step time per batch size: a robust
+ * line through every size measured (Theil-Sen: the median of the pairwise slopes, never negative,
+ * and the median intercept), since a CPU decode step is a fixed cost plus a cost per sequence.
+ * Not the table's own entry at that size: one slow reading (a step that shared its core with a
+ * prefill, a first run of a new shape) would make that size look slow for as long as admission,
+ * refusing on it, kept the batch from reaching that size again. A negative slope (noise between
+ * neighbouring small sizes) is not extrapolated into bigger batches looking faster.
  */
 export function stepMsAt(table: ReadonlyMap<number, number>, batch: number): number | undefined {
-  if (table.size === 0) return undefined;
-  const exact = table.get(batch);
-  if (exact !== undefined) return exact;
-  const points = [...table].sort((a, b) => a[0] - b[0]);
-  if (points.length === 1) return points[0][1]; // one size measured: assume flat
-  const n = points.length;
-  const mx = points.reduce((s, p) => s + p[0], 0) / n;
-  const my = points.reduce((s, p) => s + p[1], 0) / n;
-  const sxx = points.reduce((s, p) => s + (p[0] - mx) ** 2, 0);
-  const slope = Math.max(0, points.reduce((s, p) => s + (p[0] - mx) * (p[1] - my), 0) / sxx);
-  const fitted = my + slope * (batch - mx);
-  const below = points.filter((p) => p[0] < batch).map((p) => p[1]);
-  return Math.max(fitted, ...below, 0);
+  const points = [...table].filter(([b, ms]) => b >= 1 && ms > 0);
+  if (points.length === 0) return undefined;
+  const slopes: number[] = [];
+  for (let i = 0; i < points.length; i++) {
+    for (let j = i + 1; j < points.length; j++) {
+      const [bi, mi] = points[i]!;
+      const [bj, mj] = points[j]!;
+      if (bi !== bj) slopes.push((mj - mi) / (bj - bi));
+    }
+  }
+  const slope = slopes.length ? Math.max(0, median(slopes)) : 0;
+  const intercept = median(points.map(([b, ms]) => ms - slope * b));
+  return Math.max(0, intercept + slope * batch);
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
 function rateOf(w: WorkerView, fallback: number | undefined): { rate: number; measured: boolean } {
