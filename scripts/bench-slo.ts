@@ -5,7 +5,7 @@
 //
 //   node --import tsx scripts/bench-slo.ts [--model DIR] [--requests 12] [--workload chat|summarize]
 //     [--systems default,remote,...] [--skip-sweep] [--skip-overload] [--overload-rate R]
-//     [--overload-systems default,default-nice0]
+//     [--overload-systems default,default-nice0] [--rates 3,6,10 (instead of the workload's own)]
 //
 // Writes bench-results/slo-<workload>-<system>.json (pdserve bench sweeps), slo-overload.json, and
 // prints markdown tables. Attainment here is good / SENT (a refused request counts as a miss, so
@@ -20,7 +20,7 @@ import { freePort } from '../packages/common/src/index.ts';
 
 const { values } = parseArgs({ options: {
   model: { type: 'string' }, requests: { type: 'string', default: '12' }, out: { type: 'string', default: 'bench-results' },
-  workload: { type: 'string' }, systems: { type: 'string' }, 'skip-overload': { type: 'boolean' }, 'skip-sweep': { type: 'boolean' }, 'overload-rate': { type: 'string' }, 'overload-systems': { type: 'string', default: 'default' },
+  workload: { type: 'string' }, systems: { type: 'string' }, 'skip-overload': { type: 'boolean' }, 'skip-sweep': { type: 'boolean' }, 'overload-rate': { type: 'string' }, 'overload-systems': { type: 'string', default: 'default' }, rates: { type: 'string' },
 } });
 const root = new URL('..', import.meta.url).pathname;
 const main = join(root, 'packages/cli/src/main.ts');
@@ -30,6 +30,12 @@ const experiments = [
   { workload: 'chat', scale: ['--output-len-scale', '0.5'], ttft: 2000, tpot: 150, rates: [1.5, 3, 5] },
   { workload: 'summarize', scale: ['--input-len-scale', '0.5'], ttft: 4000, tpot: 150, rates: [0.6, 1.2, 2] },
 ];
+
+if (values.rates) {
+  const rates = values.rates.split(',').map(Number);
+  if (rates.some((r) => !(r > 0))) throw new Error('--rates: positive numbers, comma-separated');
+  for (const e of experiments) e.rates = rates;
+}
 
 const slo = (e: { ttft: number; tpot: number }) => ['--slo-ttft-ms', String(e.ttft), '--slo-tpot-ms', String(e.tpot)];
 const systems = [
