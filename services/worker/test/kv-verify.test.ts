@@ -127,3 +127,20 @@ test('SharedSlots: a slot is handed out once until given back; a double give-bac
   other.give(again.slot);
   assert.equal(pool.free(), 1);
 });
+
+test('readBlocks into a reused buffer gives the same bytes as into a new one: the padding past the sequence is zeroed', async () => {
+  const { SlotKvCache } = await import('../../../packages/engine/src/kv/slot-cache.ts');
+  const cache = new SlotKvCache({ layers: 2, kvHeads: 2, headDim: 8, blockTokens: 16, maxSlots: 2, maxTokensPerSlot: 64 });
+  const seq = cache.allocate('a')!;
+  cache.reserve(48);
+  for (const t of [...cache.keys, ...cache.values]) for (let i = 0; i < t.length; i++) t[i] = 1 + (i % 97);
+  seq.length = 20; // block 1 holds 4 tokens and 12 of padding (whose arena rows hold nonzero values)
+  const fresh = cache.readBlocks(seq, 0, 2);
+  const stale = new Uint8Array(new SharedArrayBuffer(fresh.byteLength + 4096)).fill(0xff);
+  const got = cache.readBlocks(seq, 0, 2, stale);
+  assert.equal(got.buffer, stale.buffer);
+  assert.equal(got.byteLength, fresh.byteLength);
+  assert.deepEqual([...got], [...fresh]);
+  assert.ok(new Float32Array(fresh.buffer).some((x) => x === 0), 'the padding is there, as zeros');
+  assert.throws(() => cache.readBlocks(seq, 0, 2, stale.subarray(1)), /aligned/);
+});
