@@ -1,12 +1,25 @@
 // The main thread's handle on the engine thread: starts it, turns its messages back into promises
 // and callbacks per request, and owns the gRPC side of KV pushes (GrpcKvPush).
 import { Worker } from 'node:worker_threads';
-import { KV_WIRE_DTYPES, wireBlockBytes, type KvWireDtype, type SampledToken } from '@pdserve/engine';
+import { checksumBlocks, firstNonFinite, KV_WIRE_DTYPES, wireBlockBytes, type KvWireDtype, type SampledToken } from '@pdserve/engine';
 import { KV_MESSAGE_BYTES, type KvChunkMsg, type SamplingParamsMsg, type WorkerLoad } from '@pdserve/common';
 import type { EngineInfo, EngineThreadData, FailureKind, FromEngine, ToEngine } from './engine-protocol.ts';
 import type { KvPush } from './kv-sinks.ts';
 import { createKvPush, type KvTransport } from './kv-transport.ts';
 import { kvChunkProblem, type KvReceiveState } from './validate.ts';
+import { SharedSlots } from './kv-buffers.ts';
+
+/**
+ * What a transport already knows about a received chunk's payload. `crcs`: the CRC-32 of each
+ * block, computed as the bytes arrived; `firstNonFinite`: the index of its first NaN/Inf float or
+ * -1 (fp32 payloads only); `slot`: the payload is a view of that receive-pool slot (pushKv then
+ * owns it: it goes to the engine thread with the chunk, or back to the pool).
+ */
+export interface ReceivedPayload {
+  crcs?: number[];
+  firstNonFinite?: number;
+  slot?: number;
+}
 
 /**
  * Received KV bytes handed to the engine thread and not yet written into the cache, per request,
@@ -63,7 +76,7 @@ interface DecodeEntry {
 
 export type KvPushOutcome =
   | { ok: true; drained?: Promise<void> }
-  | { ok: false; kind: 'not_found' | 'invalid' | 'precondition'; message: string };
+  | { ok: false; kind: 'not_found' | 'invalid' | 'precondition' | 'checksum'; message: string };
 
 interface PendingPrefill {
   resolve(r: PrefillResult): void;
@@ -86,8 +99,13 @@ export class EngineHost {
   private readonly wireBlockBytes: Record<KvWireDtype, number>;
   /** How this worker's prefills push KV to decode peers (kv-transport.ts); set by the worker. */
   kvTransport: KvTransport = 'tcp';
+  /** KV message buffers shared with the engine thread (kv-buffers.ts). */
+  readonly sendPool: SharedSlots;
+  readonly receivePool: SharedSlots;
 
   private constructor(private readonly worker: Worker, readonly info: EngineInfo) {
+    this.sendPool = new SharedSlots(info.kvPools.send);
+    this.receivePool = new SharedSlots(info.kvPools.receive);
     this.wireBlockBytes = Object.fromEntries(KV_WIRE_DTYPES.map((d) => [d, wireBlockBytes(info.kvShape, d)])) as Record<KvWireDtype, number>;
     this.load = { queue_len: 0, running: 0, waiting: 0, free_kv_blocks: 0, total_kv_blocks: 0, kv_block_tokens: info.blockTokens };
     worker.on('message', (m: FromEngine) => { this.lastProgressAt = performance.now(); this.onMessage(m); });
@@ -180,24 +198,46 @@ export class EngineHost {
    * far (order, range, done). A refused chunk fails that request only. `drained`, when set, resolves
    * once the engine has worked off the request's backlog: the caller pauses its stream until then.
    */
-  pushKv(requestId: string, chunk: KvChunkMsg): KvPushOutcome {
+  pushKv(requestId: string, chunk: KvChunkMsg, received: ReceivedPayload = {}): KvPushOutcome {
     const d = this.decodes.get(requestId);
-    if (!d) return { ok: false, kind: 'not_found', message: `no sequence ${requestId} is waiting for KV here` };
-    const problem = kvChunkProblem(d.kv, chunk, this.info.vocabSize);
-    if (problem) {
+    const refuse = (kind: 'invalid' | 'precondition' | 'checksum', message: string): KvPushOutcome => {
+      if (received.slot !== undefined) this.receivePool.give(received.slot);
       // The request fails here and now (its Generate stream ends with the reason); its slot is
       // freed on the engine thread.
-      const kind = /first_token/.test(problem) ? 'invalid' : 'precondition';
       this.cancelDecode(requestId);
-      this.dropDecode(requestId)?.handlers.failed(new EngineError(problem, kind));
-      return { ok: false, kind, message: problem };
+      this.dropDecode(requestId)?.handlers.failed(new EngineError(message, kind));
+      return { ok: false, kind, message };
+    };
+    if (!d) {
+      if (received.slot !== undefined) this.receivePool.give(received.slot);
+      return { ok: false, kind: 'not_found', message: `no sequence ${requestId} is waiting for KV here` };
+    }
+    const problem = kvChunkProblem(d.kv, chunk, this.info.vocabSize);
+    if (problem) return refuse(/first_token/.test(problem) ? 'invalid' : 'precondition', problem);
+    // Every block's CRC-32 and (fp32) every float, here, before the engine thread sees the chunk:
+    // a corrupted block is refused by number and nothing of it reaches the arena. The TCP data
+    // channel computed both as the bytes arrived; gRPC's payloads are checked now.
+    const dtype = (chunk.wire_dtype || 'fp32') as KvWireDtype;
+    const perBlock = this.wireBlockBytes[dtype];
+    if (chunk.checksums.length !== chunk.block_count) return refuse('precondition', `KV chunk of ${chunk.block_count} blocks carries ${chunk.checksums.length} checksums`);
+    const crcs = received.crcs?.length === chunk.block_count ? received.crcs : checksumBlocks(chunk.data, perBlock);
+    for (let i = 0; i < chunk.block_count; i++) {
+      if (crcs[i] !== chunk.checksums[i]) {
+        return refuse('checksum', `KV block ${chunk.first_block + i} failed its checksum (expected ${(chunk.checksums[i] ?? 0).toString(16)}, got ${crcs[i].toString(16)})`);
+      }
+    }
+    let finite = false;
+    if (dtype === 'fp32' && chunk.block_count > 0) {
+      const bad = received.firstNonFinite ?? firstNonFinite(chunk.data);
+      if (bad >= 0) return refuse('invalid', `KV block ${chunk.first_block + Math.floor((bad * 4) / perBlock)} holds a NaN or infinite value; refused`);
+      finite = true;
     }
     d.kv.nextBlock += chunk.block_count;
     d.kv.wireDtype = chunk.wire_dtype || 'fp32';
     d.kv.done = chunk.done;
     d.kvBacklog += chunk.data.byteLength;
     d.handlers.kvProgress?.();
-    this.send({ type: 'kv', requestId, chunk }, ownedBuffer(chunk.data));
+    this.send({ type: 'kv', requestId, chunk, verified: true, finite, slot: received.slot }, received.slot === undefined ? ownedBuffer(chunk.data) : []);
     if (d.kvBacklog <= KV_BACKLOG_BYTES) return { ok: true };
     return { ok: true, drained: new Promise((resolve) => d.kvWaiters.push(resolve)) };
   }
@@ -238,9 +278,16 @@ export class EngineHost {
 
   private onMessage(m: FromEngine): void {
     switch (m.type) {
-      case 'kvOut':
-        this.prefills.get(m.requestId)?.push?.write(m.chunks, m.final);
+      case 'kvOut': {
+        const slots = m.slots.filter((s) => s >= 0);
+        let given = false;
+        // The pooled buffers go back once the push is done with them (sent, copied or dropped).
+        const sent = () => { if (given) return; given = true; for (const s of slots) this.sendPool.give(s); };
+        const push = this.prefills.get(m.requestId)?.push;
+        if (push) push.write(m.chunks, m.final, slots.length > 0 ? sent : undefined);
+        else sent();
         break;
+      }
       case 'kvAbort':
         this.prefills.get(m.requestId)?.push?.cancel();
         break;

@@ -5,6 +5,7 @@
 import type { EngineOptions, KvShape, KvWireDtype, ModelConfig, PrefixEvent, SampledToken } from '@pdserve/engine';
 import type { KvChunkMsg, SamplingParamsMsg, WorkerLoad } from '@pdserve/common';
 import type { SchedulerOptions } from './scheduler.ts';
+import type { SharedSlotsHandle } from './kv-buffers.ts';
 
 /**
  * Default nice value of the engine thread: below the I/O threads, so that a request's gRPC, SSE and
@@ -34,6 +35,8 @@ export interface EngineInfo {
   maxSequences: number;
   /** Root of the prefix cache's block hash chain; absent when prefix caching is off. */
   prefixRoot?: string;
+  /** KV message buffers shared with the main thread (kv-buffers.ts): outgoing and incoming. */
+  kvPools: { send: SharedSlotsHandle; receive: SharedSlotsHandle };
 }
 
 /** Why an engine-side operation failed, so the gRPC layer can pick a status code. */
@@ -42,7 +45,12 @@ export type FailureKind = 'queue_full' | 'too_long' | 'invalid' | 'cancelled' | 
 export type ToEngine =
   | { type: 'prefill'; requestId: string; promptIds: number[]; sampling: SamplingParamsMsg; local: boolean }
   | { type: 'reserve'; requestId: string; promptLen: number; sampling: SamplingParamsMsg; promptIds?: number[] }
-  | { type: 'kv'; requestId: string; chunk: KvChunkMsg }
+  /**
+   * A received chunk, checked on the main thread: `verified`, its blocks' CRC-32s matched; `finite`,
+   * its fp32 floats hold no NaN or Inf. `slot`: its data is a view of that receive-pool slot, which
+   * the engine thread gives back once the chunk is written or dropped.
+   */
+  | { type: 'kv'; requestId: string; chunk: KvChunkMsg; verified?: boolean; finite?: boolean; slot?: number }
   | { type: 'kvAck'; requestId: string; error?: string }
   /** Cancels the request's prefill or its decode side (on a unified worker both share the id). */
   | { type: 'cancel'; requestId: string; scope: 'prefill' | 'decode' }
@@ -55,7 +63,8 @@ export type FromEngine =
   | { type: 'loadFailed'; message: string }
   | { type: 'prefillDone'; requestId: string; firstToken: SampledToken; queueMs: number; prefillMs: number; transferTailMs: number; cachedTokens: number }
   | { type: 'prefillFailed'; requestId: string; message: string; kind: FailureKind }
-  | { type: 'kvOut'; requestId: string; chunks: KvChunkMsg[]; final: boolean }
+  /** Blocks to send; slots[i] >= 0: chunks[i].data is a view of that send-pool slot, which the main thread gives back once sent. */
+  | { type: 'kvOut'; requestId: string; chunks: KvChunkMsg[]; final: boolean; slots: number[] }
   | { type: 'kvAbort'; requestId: string }
   | { type: 'reserved'; requestId: string }
   | { type: 'reserveFailed'; requestId: string; message: string; kind: FailureKind }

@@ -9,6 +9,8 @@ import type { EngineThreadData, FailureKind, FromEngine, ToEngine } from './engi
 import { LocalKvSink, ThreadKvSink } from './kv-sinks.ts';
 import { RequestFailure, type DecodeRequest, type PrefillJob } from './requests.ts';
 import { QueueFullError, samplerFor, Scheduler } from './scheduler.ts';
+import { KV_MESSAGE_BYTES } from '@pdserve/common';
+import { KV_POOL_SLOTS, SharedSlots } from './kv-buffers.ts';
 
 const port = parentPort!;
 const data = workerData as EngineThreadData;
@@ -62,6 +64,15 @@ async function main(): Promise<void> {
     },
   });
   const sinks = new Map<string, ThreadKvSink>();
+  // One message's bytes at most: KV_MESSAGE_BYTES, or one fp32 block where a block is larger.
+  const slotBytes = Math.max(KV_MESSAGE_BYTES, engine.runner.blockBytes);
+  const sendPool = SharedSlots.create(slotBytes, KV_POOL_SLOTS);
+  const receivePool = SharedSlots.create(slotBytes, KV_POOL_SLOTS);
+  const giveBack = (slot: number | undefined) => {
+    if (slot === undefined) return undefined;
+    let given = false;
+    return () => { if (!given) { given = true; receivePool.give(slot); } };
+  };
 
   function postLoad(): void {
     postPrefixEvents();
@@ -138,9 +149,10 @@ async function main(): Promise<void> {
         const sink = local
           ? new LocalKvSink(local, () => scheduler.notify(), () => post({ type: 'kvProgress', requestId: m.requestId }))
           : new ThreadKvSink(engine.runner, m.requestId, data.kvWireDtype, {
-            out: (chunks, final) => post({ type: 'kvOut', requestId: m.requestId, chunks, final }, chunks.map((c) => c.data.buffer as ArrayBuffer)),
+            // A pooled chunk's view is shared, not transferred; any other buffer moves to the main thread.
+            out: (chunks, final, slots) => post({ type: 'kvOut', requestId: m.requestId, chunks, final, slots }, chunks.filter((_, i) => slots[i] < 0).map((c) => c.data.buffer as ArrayBuffer)),
             abort: () => post({ type: 'kvAbort', requestId: m.requestId }),
-          });
+          }, sendPool);
         const job: PrefillJob = {
           requestId: m.requestId, promptIds: m.promptIds, sampling: m.sampling, sampler, sink, local: m.local,
           enqueuedAt: performance.now(), computeMs: 0, sentBlocks: 0, cachedTokens: 0, cancelled: false,
@@ -174,12 +186,14 @@ async function main(): Promise<void> {
       }
       case 'kv': {
         const req = scheduler.decodes.get(m.requestId);
+        const release = giveBack(m.slot);
         if (!req || req.status !== 'waiting_kv') {
+          release?.();
           post({ type: 'kvApplied', requestId: m.requestId, bytes: m.chunk.data.byteLength });
           break;
         }
         kvTrace('d.engine_recv', m.requestId, { bytes: m.chunk.data.byteLength });
-        req.pendingKv.push(m.chunk);
+        req.pendingKv.push(Object.assign(m.chunk, { verified: m.verified === true, finite: m.finite === true, release }));
         scheduler.notify();
         break;
       }
@@ -237,6 +251,7 @@ async function main(): Promise<void> {
       config: engine.config, maxModelLen: engine.maxModelLen, vocabSize: engine.vocabSize,
       blockBytes: engine.runner.blockBytes, blockTokens: engine.runner.kvShape.blockTokens, kvShape: engine.runner.kvShape, kvBytes: cap.bytes, maxSequences: cap.maxSequences,
       prefixRoot: engine.prefixCache?.root,
+      kvPools: { send: sendPool.handle, receive: receivePool.handle },
     },
   });
   postLoad();

@@ -9,6 +9,7 @@ import { checksumBlocks, encodeKvBlocks, KV_LAYOUT, wireBlockBytes, type KvSeque
 import { boundConnect, decodeClient, grpc, PEER_CONNECT_TIMEOUT_MS, KV_MESSAGE_BYTES, kvTrace, requestMetadata, type KvChunkMsg, type TokenMsg } from '@pdserve/common';
 import type { DecodeRequest, KvSink } from './requests.ts';
 import { ClientPool } from './client-pool.ts';
+import type { SharedSlots } from './kv-buffers.ts';
 
 export function toTokenMsg(t: SampledToken): TokenMsg {
   return { id: t.id, logprob: t.logprob ?? 0, top_logprobs: t.topLogprobs ?? [] };
@@ -27,13 +28,18 @@ export class ThreadKvSink implements KvSink {
     private readonly runner: ModelRunner,
     private readonly requestId: string,
     private readonly wireDtype: KvWireDtype,
-    private readonly to: { out(chunks: KvChunkMsg[], final: boolean): void; abort(): void },
+    private readonly to: { out(chunks: KvChunkMsg[], final: boolean, slots: number[]): void; abort(): void },
+    /** Buffers shared with the main thread (kv-buffers.ts); without one, or with none free, each message gets a new buffer. */
+    private readonly pool?: SharedSlots,
   ) {}
+
+  /** Reused for the gather of a message that is then encoded into a buffer of its own (fp16, bf16, int8). */
+  private static scratch?: Uint8Array;
 
   send(seq: KvSequence, first: number, count: number, tokenCount: number): void {
     if (this.pushError) return;
     kvTrace('p.sink', this.requestId, { first, count });
-    this.messages(seq, first, count, tokenCount, undefined, (m) => this.to.out([m], false));
+    this.messages(seq, first, count, tokenCount, undefined, (m, _last, slot) => this.to.out([m], false, [slot]));
     kvTrace('p.posted', this.requestId);
   }
 
@@ -41,9 +47,9 @@ export class ThreadKvSink implements KvSink {
     if (this.pushError) return Promise.reject(this.pushError);
     const done = new Promise<void>((resolve, reject) => { this.ack = { resolve, reject }; });
     kvTrace('p.sink', this.requestId, { first, count, final: true });
-    this.messages(seq, first, count, seq.length, firstToken, (m, last) => {
+    this.messages(seq, first, count, seq.length, firstToken, (m, last, slot) => {
       if (last) m.cached_tokens = cachedTokens;
-      this.to.out([m], last);
+      this.to.out([m], last, [slot]);
     });
     kvTrace('p.posted', this.requestId);
     return done;
@@ -67,7 +73,7 @@ export class ThreadKvSink implements KvSink {
    * is handed over as soon as it is built (gathered, encoded, checksummed), so the main thread puts
    * the first on the wire while the engine thread builds the next (measured: BENCHMARKS.md, issue 9).
    */
-  private messages(seq: KvSequence, first: number, count: number, tokenCount: number, firstToken: SampledToken | undefined, emit: (m: KvChunkMsg, last: boolean) => void): void {
+  private messages(seq: KvSequence, first: number, count: number, tokenCount: number, firstToken: SampledToken | undefined, emit: (m: KvChunkMsg, last: boolean, slot: number) => void): void {
     const blockBytes = this.runner.blockBytes;
     const shape = this.runner.kvShape;
     const wireBytes = wireBlockBytes(shape, this.wireDtype);
@@ -75,14 +81,29 @@ export class ThreadKvSink implements KvSink {
     let b = first;
     do {
       const n = Math.min(perMessage, first + count - b);
-      const data = n > 0 ? encodeKvBlocks(this.runner.readBlocks(seq, b, n), shape, this.wireDtype) : new Uint8Array(0);
+      let data: Uint8Array;
+      let slot = -1;
+      if (n === 0) data = new Uint8Array(0);
+      else if (this.wireDtype === 'fp32') {
+        // Gathered straight into a buffer the main thread writes to the socket from.
+        const taken = this.pool?.take(n * blockBytes);
+        if (taken) slot = taken.slot;
+        data = this.runner.readBlocks(seq, b, n, taken?.view);
+      } else {
+        const need = n * blockBytes;
+        if (!ThreadKvSink.scratch || ThreadKvSink.scratch.byteLength < need) ThreadKvSink.scratch = new Uint8Array(need);
+        data = encodeKvBlocks(this.runner.readBlocks(seq, b, n, ThreadKvSink.scratch), shape, this.wireDtype);
+      }
+      kvTrace('p.gathered', this.requestId, { block: b });
+      const checksums = checksumBlocks(data, wireBytes);
+      kvTrace('p.summed', this.requestId, { block: b });
       const last = b + n >= first + count;
       emit({
         request_id: this.requestId, first_block: b, block_count: n,
-        token_count: Math.min(tokenCount, (b + n) * shape.blockTokens), data, checksums: checksumBlocks(data, wireBytes),
+        token_count: Math.min(tokenCount, (b + n) * shape.blockTokens), data, checksums,
         done: last && firstToken !== undefined, first_token: last && firstToken ? toTokenMsg(firstToken) : null,
         block_tokens: shape.blockTokens, block_bytes: blockBytes, layout: KV_LAYOUT, wire_dtype: this.wireDtype,
-      }, last);
+      }, last, slot);
       b += n;
     } while (b < first + count);
   }
@@ -125,7 +146,12 @@ export function corruptForTest(c: KvChunkMsg): void {
 
 /** Main thread: one sequence's blocks on their way to the decode worker, by whichever transport. */
 export interface KvPush {
-  write(chunks: KvChunkMsg[], final: boolean): void;
+  /**
+   * Sends chunks. `sent`, when given, is called exactly once, when the chunks' data buffers are no
+   * longer needed (handed to the kernel or copied, or dropped because the push ended): pooled
+   * buffers (kv-buffers.ts) are reused after that.
+   */
+  write(chunks: KvChunkMsg[], final: boolean, sent?: () => void): void;
   cancel(): void;
   /** Bytes on the wire (encoded), and the fp32 bytes they stand for. */
   readonly bytes: number;
@@ -171,15 +197,17 @@ export class GrpcKvPush implements KvPush {
     });
   }
 
-  write(chunks: KvChunkMsg[], final: boolean): void {
+  write(chunks: KvChunkMsg[], final: boolean, sent?: () => void): void {
     this.startedAt ??= performance.now();
     kvTrace('p.main_recv', chunks[0]?.request_id ?? '', { messages: chunks.length });
     for (const c of chunks) {
       this.bytes += c.data.byteLength;
       this.rawBytes += c.block_count * c.block_bytes;
       corruptForTest(c);
-      this.queue.push(c);
+      // grpc-js may serialize a message after write() returns: a pooled (shared) buffer is copied.
+      this.queue.push(c.data.buffer instanceof SharedArrayBuffer ? { ...c, data: c.data.slice() } : c);
     }
+    sent?.();
     if (final) this.ending = true;
     this.flush();
     kvTrace('p.written', chunks[0]?.request_id ?? '', { final });

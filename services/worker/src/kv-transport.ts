@@ -48,17 +48,17 @@ export function createKvPush(mode: KvTransport, requestId: string, grpcAddress: 
 
 class ChosenKvPush implements KvPush {
   private inner?: KvPush;
-  private held: Array<[KvChunkMsg[], boolean]> = [];
+  private held: Array<[KvChunkMsg[], boolean, (() => void) | undefined]> = [];
   private cancelled = false;
   private heldAt?: number;
 
   constructor(requestId: string, grpcAddress: string, onEnd: (error?: string) => void) {
     void peerDataAddress(grpcAddress).then((data) => {
-      if (this.cancelled) return onEnd('cancelled');
+      if (this.cancelled) { for (const [, , sent] of this.held.splice(0)) sent?.(); return onEnd('cancelled'); }
       this.inner = data
         ? new TcpKvPush(requestId, data, (error) => { if (error && !/cancelled/.test(error)) forgetPeer(grpcAddress); onEnd(error); })
         : new GrpcKvPush(requestId, grpcAddress, onEnd);
-      for (const [chunks, final] of this.held.splice(0)) this.inner.write(chunks, final);
+      for (const [chunks, final, sent] of this.held.splice(0)) this.inner.write(chunks, final, sent);
     });
   }
 
@@ -67,15 +67,16 @@ class ChosenKvPush implements KvPush {
   get startedAt(): number | undefined { return this.heldAt ?? this.inner?.startedAt; }
   get finishedAt(): number | undefined { return this.inner?.finishedAt; }
 
-  write(chunks: KvChunkMsg[], final: boolean): void {
-    if (this.inner) return this.inner.write(chunks, final);
+  write(chunks: KvChunkMsg[], final: boolean, sent?: () => void): void {
+    if (this.inner) return this.inner.write(chunks, final, sent);
+    if (this.cancelled) return sent?.();
     this.heldAt ??= performance.now();
-    this.held.push([chunks, final]);
+    this.held.push([chunks, final, sent]);
   }
 
   cancel(): void {
     this.cancelled = true;
-    this.held.length = 0;
+    for (const [, , sent] of this.held.splice(0)) sent?.();
     this.inner?.cancel();
   }
 }

@@ -60,7 +60,7 @@ export interface DecodeRequest {
   promptIds?: readonly number[];
   status: DecodeStatus;
   /** Received KV chunks not yet written into the cache (the scheduler writes them between steps). */
-  pendingKv: KvChunkMsg[];
+  pendingKv: PendingKvChunk[];
   /** The token sampled last, not yet run through the model. */
   lastToken?: SampledToken;
   generated: number;
@@ -77,3 +77,10 @@ export interface DecodeRequest {
   finish(reason: 'stop' | 'length', stopTokenId?: number): void;
   fail(err: Error): void;
 }
+
+/**
+ * A received KV chunk waiting on the engine thread. `verified` / `finite`: the main thread already
+ * checked its CRC-32s / (fp32) its floats for NaN and Inf, so the engine thread only scatters it.
+ * `release` gives its receive buffer back; called once, when the chunk is written or dropped.
+ */
+export type PendingKvChunk = KvChunkMsg & { verified?: boolean; finite?: boolean; release?: () => void };

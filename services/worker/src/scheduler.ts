@@ -228,6 +228,7 @@ export class Scheduler {
     for (const [id, req] of this.decodes) {
       if (!req.cancelled) continue;
       this.decodes.delete(id);
+      for (const rest of req.pendingKv.splice(0)) rest.release?.();
       this.releaseSeq(req.seq);
       // Its stream ends (CANCELLED) unless it already ended with a reason; fail() reports once.
       req.fail(new RequestFailure('cancelled', 'cancelled'));
@@ -264,9 +265,11 @@ export class Scheduler {
           if (chunk.block_count > 0) {
             // The gRPC layer refused unknown dtypes and layouts before the chunk got here.
             const dtype = (chunk.wire_dtype || 'fp32') as KvWireDtype;
-            verifyBlocks({ firstBlock: chunk.first_block, blockCount: chunk.block_count, tokenCount: chunk.token_count, data: chunk.data, checksums: chunk.checksums }, wireBlockBytes(shape, dtype));
+            // A worker's main thread verifies every received chunk before it gets here (kv-receive.ts),
+            // the TCP data channel as the bytes arrive; a chunk not marked so is verified here.
+            if (!chunk.verified) verifyBlocks({ firstBlock: chunk.first_block, blockCount: chunk.block_count, tokenCount: chunk.token_count, data: chunk.data, checksums: chunk.checksums }, wireBlockBytes(shape, dtype));
             const floats = decodeKvBlocks(chunk.data, shape, dtype);
-            const bad = firstNonFinite(floats);
+            const bad = chunk.finite && dtype === 'fp32' ? -1 : firstNonFinite(floats);
             if (bad >= 0) {
               const block = chunk.first_block + Math.floor((bad * 4) / blockBytes(shape));
               throw new RequestFailure(`KV block ${block} holds a NaN or infinite value; refused`, 'invalid');
@@ -279,11 +282,13 @@ export class Scheduler {
           if (chunk.done && !chunk.first_token) throw new RequestFailure('KV chunk with done carries no first_token', 'invalid');
           if (chunk.done) this.engine.checkTokenIds([chunk.first_token!.id]);
         } catch (err) {
-          for (const rest of req.pendingKv.splice(0)) req.kvApplied?.(rest.data.byteLength);
+          chunk.release?.();
+          for (const rest of req.pendingKv.splice(0)) { req.kvApplied?.(rest.data.byteLength); rest.release?.(); }
           req.fail(err as Error);
           req.cancelled = true;
           break;
         }
+        chunk.release?.();
         if (chunk.done) {
           if (req.seq.length !== req.promptLen) {
             req.fail(new RequestFailure(`KV transfer ended with ${req.seq.length} of ${req.promptLen} positions`, 'precondition'));

@@ -241,7 +241,7 @@ export function decodeHandlers(ctx: ServiceContext): grpc.UntypedServiceImplemen
         const received = chunk.data.byteLength;
         const outcome = receiveKvChunk(ctx.host, chunk, ctx.onKvFailure);
         if (!outcome.ok) {
-          const code = { not_found: grpc.status.NOT_FOUND, invalid: grpc.status.INVALID_ARGUMENT, precondition: grpc.status.FAILED_PRECONDITION, unsupported: grpc.status.FAILED_PRECONDITION, layout: grpc.status.FAILED_PRECONDITION }[outcome.kind];
+          const code = { not_found: grpc.status.NOT_FOUND, invalid: grpc.status.INVALID_ARGUMENT, precondition: grpc.status.FAILED_PRECONDITION, unsupported: grpc.status.FAILED_PRECONDITION, layout: grpc.status.FAILED_PRECONDITION, checksum: grpc.status.DATA_LOSS }[outcome.kind];
           return fail(status(code, outcome.message));
         }
         bytes += received;

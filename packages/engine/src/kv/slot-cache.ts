@@ -34,6 +34,13 @@ export interface KvSequence {
 // each growth re-lays out the arena once (amortized over the steps that fill the new room).
 const GROWTH = 1.25;
 
+/** `n` floats over the start of `into` (4-byte aligned, large enough), or a new zeroed array. */
+export function outFloats(into: Uint8Array | undefined, n: number): Float32Array {
+  if (!into) return new Float32Array(n);
+  if (into.byteOffset % 4 !== 0 || into.byteLength < n * 4) throw new Error(`readBlocks: the output buffer (${into.byteLength} bytes at offset ${into.byteOffset}) cannot hold ${n * 4} aligned bytes`);
+  return new Float32Array(into.buffer, into.byteOffset, n);
+}
+
 export class SlotKvCache {
   readonly shape: KvShape;
   readonly maxSlots: number;
@@ -227,24 +234,28 @@ export class SlotKvCache {
   }
 
   /** Gathers blocks [first, first+count) of a sequence into the canonical layout (zeros past its length). */
-  readBlocks(seq: KvSequence, first: number, count: number): Uint8Array {
+  readBlocks(seq: KvSequence, first: number, count: number, into?: Uint8Array): Uint8Array {
     const { layers, kvHeads, headDim, blockTokens: B } = this.shape;
     const stride = this.strideTokens;
-    const out = new Float32Array((this.blockBytes / 4) * count);
+    const out = outFloats(into, (this.blockBytes / 4) * count);
     let o = 0;
     for (let b = first; b < first + count; b++) {
       const valid = Math.max(0, Math.min(B, seq.length - b * B));
       for (let l = 0; l < layers; l++) {
-        for (const t of [this.keys[l], this.values[l]]) {
+        const k = this.keys[l], v = this.values[l];
+        for (let kind = 0; kind < 2; kind++) {
+          const t = kind === 0 ? k : v;
           for (let h = 0; h < kvHeads; h++) {
             const src = ((seq.slot * kvHeads + h) * stride + b * B) * headDim;
             out.set(t.subarray(src, src + valid * headDim), o);
+            // A reused buffer holds an earlier message's bytes: the padding must read as zeros.
+            if (into && valid < B) out.fill(0, o + valid * headDim, o + B * headDim);
             o += B * headDim;
           }
         }
       }
     }
-    return new Uint8Array(out.buffer);
+    return new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
   }
 
   /** Scatters canonical-layout blocks into a sequence from block `first`; its length becomes `validTokens`. */

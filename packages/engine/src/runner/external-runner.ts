@@ -12,7 +12,7 @@
 import type * as ortTypes from 'onnxruntime-node';
 import { ort } from '../runtime/session.ts';
 import { blockBytes, blocksFor, type KvShape } from '../kv/layout.ts';
-import type { KvSequence } from '../kv/slot-cache.ts';
+import { outFloats, type KvSequence } from '../kv/slot-cache.ts';
 import type { ExternalIo, IdType } from '../model/external.ts';
 import type { ForwardItem, KvCapacity, ModelRunner, StepTimings } from './types.ts';
 
@@ -102,10 +102,10 @@ export class ExternalDecoderRunner implements ModelRunner {
     return out;
   }
 
-  readBlocks(seq: KvSequence, first: number, count: number): Uint8Array {
+  readBlocks(seq: KvSequence, first: number, count: number, into?: Uint8Array): Uint8Array {
     const e = this.entry(seq);
     const { layers, kvHeads, headDim, blockTokens: B } = this.kvShape;
-    const out = new Float32Array((this.blockBytes / 4) * count);
+    const out = outFloats(into, (this.blockBytes / 4) * count);
     let o = 0;
     for (let b = first; b < first + count; b++) {
       const valid = Math.max(0, Math.min(B, seq.length - b * B));
@@ -116,12 +116,13 @@ export class ExternalDecoderRunner implements ModelRunner {
               const src = (h * e.capacity + b * B) * headDim;
               out.set(t.subarray(src, src + valid * headDim), o);
             }
+            if (into && valid < B) out.fill(0, o + valid * headDim, o + B * headDim);
             o += B * headDim;
           }
         }
       }
     }
-    return new Uint8Array(out.buffer);
+    return new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
   }
 
   writeBlocks(seq: KvSequence, first: number, data: Uint8Array, validTokens: number): void {

@@ -33,8 +33,8 @@ export class LlamaRunner implements ModelRunner {
     this.cache.free(seq);
   }
 
-  readBlocks(seq: KvSequence, first: number, count: number): Uint8Array {
-    return this.cache.readBlocks(seq, first, count);
+  readBlocks(seq: KvSequence, first: number, count: number, out?: Uint8Array): Uint8Array {
+    return this.cache.readBlocks(seq, first, count, out);
   }
 
   writeBlocks(seq: KvSequence, first: number, data: Uint8Array, validTokens: number): void {

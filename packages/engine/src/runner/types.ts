@@ -35,7 +35,12 @@ export interface ModelRunner {
   free(seq: KvSequence): void;
   /** Appends each item's tokens and returns the logits of each item's last token, [items, vocab]. */
   forward(items: ForwardItem[]): Promise<Float32Array>;
-  readBlocks(seq: KvSequence, first: number, count: number): Uint8Array;
+  /**
+   * Gathers blocks [first, first+count) into the canonical layout: into `out` when given (its first
+   * count*blockBytes bytes, 4-byte aligned; positions past the sequence's length are zeroed), else
+   * into a new buffer. Returns the bytes written.
+   */
+  readBlocks(seq: KvSequence, first: number, count: number, out?: Uint8Array): Uint8Array;
   writeBlocks(seq: KvSequence, first: number, data: Uint8Array, validTokens: number): void;
   capacity(): KvCapacity;
 }

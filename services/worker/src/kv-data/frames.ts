@@ -67,11 +67,28 @@ export function chunkFromFrame(meta: unknown, payload: Uint8Array): KvChunkMsg |
   } as KvChunkMsg;
 }
 
-export interface Frame { type: FrameTypeName; meta: unknown; payload: Uint8Array }
+/**
+ * Where a frame's payload goes, chosen by the reader's owner once the meta is in: `bytes` (exactly
+ * the payload's length, 4-byte aligned) is filled as data arrives, `progress(filled)` is told each
+ * time, and `release()` is called if the frame is never completed (the reader is disposed).
+ */
+export interface IncomingPayload {
+  bytes: Uint8Array;
+  progress?(filled: number): void;
+  release?(): void;
+}
+
+export interface Frame { type: FrameTypeName; meta: unknown; payload: Uint8Array; incoming?: IncomingPayload }
+
+export interface FrameReaderOptions {
+  /** The buffer for a payload of `payloadLen` bytes; undefined: a new buffer of its own. */
+  payload?(type: FrameTypeName, meta: unknown, payloadLen: number): IncomingPayload | undefined;
+}
 
 /**
  * Incremental frame parser. Bytes are copied once: a payload goes straight into a buffer of its own
- * (its own ArrayBuffer, aligned, so it can be transferred to the engine thread without another copy).
+ * (its own ArrayBuffer, aligned, so it can be transferred to the engine thread without another copy),
+ * or into the one `options.payload` hands out.
  * `push` throws on a malformed header; the caller closes the connection.
  */
 export class FrameReader {
@@ -79,9 +96,19 @@ export class FrameReader {
   private partsBytes = 0;
   private header?: { type: FrameTypeName; metaLen: number; payloadLen: number; meta?: unknown };
   private payload?: Uint8Array;
+  private incoming?: IncomingPayload;
   private filled = 0;
 
-  constructor(private readonly maxPayload: number) {}
+  constructor(private readonly maxPayload: number, private readonly options: FrameReaderOptions = {}) {}
+
+  /** Gives back the buffer of a frame still being read (the connection closed). */
+  dispose(): void {
+    const inc = this.incoming;
+    this.incoming = undefined;
+    this.payload = undefined;
+    this.header = undefined;
+    inc?.release?.();
+  }
 
   /** Feeds bytes; returns the frames now complete. */
   push(data: Buffer): Frame[] {
@@ -93,9 +120,11 @@ export class FrameReader {
         this.payload.set(buf.subarray(0, n), this.filled);
         this.filled += n;
         buf = buf.subarray(n);
+        this.incoming?.progress?.(this.filled);
         if (this.filled === this.payload.byteLength) {
-          out.push({ type: this.header!.type, meta: this.header!.meta, payload: this.payload });
+          out.push({ type: this.header!.type, meta: this.header!.meta, payload: this.payload, incoming: this.incoming });
           this.payload = undefined;
+          this.incoming = undefined;
           this.header = undefined;
         }
         continue;
@@ -126,8 +155,14 @@ export class FrameReader {
         out.push({ type: this.header.type, meta: this.header.meta, payload: new Uint8Array(0) });
         this.header = undefined;
       } else {
-        // Own ArrayBuffer of exactly this size: transferable, 4-byte aligned for the float views.
-        this.payload = new Uint8Array(new ArrayBuffer(this.header.payloadLen));
+        this.incoming = this.options.payload?.(this.header.type, this.header.meta, this.header.payloadLen);
+        if (this.incoming && this.incoming.bytes.byteLength !== this.header.payloadLen) {
+          this.incoming.release?.();
+          this.incoming = undefined;
+          throw new Error('KV data frame payload buffer of the wrong size');
+        }
+        // Else own ArrayBuffer of exactly this size: transferable, 4-byte aligned for the float views.
+        this.payload = this.incoming?.bytes ?? new Uint8Array(new ArrayBuffer(this.header.payloadLen));
         this.filled = 0;
       }
       buf = rest;

@@ -9,7 +9,7 @@ import { chunkMeta, encodeHeader, FrameReader, type AckMeta } from './frames.ts'
 
 class DataConnection {
   readonly pushes = new Map<string, TcpKvPush>();
-  private readonly queue: Buffer[][] = [];
+  private readonly queue: Array<{ buffers: Buffer[]; sent?: () => void }> = [];
   private waitingDrain = false;
   private connected = false;
   closed = false;
@@ -39,20 +39,22 @@ class DataConnection {
     this.socket.on('close', () => this.fail('connection closed'));
   }
 
-  /** Queues one batch of buffers (frames) and writes what the socket takes. */
-  send(buffers: Buffer[]): void {
-    if (this.closed) return;
-    this.queue.push(buffers);
+  /** Queues one batch of buffers (frames) and writes what the socket takes; `sent` once the socket has them (or they are dropped). */
+  send(buffers: Buffer[], sent?: () => void): void {
+    if (this.closed) return sent?.();
+    this.queue.push({ buffers, sent });
     this.flush();
   }
 
   private flush(): void {
     if (!this.connected || this.closed) return;
     while (!this.waitingDrain && this.queue.length > 0) {
-      const batch = this.queue.shift()!;
+      const { buffers, sent } = this.queue.shift()!;
       this.socket.cork();
       let ok = true;
-      for (const b of batch) ok = this.socket.write(b);
+      // The last buffer's callback comes once all of the batch is written (or the socket failed:
+      // a destroyed socket calls back every pending write with an error).
+      buffers.forEach((b, i) => { ok = i === buffers.length - 1 && sent ? this.socket.write(b, () => sent()) : this.socket.write(b); });
       this.socket.uncork();
       if (!ok) {
         this.waitingDrain = true;
@@ -64,7 +66,7 @@ class DataConnection {
   fail(why: string): void {
     if (this.closed) return;
     this.closed = true;
-    this.queue.length = 0;
+    for (const q of this.queue.splice(0)) q.sent?.();
     this.socket.destroy();
     this.onClosed();
     for (const p of [...this.pushes.values()]) p.ended(`KV push to ${this.address} failed: data connection: ${why}`);
@@ -107,8 +109,8 @@ export class TcpKvPush implements KvPush {
     this.conn.pushes.set(requestId, this);
   }
 
-  write(chunks: KvChunkMsg[], _final: boolean): void {
-    if (this.done) return;
+  write(chunks: KvChunkMsg[], _final: boolean, sent?: () => void): void {
+    if (this.done) return sent?.();
     this.startedAt ??= performance.now();
     kvTrace('p.main_recv', this.requestId, { messages: chunks.length, via: 'tcp' });
     const buffers: Buffer[] = [];
@@ -119,7 +121,7 @@ export class TcpKvPush implements KvPush {
       buffers.push(encodeHeader('chunk', chunkMeta(c), c.data.byteLength));
       if (c.data.byteLength > 0) buffers.push(Buffer.from(c.data.buffer, c.data.byteOffset, c.data.byteLength));
     }
-    this.conn.send(buffers);
+    this.conn.send(buffers, sent);
     kvTrace('p.written', this.requestId, { via: 'tcp' });
   }
 

@@ -10,7 +10,8 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import { clusterSecurity, kvTrace } from '@pdserve/common';
 import type { EngineHost } from '../engine-host.ts';
 import { receiveKvChunk } from '../kv-receive.ts';
-import { chunkFromFrame, encodeHeader, FrameReader, type Frame } from './frames.ts';
+import { chunkFromFrame, encodeHeader, FrameReader, type Frame, type FrameTypeName } from './frames.ts';
+import { VerifyingPayload } from './verify.ts';
 
 export interface KvDataServer {
   /** host:port the data channel listens on. */
@@ -56,9 +57,23 @@ export async function startKvDataServer(o: KvDataServerOptions): Promise<KvDataS
   };
 }
 
+/**
+ * A chunk frame's payload goes into a receive-pool slot shared with the engine thread when one is
+ * free, and is checked (CRC-32 per block, NaN/Inf for fp32) while it arrives. A frame whose meta does
+ * not describe whole blocks gets a plain buffer and is checked in full by EngineHost.pushKv.
+ */
+function incomingPayload(engine: EngineHost, type: FrameTypeName, meta: unknown, payloadLen: number): VerifyingPayload | undefined {
+  const m = meta as { bc?: unknown; w?: unknown } | null;
+  if (type !== 'chunk' || !m || typeof m.bc !== 'number' || !Number.isInteger(m.bc) || m.bc <= 0 || payloadLen % m.bc !== 0) return undefined;
+  const fp32 = m.w === 'fp32' || m.w === '';
+  const taken = engine.receivePool.take(payloadLen);
+  const bytes = taken?.view ?? new Uint8Array(new ArrayBuffer(payloadLen));
+  return new VerifyingPayload(bytes, payloadLen / m.bc, fp32 && payloadLen % 4 === 0, taken ? () => engine.receivePool.give(taken.slot) : undefined, taken?.slot);
+}
+
 function serveConnection(socket: Socket, o: KvDataServerOptions, maxPayload: number): void {
   socket.setNoDelay(true);
-  const reader = new FrameReader(maxPayload);
+  const reader = new FrameReader(maxPayload, { payload: (type, meta, len) => incomingPayload(o.engine, type, meta, len) });
   /** Transfers this connection carries that have not ended (acknowledged, refused or cancelled). */
   const open = new Set<string>();
   /** Requests whose transfer this connection ended: their later frames are dropped. */
@@ -85,6 +100,7 @@ function serveConnection(socket: Socket, o: KvDataServerOptions, maxPayload: num
     if (closed) return;
     closed = true;
     o.log.warn({ err: why, remote: socket.remoteAddress }, 'KV data connection closed: malformed frame');
+    reader.dispose();
     for (const id of open) o.engine.failKv(id, `KV data connection broken: ${why}`);
     open.clear();
     stats.clear();
@@ -118,7 +134,11 @@ function serveConnection(socket: Socket, o: KvDataServerOptions, maxPayload: num
     const chunk = chunkFromFrame(f.meta, f.payload);
     if (typeof chunk === 'string') return hostile(chunk);
     open.add(requestId);
-    const outcome = receiveKvChunk(o.engine, chunk, o.onKvFailure);
+    // From here the payload's buffer is pushKv's (it goes to the engine thread or back to the pool).
+    const v = f.incoming as VerifyingPayload | undefined;
+    f.incoming = undefined;
+    const fp32 = chunk.wire_dtype === 'fp32' || chunk.wire_dtype === '';
+    const outcome = receiveKvChunk(o.engine, chunk, o.onKvFailure, v?.complete ? { crcs: v.crcs, firstNonFinite: fp32 && v.checkedFinite ? v.firstNonFinite : undefined, slot: v.slot } : { slot: v?.slot });
     if (!outcome.ok) return ack(requestId, outcome.message);
     const st = stats.get(requestId) ?? { bytes: 0, chunks: 0, firstAt: performance.now() };
     st.bytes += f.payload.byteLength;
@@ -143,13 +163,15 @@ function serveConnection(socket: Socket, o: KvDataServerOptions, maxPayload: num
       return hostile((err as Error).message);
     }
     for (const f of frames) {
-      if (closed) break;
-      onFrame(f);
+      if (!closed) onFrame(f);
+      // A frame not handed to the engine (dropped, refused before pushKv) gives its buffer back.
+      f.incoming?.release?.();
     }
   });
   const broken = () => {
     if (closed) return;
     closed = true;
+    reader.dispose();
     // The prefill side went away mid-transfer: the decode side cannot get the rest.
     for (const id of open) o.engine.failKv(id, 'KV data connection closed mid-transfer');
     open.clear();
