@@ -66,7 +66,7 @@ describe('KV transfer between workers', { skip: !haveShared() && 'no ../shared m
       trace = join(mkdtempSync(join(tmpdir(), 'pdserve-kv-test-')), 'trace.jsonl');
       writeFileSync(trace, '');
       // debug: the decode worker logs each transfer's message count; the trace shows blocks arriving.
-      cluster = await startCluster(model.dir, ['--prefill', '1', '--decode', '1', '--prefill-placement', 'remote', '--prefill-chunk', '1', '--max-sequences', '4'], 60_000,
+      cluster = await startCluster(model.dir, ['--prefill', '1', '--decode', '1', '--prefill-placement', 'remote', '--prefill-chunk', '1', '--max-sequences', '4', '--planner', 'off'], 60_000,
         { env: { PDSERVE_LOG_LEVEL: 'debug', PDSERVE_KV_TRACE: trace } });
     });
     after(async () => { await cluster?.stop(); rmSync(dirname(trace), { recursive: true, force: true }); });
@@ -190,7 +190,7 @@ describe('KV transfer between workers', { skip: !haveShared() && 'no ../shared m
   describe('fp16 on the wire over --kv-transport grpc (Decode.PushKv), prefill chunks of 16', () => {
     let cluster: TestCluster;
     before(async () => {
-      cluster = await startCluster(model.dir, ['--prefill', '1', '--decode', '1', '--prefill-placement', 'remote', '--kv-transport', 'grpc', '--kv-wire-dtype', 'fp16', '--prefill-chunk', '16'], 60_000,
+      cluster = await startCluster(model.dir, ['--prefill', '1', '--decode', '1', '--prefill-placement', 'remote', '--kv-transport', 'grpc', '--kv-wire-dtype', 'fp16', '--prefill-chunk', '16', '--planner', 'off'], 60_000,
         { env: { PDSERVE_LOG_LEVEL: 'debug' } });
     });
     after(async () => cluster?.stop());
@@ -214,7 +214,7 @@ describe('KV transfer between workers', { skip: !haveShared() && 'no ../shared m
   describe('int8 on the wire, with a prefill worker that corrupts block 1 of every transfer', () => {
     let cluster: TestCluster;
     before(async () => {
-      cluster = await startCluster(model.dir, ['--prefill', '1', '--decode', '1', '--prefill-placement', 'remote', '--kv-wire-dtype', 'int8'], 60_000, { env: { PDSERVE_TEST_CORRUPT_KV_BLOCK: '1' } });
+      cluster = await startCluster(model.dir, ['--prefill', '1', '--decode', '1', '--prefill-placement', 'remote', '--kv-wire-dtype', 'int8', '--planner', 'off'], 60_000, { env: { PDSERVE_TEST_CORRUPT_KV_BLOCK: '1' } });
     });
     after(async () => cluster?.stop());
 

@@ -83,9 +83,10 @@ describe('long prompts, prefilled in 128-token chunks', () => {
     describe(mode.name, () => {
       let cluster: TestCluster | undefined;
       before(async () => {
-        // --pin-roles: the placement checks below are about fixed roles; the planner's role
-        // changes (prefill-heavy load like this one turns 1P+1D into unified) are test/planner's.
-        cluster = await startCluster(model.dir, [...mode.args, '--max-sequences', '8', '--prefill-chunk', String(CHUNK), '--pin-roles']);
+        // --pin-roles, --planner off: the placement checks below are about fixed roles; the
+        // planner's role changes (prefill-heavy load like this one turns 1P+1D into unified) are
+        // test/planner's, and without it the cluster starts one process fewer.
+        cluster = await startCluster(model.dir, [...mode.args, '--max-sequences', '8', '--prefill-chunk', String(CHUNK), '--pin-roles', '--planner', 'off']);
       });
       after(async () => { await cluster?.stop(); });
 

@@ -53,7 +53,7 @@ describe('conditional disaggregation: the router places each prompt', () => {
     const engine = await Engine.load(model.dir, { threads: 1, maxSequences: 1 });
     for (const p of [SHORT, LONG]) tokens.set(p, engine.tokenizer.encode(p).length);
     // Prompts above 16 tokens always go to the prefill worker; shorter ones are placed on the estimates.
-    cluster = await startCluster(model.dir, ['--prefill', '1', '--decode', '1', '--max-sequences', '8', '--local-prefill-max-tokens', '16']);
+    cluster = await startCluster(model.dir, ['--prefill', '1', '--decode', '1', '--max-sequences', '8', '--local-prefill-max-tokens', '16', '--planner', 'off']);
   });
 
   after(async () => {
@@ -118,7 +118,7 @@ describe('SLO admission: a burst beyond capacity', () => {
     model = stories260K();
     expected = await expectedTexts(model.dir, [SHORT], () => MAX_TOKENS, true);
     // Four decode slots: the fifth concurrent request would wait for a slot with no bound on its TTFT.
-    cluster = await startCluster(model.dir, ['--prefill', '1', '--decode', '1', '--max-sequences', '4']);
+    cluster = await startCluster(model.dir, ['--prefill', '1', '--decode', '1', '--max-sequences', '4', '--planner', 'off']);
   });
 
   after(async () => {
