@@ -4,7 +4,7 @@
 // resident memory the session added. ORT 1.30's CPU provider has no x86 float16 MatMul kernel and
 // folds the Casts at load, so both fp16 forms keep float32 weights in memory.
 //
-//   /work/tools/heavy node --import tsx scripts/bench-fp16.ts [--threads 1]
+//   /work/tools/heavy node --import tsx scripts/bench-fp16.ts [--threads 1] [--n 32768]
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -15,10 +15,10 @@ import { GraphBuilder } from '../packages/engine/src/onnx/graph-builder.ts';
 import { DataType } from '../packages/engine/src/onnx/onnx-proto.ts';
 import { createSession, ort } from '../packages/engine/src/runtime/session.ts';
 
-const { values: args } = parseArgs({ options: { threads: { type: 'string', default: '1' }, mode: { type: 'string' } } });
+const { values: args } = parseArgs({ options: { threads: { type: 'string', default: '1' }, mode: { type: 'string' }, n: { type: 'string', default: '32768' } } });
 const MODES = ['fp32', 'fp16-storage', 'fp16-matmul'] as const;
 const K = 2048;
-const N = 32768;
+const N = Number(args.n); // output columns: 32768 is 256 MiB of fp32 weights (a smoke test passes fewer)
 
 if (args.mode) {
   const dir = mkdtempSync(join(tmpdir(), 'pdserve-fp16-'));
@@ -51,7 +51,7 @@ if (args.mode) {
 console.log(`| weights (${args.threads} thread(s)) | ms per [1x${K}]x[${K}x${N}] GEMV | resident memory the session added |`);
 console.log('|---|---|---|');
 for (const mode of MODES) {
-  const r = spawnSync(process.execPath, ['--expose-gc', '--import', 'tsx', fileURLToPath(import.meta.url), '--mode', mode, '--threads', args.threads!], { encoding: 'utf8' });
+  const r = spawnSync(process.execPath, ['--expose-gc', '--import', 'tsx', fileURLToPath(import.meta.url), '--mode', mode, '--threads', args.threads!, '--n', String(N)], { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`${mode}: ${r.stderr}`);
   const m = JSON.parse(r.stdout.trim().split('\n').at(-1)!);
   console.log(`| ${mode} | ${m.msPerRun.toFixed(2)} | ${m.sessionRssMiB.toFixed(0)} MiB |`);

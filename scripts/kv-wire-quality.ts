@@ -1,7 +1,7 @@
 // Quality of each KV wire dtype (kv/wire.ts): what a decode worker generates from KV blocks that
 // travelled as fp16 / bf16 / int8, against the same blocks as fp32 (exact).
 //
-//   node --import tsx scripts/kv-wire-quality.ts [--prompts 64] [--prompt-len 32] [--tokens 32]
+//   node --import tsx scripts/kv-wire-quality.ts [--prompts 64] [--prompt-len 32] [--tokens 32] [--model DIR]
 //
 // Per prompt: one fp32 prefill; its blocks go through each dtype's encode -> decode, exactly as on the
 // wire, into a fresh sequence per dtype (fp32 too, as the reference); then greedy decoding of all of
@@ -9,14 +9,15 @@
 // position (generated tokens before the first difference; the mean over the prompts that diverge),
 // fraction of identical tokens position by position, and the max abs error of the logits after the
 // first decode step. Models: the golden prompts of ../shared's stories260K and babyllama105 (the
-// full 256 positions of the golden files) and --prompts random-id prompts of the smollm2-135m dummy.
+// full 256 positions of the golden files) and --prompts random-id prompts of the smollm2-135m dummy
+// (or of the model in --model).
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { argmax, blocksFor, convertLlama2c, decodeKvBlocks, encodeKvBlocks, Engine, KV_WIRE_DTYPES, writeDummyModel, type KvWireDtype } from '../packages/engine/src/index.ts';
 
-const { values } = parseArgs({ options: { prompts: { type: 'string', default: '64' }, 'prompt-len': { type: 'string', default: '32' }, tokens: { type: 'string', default: '32' } } });
+const { values } = parseArgs({ options: { prompts: { type: 'string', default: '64' }, 'prompt-len': { type: 'string', default: '32' }, tokens: { type: 'string', default: '32' }, model: { type: 'string' } } });
 const root = new URL('..', import.meta.url).pathname;
 const shared = join(root, '..', 'shared');
 
@@ -88,8 +89,8 @@ async function main(): Promise<void> {
       const cases = [{ prompt: golden.prompt_ids as number[], tokens: golden.positions - golden.prompt_ids.length + 1 }];
       report(`${name} (golden prompt "${golden.prompt}")`, cases, await run(engine, cases));
     }
-    const model = join(root, '.cache/bench-models/smollm2-135m-4k');
-    if (!existsSync(join(model, 'config.json'))) writeDummyModel('smollm2-135m', model, { maxSeqLen: 4096 });
+    const model = values.model ?? join(root, '.cache/bench-models/smollm2-135m-4k');
+    if (!values.model && !existsSync(join(model, 'config.json'))) writeDummyModel('smollm2-135m', model, { maxSeqLen: 4096 });
     const engine = await Engine.load(model, { threads: 1, maxSequences: KV_WIRE_DTYPES.length + 1 });
     let x = 2026;
     const rand = () => (x = (x * 1103515245 + 12345) >>> 0) / 2 ** 32;
@@ -97,7 +98,7 @@ async function main(): Promise<void> {
       prompt: Array.from({ length: Number(values['prompt-len']) }, () => 3 + Math.floor(rand() * (engine.vocabSize - 3))),
       tokens: Number(values.tokens),
     }));
-    report('smollm2-135m dummy (random weights, random prompts)', cases, await run(engine, cases));
+    report(values.model ? `${values.model} (random prompts)` : 'smollm2-135m dummy (random weights, random prompts)', cases, await run(engine, cases));
   } finally {
     rmSync(tmp, { recursive: true, force: true });
   }

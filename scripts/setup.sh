@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-time setup on Debian/Ubuntu: redis-server (and the tools the tests use: docker-compose to
-# validate the compose file, promtool to check the Prometheus config), pnpm, and dependencies.
+# validate the compose file, promtool to check the Prometheus config, GNU time for bench-memory), pnpm,
+# and dependencies.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,6 +9,7 @@ need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v docker-compose >/dev/null || need_apt+=(docker-compose)
 command -v promtool >/dev/null || need_apt+=(prometheus)
+[ -x /usr/bin/time ] || need_apt+=(time) # scripts/bench-memory.ts reads peak RSS through it (its smoke test)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   export DEBIAN_FRONTEND=noninteractive

@@ -24,7 +24,7 @@ function haveShared(): boolean {
 before(async () => {
   if (process.env.CI !== 'true' && !haveShared()) return;
   model = stories260K();
-  cluster = await startCluster(model.dir, ['--prefill', '1', '--decode', '1', '--max-sequences', '8']);
+  cluster = await startCluster(model.dir, ['--prefill', '1', '--decode', '1', '--max-sequences', '8', '--planner', 'off']);
 });
 after(async () => {
   await cluster?.stop();

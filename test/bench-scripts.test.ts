@@ -5,11 +5,11 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { writeDummyModel } from '../packages/engine/src/index.ts';
-import { repoRoot } from './support/shared.ts';
+import { repoRoot, requireShared } from './support/shared.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'pdserve-bench-scripts-'));
 const model = join(dir, 'tiny');
@@ -32,7 +32,7 @@ test('bench-sampler: one row per configuration, ratios to greedy', () => {
 });
 
 test('bench-engine: the table and the JSON blob with prefill, decode and roofline numbers', () => {
-  const out = script('bench-engine.ts', ['--model', model, '--threads', '1']);
+  const out = script('bench-engine.ts', ['--model', model, '--threads', '1', '--bandwidth-mib', '32']);
   assert.match(out, /^\| Measurement \| Result \| Roofline \| Actual \/ roofline \|$/m);
   const json = /```json\n([\s\S]*?)\n```/.exec(out);
   assert.ok(json, 'a JSON blob');
@@ -73,4 +73,85 @@ test('bench-prefix-routing: both decisions timed, the prefix-aware one picks the
   positive(res.load_only_us.mean, 'load-only mean');
   positive(res.prefix_aware_us.mean, 'prefix-aware mean');
   assert.equal(res.chose.prefix_aware, 'w0', 'w0 holds the system prompt');
+});
+
+test('bench-fp16: the three weight forms, each timed in its own process', () => {
+  const out = script('bench-fp16.ts', ['--n', '1024']);
+  assert.match(out, /^\| weights \(1 thread\(s\)\) \| ms per \[1x2048\]x\[2048x1024\] GEMV \|/m);
+  for (const mode of ['fp32', 'fp16-storage', 'fp16-matmul']) {
+    const m = new RegExp(`^\\| ${mode} \\| (\\S+) \\| (\\S+) MiB \\|$`, 'm').exec(out);
+    assert.ok(m, `row ${mode}:\n${out}`);
+    positive(Number(m[1]), `${mode} ms per run`);
+    assert.ok(Number.isFinite(Number(m[2])), `${mode} resident MiB: ${m[2]}`);
+  }
+});
+
+test('bench-memory: resident memory of generate and of both workers of a cluster, against the bound', (t) => {
+  if (!existsSync('/usr/bin/time')) {
+    if (process.env.CI === 'true') throw new Error('/usr/bin/time is missing (apt-get install time; scripts/setup.sh does)');
+    return t.skip('/usr/bin/time is missing (apt-get install time)');
+  }
+  const out = script('bench-memory.ts', ['--preset', 'tiny', '--dtype', 'fp32', '--kv-budget-mb', '8']);
+  const json = /```json\n([\s\S]*?)\n```/.exec(out);
+  assert.ok(json, `a JSON blob:\n${out}`);
+  const res = JSON.parse(json[1]);
+  positive(res.weightBytes, 'weight bytes');
+  positive(res.genPeakMiB, 'generate peak RSS');
+  assert.equal(res.workersSeen, 2);
+  assert.deepEqual(res.workers.map((w: { role: string }) => w.role).sort(), ['decode', 'prefill']);
+  for (const w of res.workers) positive(w.rssMiB, `${w.role} RSS`);
+  assert.match(out, /^\| cluster prefill worker \(KV budget 8 MiB\) \| \d+ MiB/m);
+});
+
+test('quality: every weight format of both shared models against fp32 (fp32 agrees with itself)', (t) => {
+  if (!requireShared(t, 'models', 'babyllama105')) return;
+  const out = script('quality.ts', []);
+  const json = /```json\n([\s\S]*?)\n```/.exec(out);
+  assert.ok(json, `a JSON blob:\n${out}`);
+  const { rows } = JSON.parse(json[1]);
+  assert.equal(rows.length, 10, '2 models x 5 formats');
+  for (const r of rows) {
+    positive(r.perplexity, `${r.model} ${r.dtype} perplexity`);
+    positive(r.positions, `${r.model} positions`);
+    assert.ok(r.top1Agreement >= 0 && r.top1Agreement <= 1 && r.greedyAgreement >= 0 && r.greedyAgreement <= 1, JSON.stringify(r));
+    if (r.dtype === 'fp32') {
+      assert.equal(r.top1Agreement, 1);
+      assert.equal(r.greedyFirstDivergence, r.greedyTokens);
+      assert.equal(r.greedyEqualsGolden, true, `${r.model} fp32 greedy = run.c's golden`);
+    }
+  }
+});
+
+test('kv-wire-quality: each wire dtype against fp32 on the shared models and on random prompts of a given model', (t) => {
+  if (!requireShared(t, 'models', 'babyllama105')) return;
+  const out = script('kv-wire-quality.ts', ['--model', model, '--prompts', '2', '--prompt-len', '8', '--tokens', '4']);
+  const sections = out.split('\n\n').filter((s) => s.includes('| wire dtype |'));
+  assert.equal(sections.length, 3, `stories260K, babyllama105 and the given model:\n${out}`);
+  assert.match(sections[2]!, /^.*tiny \(random prompts\): 2 prompt\(s\), 8 tokens each, 4 generated tokens each$/m);
+  for (const s of sections) {
+    const rows = s.split('\n').filter((l) => /^\| (fp32|fp16|bf16|int8) \|/.test(l));
+    assert.equal(rows.length, 4, s);
+    // fp32 is the reference: identical, never diverging, no logit error.
+    assert.match(rows[0]!, /^\| fp32 \| (\d+)\/\1 \| none \| 100\.0% \| 0\.00e\+0 \|$/);
+    for (const r of rows) {
+      const cells = r.split('|').map((c) => c.trim());
+      assert.ok(Number(cells[4]!.replace('%', '')) >= 0, r);
+      assert.ok(Number.isFinite(Number(cells[5])), r);
+    }
+  }
+});
+
+test('soak: a few seconds of streaming load (no faults) on a supervised cluster, every request accounted for, no KV leaked', () => {
+  const out = script('soak.ts', ['--model', model, '--minutes', '0.03', '--rate', '6', '--fault-every-s', '1000', '--seed', '3']);
+  const line = out.split('\n').find((l) => l.startsWith('{"summary"'));
+  assert.ok(line, `a summary line:\n${out}`);
+  const s = JSON.parse(line).summary;
+  positive(s.sent, 'requests sent');
+  assert.equal(s.completed + s.aborted + s.failed, s.sent, JSON.stringify(s));
+  assert.equal(s.failed, 0, JSON.stringify(s.errors));
+  assert.ok(s.completed > 0, JSON.stringify(s));
+  assert.equal(s.faults, 0);
+  assert.equal(s.kv_blocks_leaked, 0);
+  assert.equal(s.healthy_workers_at_end, 3);
+  assert.equal(s.worker_restarts, 0);
 });

@@ -1,12 +1,16 @@
 // Chaos suite (issue 10): real `pdserve up` clusters (redis-server, router, workers as processes,
 // stories260K on ONNX Runtime) with faults injected while requests are in flight.
-//   - kill -9 of a decode worker with 8 streams in flight: all 8 complete, and (greedy) their texts
-//     equal the fault-free run's; the router counts the migrations; up restarts the worker.
+//   - kill -9 of a decode worker with 8 streams in flight (held there by the workers' test-only
+//     decode gate): all 8 complete, and (greedy) their texts equal the fault-free run's; the router
+//     counts the migrations; up restarts the worker.
 //   - kill -9 of the prefill worker with prompts queued: all complete (re-prefilled on the decode
 //     workers, --prefill-placement remote falling back to local with no prefill worker left).
 //   - clients disconnecting at random points under load leak no KV block (free = total again).
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
 import { startCluster, stories260K, waitFor, type TestCluster } from './support/cluster.ts';
 import { counterTotal, workerPids } from '../scripts/lib/cluster-processes.ts';
 
@@ -42,7 +46,8 @@ async function stream(url: string, model: string, prompt: string, maxTokens: num
 }
 
 const PROMPTS = ['Once upon a time', 'The little dog', 'Lily and Ben', 'One day, a girl', 'The sun was', 'Tom had a red ball', 'In the park', 'A big bird'];
-const MAX_TOKENS = 400; // stories260K's context is 512: long enough to be killed mid-stream
+const MAX_TOKENS = 400; // stories260K's context is 512: long enough to be cut mid-stream
+const DECODE_KILL_TOKENS = 64; // the decode gate holds the streams for the kill, so they need not be long
 
 async function metrics(url: string): Promise<string> {
   return (await fetch(`${url}/metrics`)).text();
@@ -62,53 +67,48 @@ describe('chaos', { timeout: 280_000 }, () => {
   after(() => model?.cleanup());
 
   test('kill -9 of a decode worker with 8 streams in flight: all complete, same text as without the fault; up restarts it', { timeout: 150_000 }, async () => {
-    const cluster: TestCluster = await startCluster(model.dir, ['--prefill', '1', '--decode', '2', '--planner', 'off', '--admission', 'off', '--max-sequences', '8', '--prefix-cache', 'off']);
+    // The workers hold their decode steps while the gate file exists (PDSERVE_TEST_DECODE_GATE):
+    // the 8 streams are placed, send their first token and wait there, so the kill certainly finds
+    // streams in flight on the victim (stories260K otherwise decodes them to the end before it).
+    const gate = join(mkdtempSync(join(tmpdir(), 'pdserve-chaos-')), 'hold-decode');
+    const cluster: TestCluster = await startCluster(model.dir, ['--prefill', '1', '--decode', '2', '--planner', 'off', '--admission', 'off', '--max-sequences', '8', '--prefix-cache', 'off'], 60_000, { env: { PDSERVE_TEST_DECODE_GATE: gate } });
     try {
-      // The readers stop reading after their second chunk until the kill: with 5 alternatives per
-      // token the events outgrow the HTTP/2 and gRPC buffers, so the decode workers pause mid-stream
-      // (defect 13) instead of finishing before the fault. Up to 3 rounds, one kill each, until a
-      // killed worker had streams in flight (the placement spreads 8 streams over both).
-      const lp = { logprobs: 5 };
-      const clean = await Promise.all(PROMPTS.map((p) => stream(cluster.url, cluster.modelName, p, MAX_TOKENS, undefined, undefined, lp)));
+      const clean = await Promise.all(PROMPTS.map((p) => stream(cluster.url, cluster.modelName, p, DECODE_KILL_TOKENS)));
       for (const r of clean) assert.equal(r.finish, 'length');
-      let victim: number | undefined;
-      let restarts = 0;
-      for (let round = 0; round < 3 && counterTotal(await metrics(cluster.url), 'pdserve_request_migrations_total') === 0; round++) {
-        await waitFor(async () => (workerPids(cluster.proc.pid!, 'decode').length === 2 && (await fetch(`${cluster.url}/ready`)).ok ? true : undefined), 30_000, 'two decode workers');
-        victim = workerPids(cluster.proc.pid!, 'decode')[round % 2];
-        assert.ok(victim, 'a decode worker');
-        let started = 0;
-        let release!: () => void;
-        const killed = new Promise<void>((r) => { release = r; });
-        const faulty = await Promise.all(PROMPTS.map((p) => {
-          let first = true;
-          return stream(cluster.url, cluster.modelName, p, MAX_TOKENS, async (n) => {
-            if (!first || n < 2) return;
-            first = false;
-            if (++started === PROMPTS.length) { process.kill(victim!, 'SIGKILL'); restarts++; release(); }
-            await killed;
-          }, undefined, lp);
-        }));
-        for (const [i, r] of faulty.entries()) {
-          assert.equal(r.error, undefined, `stream ${i} got an error: ${JSON.stringify(r.error)}`);
-          assert.ok(r.done, `stream ${i} ended with [DONE]`);
-          assert.equal(r.finish, 'length');
-          assert.equal(r.text, clean[i]!.text, `stream ${i}: same text as the fault-free run`);
-        }
+      await waitFor(async () => (workerPids(cluster.proc.pid!, 'decode').length === 2 && (await fetch(`${cluster.url}/ready`)).ok ? true : undefined), 30_000, 'two decode workers');
+      writeFileSync(gate, '');
+      const faulty = Promise.all(PROMPTS.map((p) => stream(cluster.url, cluster.modelName, p, DECODE_KILL_TOKENS)));
+      // Every stream sits in a decode worker's running batch (their heartbeats say where), held
+      // there; the victim is a decode worker holding at least one (its id carries its pid).
+      const holders = await waitFor(async () => {
+        const body = await (await fetch(`${cluster.url}/workers`)).json() as { workers: Array<{ id: string; role: string; load: { running?: number } }> };
+        const decode = body.workers.filter((w) => w.role === 'decode');
+        return decode.reduce((n, w) => n + (w.load.running ?? 0), 0) === PROMPTS.length ? decode.filter((w) => (w.load.running ?? 0) > 0) : undefined;
+      }, 30_000, 'all 8 streams held on the decode workers');
+      const victim = Number(/^decode-.+-(\d+)-[0-9a-f]+$/.exec(holders[0]!.id)?.[1]);
+      assert.ok(workerPids(cluster.proc.pid!, 'decode').includes(victim), `decode worker ${holders[0]!.id} is a child of up`);
+      process.kill(victim, 'SIGKILL');
+      rmSync(gate);
+      for (const [i, r] of (await faulty).entries()) {
+        assert.equal(r.error, undefined, `stream ${i} got an error: ${JSON.stringify(r.error)}`);
+        assert.ok(r.done, `stream ${i} ended with [DONE]`);
+        assert.equal(r.finish, 'length');
+        assert.equal(r.text, clean[i]!.text, `stream ${i}: same text as the fault-free run`);
       }
       const page = await metrics(cluster.url);
       const logs = cluster.output().split('\n').filter((l) => /"level":(40|50)/.test(l)).slice(-15).join('\n');
       assert.ok(counterTotal(page, 'pdserve_request_migrations_total') >= 1, `no migration counted (victim ${victim}):\n${logs}`);
       // Supervision: the killed worker comes back and the cluster serves with both decode workers.
       const upMetrics = /^supervision metrics (http:\S+)$/m.exec(cluster.output())![1]!;
-      await waitFor(async () => (counterTotal(await (await fetch(upMetrics)).text(), 'pdserve_worker_restarts_total', 'reason="SIGKILL"') === restarts ? true : undefined), 20_000, 'the restart counted');
+      await waitFor(async () => (counterTotal(await (await fetch(upMetrics)).text(), 'pdserve_worker_restarts_total', 'reason="SIGKILL"') === 1 ? true : undefined), 20_000, 'the restart counted');
       await waitFor(async () => (workerPids(cluster.proc.pid!, 'decode').length === 2 ? true : undefined), 30_000, 'a new decode worker');
-      assert.ok(!workerPids(cluster.proc.pid!, 'decode').includes(victim!));
+      assert.ok(!workerPids(cluster.proc.pid!, 'decode').includes(victim));
       const after = await stream(cluster.url, cluster.modelName, PROMPTS[0]!, 20);
       assert.equal(after.finish, 'length');
       assert.equal(cluster.proc.exitCode, null, 'pdserve up is still running');
     } finally {
       await cluster.stop();
+      rmSync(dirname(gate), { recursive: true, force: true });
     }
   });
 

@@ -50,7 +50,7 @@ for (const c of cases) {
         const r = await generate(engine, ids, { temperature: 0, topK: 0, topP: 1, maxTokens: 40 });
         expected.set(p, engine.tokenizer.decode(r.ids, ids));
       }
-      cluster = await startCluster(dir, [...c.args, '--max-sequences', '8']);
+      cluster = await startCluster(dir, [...c.args, '--max-sequences', '8', '--planner', 'off']);
     });
 
     after(async () => {

@@ -5,7 +5,7 @@
 // prefill -> decode over TLS).
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -107,14 +107,22 @@ describe('cluster token on worker gRPC', () => {
     await assertAlive(w);
   });
 
-  test('a worker or router with no token and no --insecure-cluster exits 2 before serving', () => {
-    for (const cmd of [['worker', '--role', 'unified', '--model', '/nonexistent', '--redis-url', 'redis://127.0.0.1:1'], ['router', '--model', '/nonexistent', '--redis-url', 'redis://127.0.0.1:1']]) {
-      const r = spawnSync(process.execPath, ['--import', 'tsx', join(repoRoot, 'packages/cli/src/main.ts'), ...cmd], {
-        cwd: repoRoot, encoding: 'utf8', timeout: 60_000, env: { ...process.env, PDSERVE_CLUSTER_TOKEN: '' },
+  test('a worker or router with no token and no --insecure-cluster exits 2 before serving', async () => {
+    // Both at once: each is a node start and a check before anything listens.
+    const cmds = [['worker', '--role', 'unified', '--model', '/nonexistent', '--redis-url', 'redis://127.0.0.1:1'], ['router', '--model', '/nonexistent', '--redis-url', 'redis://127.0.0.1:1']];
+    const runs = await Promise.all(cmds.map((cmd) => new Promise<{ status: number | null; stderr: string }>((resolve, reject) => {
+      const p = spawn(process.execPath, ['--import', 'tsx', join(repoRoot, 'packages/cli/src/main.ts'), ...cmd], {
+        cwd: repoRoot, stdio: ['ignore', 'ignore', 'pipe'], timeout: 60_000, env: { ...process.env, PDSERVE_CLUSTER_TOKEN: '' },
       });
-      assert.equal(r.status, 2, `${cmd[0]}: ${r.stderr}`);
+      let stderr = '';
+      p.stderr!.on('data', (d) => { stderr += d; });
+      p.on('error', reject);
+      p.on('close', (status) => resolve({ status, stderr }));
+    })));
+    runs.forEach((r, i) => {
+      assert.equal(r.status, 2, `${cmds[i]![0]}: ${r.stderr}`);
       assert.match(r.stderr, /no cluster token: .*--insecure-cluster/);
-    }
+    });
   });
 });
 

@@ -220,11 +220,10 @@ for (const mode of modes) {
       await waitFor(async () => {
         try { const r = await query('count(up == 1)'); return Number(r.data.result[0]?.value[1]) === targets.length ? true : undefined; } catch { return undefined; }
       }, 20_000, 'Prometheus to scrape every service');
-      // Traffic while Prometheus watches, so rates and histograms have data.
-      for (let i = 0; i < 3; i++) {
-        await Promise.all(prompts.map((p) => postJson(`${cluster!.url}/v1/completions`, { model: cluster!.modelName, prompt: p, max_tokens: 8, temperature: 0 })));
-        await new Promise((r) => setTimeout(r, 1200));
-      }
+      // Traffic while Prometheus watches, so rates and histograms have data: a round before the
+      // first poll and one more between polls until every query has data (no fixed waits).
+      const traffic = () => Promise.all(prompts.map((p) => postJson(`${cluster!.url}/v1/completions`, { model: cluster!.modelName, prompt: p, max_tokens: 8, temperature: 0 })));
+      await traffic();
       const dashboard = JSON.parse(readFileSync(join(repoRoot, 'deploy/grafana/dashboards/pdserve.json'), 'utf8'));
       const exprs = dashboardExpressions(dashboard, { window: '1m' });
       assert.ok(exprs.length >= 10, `dashboard has ${exprs.length} queries`);
@@ -232,6 +231,7 @@ for (const mode of modes) {
       // machine only delays this.
       let empty: string[] = [];
       await waitFor(async () => {
+        await traffic();
         empty = [];
         for (const e of exprs) {
           const r = await query(e);
@@ -239,7 +239,7 @@ for (const mode of modes) {
           if (!(r.data.result.length > 0)) empty.push(e);
         }
         return empty.length === 0 ? true : undefined;
-      }, 30_000, 'every dashboard query to return data').catch(() => {});
+      }, 30_000, 'every dashboard query to return data', 300).catch(() => {});
       assert.deepEqual(empty, [], 'queries that returned no data');
     });
 

@@ -22,7 +22,7 @@ function childWithArgs(parent: number, needle: string): number | undefined {
 test('a decode worker told to stop finishes its running stream, then deregisters and exits', async (t) => {
   if (!requireShared(t, 'models', 'stories260K')) return;
   model = stories260K();
-  cluster = await startCluster(model.dir, ['--prefill', '1', '--decode', '1']);
+  cluster = await startCluster(model.dir, ['--prefill', '1', '--decode', '1', '--planner', 'off']);
   const decodePid = childWithArgs(cluster.proc.pid!, '--role decode');
   assert.ok(decodePid, 'found the decode worker process');
   const res = await fetch(`${cluster.url}/v1/completions`, {

@@ -66,7 +66,7 @@ describe('KV transfer between workers', { skip: !haveShared() && 'no ../shared m
       trace = join(mkdtempSync(join(tmpdir(), 'pdserve-kv-test-')), 'trace.jsonl');
       writeFileSync(trace, '');
       // debug: the decode worker logs each transfer's message count; the trace shows blocks arriving.
-      cluster = await startCluster(model.dir, ['--prefill', '1', '--decode', '1', '--prefill-placement', 'remote', '--prefill-chunk', '1', '--max-sequences', '4'], 60_000,
+      cluster = await startCluster(model.dir, ['--prefill', '1', '--decode', '1', '--prefill-placement', 'remote', '--prefill-chunk', '1', '--max-sequences', '4', '--planner', 'off'], 60_000,
         { env: { PDSERVE_LOG_LEVEL: 'debug', PDSERVE_KV_TRACE: trace } });
     });
     after(async () => { await cluster?.stop(); rmSync(dirname(trace), { recursive: true, force: true }); });
@@ -184,15 +184,18 @@ describe('KV transfer between workers', { skip: !haveShared() && 'no ../shared m
     });
   });
 
-  describe('fp32 over --kv-transport grpc (Decode.PushKv), prefill chunks of 16', () => {
+  // One cluster for both: the wire dtype (encoded by the prefill worker, decoded into the decode
+  // worker's fp32 arena) and the transport that carries the bytes are independent; fp32 over the
+  // TCP data channel is the first cluster above, int8 over it the last.
+  describe('fp16 on the wire over --kv-transport grpc (Decode.PushKv), prefill chunks of 16', () => {
     let cluster: TestCluster;
     before(async () => {
-      cluster = await startCluster(model.dir, ['--prefill', '1', '--decode', '1', '--prefill-placement', 'remote', '--kv-transport', 'grpc', '--prefill-chunk', '16'], 60_000,
+      cluster = await startCluster(model.dir, ['--prefill', '1', '--decode', '1', '--prefill-placement', 'remote', '--kv-transport', 'grpc', '--kv-wire-dtype', 'fp16', '--prefill-chunk', '16', '--planner', 'off'], 60_000,
         { env: { PDSERVE_LOG_LEVEL: 'debug' } });
     });
     after(async () => cluster?.stop());
 
-    test('greedy output is the same as over tcp (and as one engine); the blocks went over gRPC', async () => {
+    test('halves the bytes and keeps the greedy text of the golden prompt and a long one (as one engine); the blocks went over gRPC', async () => {
       for (const p of [golden.prompt, LONG]) {
         const ids = engine.tokenizer.encode(p);
         const r = await postJson(`${cluster.url}/v1/completions`, { model: cluster.modelName, prompt: ids, max_tokens: 30, temperature: 0, ignore_eos: true });
@@ -201,21 +204,6 @@ describe('KV transfer between workers', { skip: !haveShared() && 'no ../shared m
       }
       const received = cluster.output().split('\n').filter((l) => l.includes('"KV received"')).map((l) => JSON.parse(l));
       assert.ok(received.length >= 2 && received.every((l) => l.via === undefined), `PushKv received every transfer: ${JSON.stringify(received)}`);
-    });
-  });
-
-  describe('fp16 on the wire', () => {
-    let cluster: TestCluster;
-    before(async () => { cluster = await startCluster(model.dir, ['--prefill', '1', '--decode', '1', '--prefill-placement', 'remote', '--kv-wire-dtype', 'fp16', '--prefill-chunk', '16']); });
-    after(async () => cluster?.stop());
-
-    test('halves the bytes and keeps the greedy text of the golden prompt and a long one', async () => {
-      for (const p of [golden.prompt, LONG]) {
-        const ids = engine.tokenizer.encode(p);
-        const r = await postJson(`${cluster.url}/v1/completions`, { model: cluster.modelName, prompt: ids, max_tokens: 30, temperature: 0, ignore_eos: true });
-        assert.equal(r.status, 200, JSON.stringify(r.json));
-        assert.equal(r.json.choices[0].text, engine.tokenizer.decode(expected.get(p)!, ids), p);
-      }
       const text = await workerMetrics(cluster, 'prefill');
       assert.equal(metric(text, 'pdserve_kv_transfer_compression_ratio', 'wire_dtype="fp16"'), 2);
       assert.ok(metric(text, 'pdserve_kv_transfer_bytes_total', 'wire_dtype="fp16"') > 0);
@@ -226,7 +214,7 @@ describe('KV transfer between workers', { skip: !haveShared() && 'no ../shared m
   describe('int8 on the wire, with a prefill worker that corrupts block 1 of every transfer', () => {
     let cluster: TestCluster;
     before(async () => {
-      cluster = await startCluster(model.dir, ['--prefill', '1', '--decode', '1', '--prefill-placement', 'remote', '--kv-wire-dtype', 'int8'], 60_000, { env: { PDSERVE_TEST_CORRUPT_KV_BLOCK: '1' } });
+      cluster = await startCluster(model.dir, ['--prefill', '1', '--decode', '1', '--prefill-placement', 'remote', '--kv-wire-dtype', 'int8', '--planner', 'off'], 60_000, { env: { PDSERVE_TEST_CORRUPT_KV_BLOCK: '1' } });
     });
     after(async () => cluster?.stop());
 

@@ -38,7 +38,7 @@ for (const mode of modes) {
       promptIds = engine.tokenizer.encode(PROMPT);
       eos = engine.config.generation.eos_token_ids;
       longIds = (await generate(engine, promptIds, { temperature: 0, topK: 0, topP: 1, maxTokens: 512, stopTokenIds: [] })).ids;
-      cluster = await startCluster(model.dir, [...mode.args, '--max-sequences', '4']);
+      cluster = await startCluster(model.dir, [...mode.args, '--max-sequences', '4', '--planner', 'off']);
     });
     after(async () => { await cluster?.stop(); model?.cleanup(); });
 

@@ -2,7 +2,7 @@
 // the router, a prefill and a decode worker over gRPC, ONNX Runtime), with stories260K.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Engine, generate } from '../packages/engine/src/index.ts';
@@ -53,7 +53,7 @@ describe('conditional disaggregation: the router places each prompt', () => {
     const engine = await Engine.load(model.dir, { threads: 1, maxSequences: 1 });
     for (const p of [SHORT, LONG]) tokens.set(p, engine.tokenizer.encode(p).length);
     // Prompts above 16 tokens always go to the prefill worker; shorter ones are placed on the estimates.
-    cluster = await startCluster(model.dir, ['--prefill', '1', '--decode', '1', '--max-sequences', '8', '--local-prefill-max-tokens', '16']);
+    cluster = await startCluster(model.dir, ['--prefill', '1', '--decode', '1', '--max-sequences', '8', '--local-prefill-max-tokens', '16', '--planner', 'off']);
   });
 
   after(async () => {
@@ -118,7 +118,7 @@ describe('SLO admission: a burst beyond capacity', () => {
     model = stories260K();
     expected = await expectedTexts(model.dir, [SHORT], () => MAX_TOKENS, true);
     // Four decode slots: the fifth concurrent request would wait for a slot with no bound on its TTFT.
-    cluster = await startCluster(model.dir, ['--prefill', '1', '--decode', '1', '--max-sequences', '4']);
+    cluster = await startCluster(model.dir, ['--prefill', '1', '--decode', '1', '--max-sequences', '4', '--planner', 'off']);
   });
 
   after(async () => {
@@ -156,21 +156,28 @@ describe('SLO admission: a burst beyond capacity', () => {
 });
 
 describe('placement and admission flags', () => {
-  const cli = (args: string[]) => spawnSync(process.execPath, ['--import', 'tsx', join(repoRoot, 'packages/cli/src/main.ts'), ...args], { cwd: repoRoot, encoding: 'utf8', timeout: 60_000 });
+  // The four invocations run side by side (each is a node start and an argument check).
+  const cli = (args: string[]) => new Promise<{ status: number | null; stderr: string }>((resolve, reject) => {
+    const p = spawn(process.execPath, ['--import', 'tsx', join(repoRoot, 'packages/cli/src/main.ts'), ...args], { cwd: repoRoot, stdio: ['ignore', 'ignore', 'pipe'], timeout: 60_000 });
+    let stderr = '';
+    p.stderr!.on('data', (d) => { stderr += d; });
+    p.on('error', reject);
+    p.on('close', (status) => resolve({ status, stderr }));
+  });
   const base = ['router', '--model', '/nonexistent', '--redis-url', 'redis://127.0.0.1:1'];
 
-  test('a negative threshold, an unknown placement or admission mode exit with a clear error', () => {
-    for (const [args, pattern] of [
+  test('a negative threshold, an unknown placement or admission mode exit with a clear error', async () => {
+    const cases = [
       [['--local-prefill-max-tokens', '-5'], /local-prefill-max-tokens.*non-negative integer.*-5/s],
       [['--prefill-placement', 'sideways'], /--prefill-placement must be one of auto, remote, local, got sideways/],
       [['--admission', 'maybe'], /--admission must be one of slo, off, got maybe/],
-    ] as const) {
-      const r = cli([...base, ...args]);
-      assert.notEqual(r.status, 0, `${args.join(' ')} exits non-zero`);
-      assert.match(r.stderr, pattern);
-    }
-    const up = cli(['up', '--prefill-placement', 'both']);
-    assert.notEqual(up.status, 0);
-    assert.match(up.stderr, /--prefill-placement must be one of/);
+    ] as const;
+    const [up, ...results] = await Promise.all([cli(['up', '--prefill-placement', 'both']), ...cases.map(([args]) => cli([...base, ...args]))]);
+    cases.forEach(([args, pattern], i) => {
+      assert.notEqual(results[i]!.status, 0, `${args.join(' ')} exits non-zero`);
+      assert.match(results[i]!.stderr, pattern);
+    });
+    assert.notEqual(up!.status, 0);
+    assert.match(up!.stderr, /--prefill-placement must be one of/);
   });
 });

@@ -3,6 +3,7 @@
 // blocks to send and step statistics out.
 import { parentPort, workerData } from 'node:worker_threads';
 import { setPriority } from 'node:os';
+import { existsSync } from 'node:fs';
 import { Engine, InvalidSamplingParamsError, InvalidTokenError, KvChecksumError, PromptTooLongError, type SampledToken } from '@pdserve/engine';
 import { kvTrace, type SamplingParamsMsg } from '@pdserve/common';
 import type { EngineThreadData, FailureKind, FromEngine, ToEngine } from './engine-protocol.ts';
@@ -26,6 +27,11 @@ function testStall(): void {
   testStallMs = 0;
   Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 }
+
+// TEST-ONLY: PDSERVE_TEST_DECODE_GATE=PATH holds every decode step while the file PATH exists
+// (sequences still join the batch and send their first token, then wait), so end-to-end tests can
+// fault a worker while its streams are certainly in flight, however fast the model decodes.
+const decodeGate = process.env.PDSERVE_TEST_DECODE_GATE || undefined;
 
 function kindOf(err: Error): FailureKind {
   if (err instanceof RequestFailure) return err.kind;
@@ -57,6 +63,7 @@ async function main(): Promise<void> {
   const cap = engine.runner.capacity();
   const scheduler = new Scheduler(engine, {
     ...data.scheduler,
+    holdDecode: decodeGate === undefined ? undefined : () => existsSync(decodeGate),
     onStep: (s) => {
       testStall();
       post({ type: 'step', phase: s.phase, ms: s.ms, tokens: s.tokens, batch: s.batch });

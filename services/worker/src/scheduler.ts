@@ -14,6 +14,8 @@ export interface SchedulerOptions {
   /** How long a decode reservation may wait for a slot. */
   reserveTimeoutMs: number;
   onStep?: (s: { phase: 'prefill' | 'decode'; ms: number; tokens: number; batch: number; assembleMs: number }) => void;
+  /** TEST-ONLY (engine-thread.ts, PDSERVE_TEST_DECODE_GATE): while true, no decode step runs (sequences still join and send their first token). */
+  holdDecode?: () => boolean;
 }
 
 export class QueueFullError extends Error {}
@@ -411,6 +413,10 @@ export class Scheduler {
     if (admitted) return true;
     const batch = [...this.decodes.values()].filter((r) => r.status === 'running' && !r.cancelled && !r.paused);
     if (batch.length === 0) return false;
+    if (this.opts.holdDecode?.()) {
+      await new Promise<void>((resolve) => setTimeout(resolve, 10)); // asleep, not blocked: messages and the watchdog go on
+      return true;
+    }
     const t0 = performance.now();
     const logits = await this.engine.decode(batch.map((r) => ({ seq: r.seq, token: r.lastToken!.id })));
     const ms = performance.now() - t0;
