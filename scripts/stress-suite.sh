@@ -16,11 +16,11 @@ for i in $(seq 1 "$n"); do
   rc=$?
   kill "$stress" 2>/dev/null; wait "$stress" 2>/dev/null
   secs=$(( $(date +%s) - start ))
-  counts=$(grep -E '^# (tests|pass|fail|skipped) ' "/tmp/stress-suite-run-$i.log" | tr '\n' ' ')
+  counts=$(grep -E '^ℹ (tests|pass|fail|skipped) ' "/tmp/stress-suite-run-$i.log" | sed 's/^ℹ //' | tr '\n' ' ')
   line="$(date -u +%FT%TZ) run $i/$n rc=$rc ${secs}s $counts"
   echo "$line" | tee -a "$out"
   if [ "$rc" -ne 0 ]; then
-    grep -E '^\s*not ok' "/tmp/stress-suite-run-$i.log" | head -20 | tee -a "$out"
+    grep -E '^\s*✖' "/tmp/stress-suite-run-$i.log" | head -20 | tee -a "$out"
     echo "stopped: run $i failed after $green green runs (log: /tmp/stress-suite-run-$i.log)" | tee -a "$out"
     exit 1
   fi
