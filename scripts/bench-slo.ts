@@ -59,7 +59,7 @@ async function startCluster(model: string, args: string[]): Promise<Cluster> {
   proc.stdout!.on('data', (d) => {
     const parts = (rest + String(d)).split('\n');
     rest = parts.pop()!;
-    for (const l of parts) if (l.includes('request completed') || l.startsWith('ready ')) lines.push(l);
+    for (const l of parts) if (l.includes('request completed') || l.includes('incoming request') || l.startsWith('ready ')) lines.push(l);
   });
   const url = await new Promise<string>((resolve, reject) => {
     const t = setInterval(() => { const l = lines.find((x) => x.startsWith('ready ')); if (l) { clearInterval(t); resolve(l.slice(6).trim()); } }, 100);
@@ -163,9 +163,11 @@ async function run(): Promise<void> {
     const sweep = bench(cluster.url, exp, [rate], requests, join(values.out!, `slo-overload${key === 'default' ? '' : `-${key}`}.json`), `${sys.name} at 3x`);
     await cluster.stop();
     const r = rows(sweep)[0];
-    const refusals = cluster.lines.map((l) => { try { return JSON.parse(l); } catch { return undefined; } })
-      .filter((l) => l?.msg === 'request completed' && l.res?.statusCode === 503).map((l) => l.responseTime as number);
-    console.log(`\noverload (chat, ${sys.name}) at ${rate} req/s (3 x ${fail ?? '(no failing rate swept; 3x the top rate)'}), ${requests} requests:`);
+    const logged = cluster.lines.map((l) => { try { return JSON.parse(l); } catch { return undefined; } });
+    // Only the API's refusals: `pdserve up`'s own /ready polls also answer 503 until the cluster is up.
+    const api = new Set(logged.filter((l) => l?.msg === 'incoming request' && String(l.req?.url ?? '').startsWith('/v1/')).map((l) => l.request_id));
+    const refusals = logged.filter((l) => l?.msg === 'request completed' && l.res?.statusCode === 503 && api.has(l.request_id)).map((l) => l.responseTime as number);
+    console.log(`\noverload (chat, ${sys.name}) at ${rate} req/s (${values['overload-rate'] ? 'as given' : `3 x ${fail ?? '(no failing rate swept; 3x the top rate)'}`}), ${requests} requests:`);
     console.log(`  sent ${r.sent}, completed ${r.completed}, refused ${r.refused}, good ${r.good}`);
     console.log(`  admitted requests meeting the SLO: ${(100 * r.admitted).toFixed(1)}% (target >= 90%)`);
     console.log(`  goodput ${r.goodput.toFixed(3)} req/s; peak of the sweep ${peak?.toFixed(3) ?? '?'} -> ${peak ? (100 * r.goodput / peak).toFixed(0) : '?'}% (target >= 80%)`);
