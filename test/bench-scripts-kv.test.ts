@@ -1,4 +1,4 @@
-// Smoke runs of the KV benchmark scripts behind BENCHMARKS.md (prefix caching, KV transfer) with
+// Smoke runs of the KV benchmark scripts behind BENCHMARKS.md (prefix caching, KV transfer, role change) with
 // tiny parameters, as test/bench-scripts.test.ts does for the others (issue 14 item 4): a tiny dummy
 // model, one round, so a refactor that breaks a script or the numbers it reports fails here. No
 // timing is asserted: only that each script runs to the end and reports finite, positive
@@ -58,4 +58,18 @@ test('bench-kv-transfer: memcpy, loopback TCP, gRPC alone, and one row per KV tr
     for (const k of ['transfer_ms', 'gib_per_s', 'e2e_ms', 'e2e_gib_per_s', 'prefill_ms', 'exposed_transfer_ms', 'ttft_ms']) positive(r[k], `${r.config} ${k}`);
     assert.ok(r.exposed_share_of_ttft > 0 && r.exposed_share_of_ttft < 1, `${r.config} exposed share ${r.exposed_share_of_ttft}`);
   }
+});
+
+test('bench-role-change: one planner change 1P+1D -> 2U and the operator revert under load, no request failed', () => {
+  // 40 requests at 4/s: about 10 s of load, longer than one trial takes on the tiny model (the
+  // first-new-work wait needs requests still arriving after the change).
+  const out = script('bench-role-change.ts', ['--model', model, '--trials', '1', '--rate', '4', '--requests', '40', '--out', join(dir, 'role-change')]);
+  const planner = /^\| 1 \| planner: 1P\+1D -> 2U \| (\d+) \| (\d+) \| (\d+) \/ (\d+) \| \|$/m.exec(out);
+  assert.ok(planner, `the planner's row:\n${out}`);
+  for (const x of planner.slice(1)) assert.ok(Number.isFinite(Number(x)) && Number(x) >= 0, planner[0]);
+  const revert = /^\| 1 \| operator: 2U -> 1P\+1D \| (\d+) \| \| \| (\d+) \|$/m.exec(out);
+  assert.ok(revert, `the operator's row:\n${out}`);
+  // Settled = old work done + the 2000 ms role grace.
+  assert.ok(Number(revert[2]) >= 2000, revert[0]);
+  assert.match(out, /^load: 40 completed, 0 failed, attainment [\d.]+%/m);
 });
