@@ -176,6 +176,9 @@ async function measure(config: string, model: string, args: string[]): Promise<R
   const url = await new Promise<string>((resolve) => up.stdout!.on('data', (d) => { const m = /ready (\S+)/.exec(String(d)); if (m) resolve(m[1]); }));
   try {
     const name = ((await (await fetch(`${url}/v1/models`)).json()) as any).data[0].id;
+    // Token ids 300 .. 40299 on smollm2-135m (as always); within the vocabulary of a smaller model.
+    const vocab = JSON.parse(readFileSync(join(model, 'config.json'), 'utf8')).vocab_size as number;
+    const idBase = vocab > 600 ? 300 : 3, idSpan = Math.min(40000, vocab - idBase);
     const workers = ((await (await fetch(`${url}/workers`)).json()) as any).workers as any[];
     const prefill = workers.find((w) => w.role !== 'decode');
     const rows: Row[] = [];
@@ -185,7 +188,7 @@ async function measure(config: string, model: string, args: string[]): Promise<R
     for (const L of lengths) {
       const r = { ttft: [] as number[], bytes: [] as number[], secs: [] as number[], tail: [] as number[], prefill: [] as number[], traces: [] as Array<Record<string, number>> };
       for (let i = 0; i < reps; i++) {
-        const prompt = Array.from({ length: L }, (_, j) => 300 + ((j * 7919 + i * 104729) % 40000));
+        const prompt = Array.from({ length: L }, (_, j) => idBase + ((j * 7919 + i * 104729) % idSpan));
         const [wb, rb] = [await scrape(prefill.metrics_url), await scrape(`${url}/metrics`)];
         r.ttft.push(await ttftStream(url, name, prompt));
         await new Promise((res) => setTimeout(res, 300));

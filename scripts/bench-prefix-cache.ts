@@ -1,6 +1,6 @@
 // Prefix caching on the smollm2-135m dummy model, side by side in one run:
 //
-//   --part ttft     TTFT of a 1024-token shared prefix + a 32-token turn, cold (a prefix never seen)
+//   --part ttft     TTFT of a 1024-token (--prefix-len) shared prefix + a 32-token turn, cold (a prefix never seen)
 //                   and warm (the same prefix again, a new turn), interleaved round by round, on
 //                   1 prefill + 1 decode (remote placement: the hit skips the prefill but every
 //                   block still crosses to the decode worker) and on 1 unified worker. A request of
@@ -14,7 +14,7 @@
 //                   each --rates rate, the two routings alternating per rate.
 //
 //   node --import tsx scripts/bench-prefix-cache.ts --part ttft|goodput|routing [--model DIR] [--rounds 4] [--requests 24] [--rate 0.5]
-//        [--rates 0.25,0.5] [--groups 4] [--bench-workload prefix|multiturn]
+//        [--prefix-len 1024] [--rates 0.25,0.5] [--groups 4] [--bench-workload prefix|multiturn]
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -25,7 +25,7 @@ import { freePort } from '../packages/common/src/index.ts';
 const { values } = parseArgs({ options: {
   part: { type: 'string', default: 'ttft' }, model: { type: 'string' }, rounds: { type: 'string', default: '4' },
   requests: { type: 'string', default: '24' }, rate: { type: 'string', default: '0.5' }, out: { type: 'string', default: 'bench-results' },
-  rates: { type: 'string', default: '0.25,0.5' }, 'bench-workload': { type: 'string', default: 'prefix' }, groups: { type: 'string', default: '4' },
+  rates: { type: 'string', default: '0.25,0.5' }, 'prefix-len': { type: 'string', default: '1024' }, 'bench-workload': { type: 'string', default: 'prefix' }, groups: { type: 'string', default: '4' },
 } });
 const root = new URL('..', import.meta.url).pathname;
 const main = join(root, 'packages/cli/src/main.ts');
@@ -44,8 +44,10 @@ const median = (xs: number[]) => { const s = [...xs].sort((a, b) => a - b); retu
 const r1 = (x: number) => Math.round(x * 10) / 10;
 
 let seed = 12345;
+// Token ids 3 .. 3 + idSpan - 1: below 49003 on smollm2-135m (as always), within the vocabulary of a smaller model.
+let idSpan = 49000;
 function randomIds(n: number): number[] {
-  return Array.from({ length: n }, () => { seed = (seed * 1103515245 + 12345) % 2 ** 31; return 3 + (seed % 49000); });
+  return Array.from({ length: n }, () => { seed = (seed * 1103515245 + 12345) % 2 ** 31; return 3 + (seed % idSpan); });
 }
 
 async function timed(url: string, model: string, prompt: number[]): Promise<{ ms: number; cached: number }> {
@@ -76,7 +78,7 @@ async function ttftPart(model: string): Promise<void> {
       const warm: number[] = [];
       const cachedWarm: number[] = [];
       for (let i = 0; i < rounds; i++) {
-        const prefix = randomIds(1024);
+        const prefix = randomIds(Number(values['prefix-len']));
         const a = await timed(c.url, name, [...prefix, ...randomIds(32)]);
         if (a.cached !== 0) throw new Error(`cold request hit the cache (${a.cached})`);
         const b = await timed(c.url, name, [...prefix, ...randomIds(32)]);
@@ -151,6 +153,7 @@ async function routingPart(model: string): Promise<void> {
 async function run(): Promise<void> {
   const model = values.model ?? join(root, '.cache/bench-models/smollm2-135m-2k');
   if (!existsSync(join(model, 'config.json'))) writeDummyModel('smollm2-135m', model, { maxSeqLen: 2048 });
+  idSpan = Math.min(49000, JSON.parse(readFileSync(join(model, 'config.json'), 'utf8')).vocab_size - 3);
   if (values.part === 'ttft') await ttftPart(model);
   else if (values.part === 'goodput') await goodputPart(model);
   else if (values.part === 'routing') await routingPart(model);

@@ -1,7 +1,9 @@
 // Role change time under load: how long from the planner's decision until the workers serve their
 // new roles, with `pdserve bench` streaming requests the whole time (none may fail).
 //
-//   node --import tsx scripts/bench-role-change.ts [--model DIR] [--trials 3] [--rate 0.5]
+//   node --import tsx scripts/bench-role-change.ts [--model DIR] [--trials 3] [--rate 0.5] [--requests N]
+//
+// --requests: the load's length (default rate x (15 + 25 s per trial), what the trials take on smollm2-135m).
 //
 // Cluster: `pdserve up --prefill 1 --decode 1 --planner off --threads 1` (the smollm2-135m dummy,
 // like the other benchmarks) on a private redis-server. Each trial: a prefill-heavy statistics hash
@@ -21,7 +23,7 @@ import {
 } from '../packages/common/src/index.ts';
 import { readDecisions } from '../services/planner/src/index.ts';
 
-const { values } = parseArgs({ options: { model: { type: 'string' }, trials: { type: 'string', default: '3' }, rate: { type: 'string', default: '0.5' }, out: { type: 'string', default: 'bench-results' } } });
+const { values } = parseArgs({ options: { model: { type: 'string' }, trials: { type: 'string', default: '3' }, rate: { type: 'string', default: '0.5' }, requests: { type: 'string' }, out: { type: 'string', default: 'bench-results' } } });
 const root = new URL('..', import.meta.url).pathname;
 const main = join(root, 'packages/cli/src/main.ts');
 const keys = clusterKeys();
@@ -64,7 +66,7 @@ async function run(): Promise<void> {
   });
   // The load: chat prompts 64-256 tokens, outputs 32-64, Poisson, for the whole run.
   const out = join(values.out!, 'role-change-load.json');
-  const requests = Math.ceil(Number(values.rate) * (15 + trials * 25));
+  const requests = values.requests ? Number(values.requests) : Math.ceil(Number(values.rate) * (15 + trials * 25));
   const bench = spawn(process.execPath, ['--import', 'tsx', main, 'bench', '--url', url, '--workload', 'chat', '--output-len-scale', '0.25',
     '--rate', values.rate!, '--requests', String(requests), '--slo-ttft-ms', '5000', '--slo-tpot-ms', '500', '--seed', '1', '--warmup', '1', '--out', out, '--quiet'],
   { stdio: ['ignore', 'pipe', 'inherit'] });
