@@ -6,13 +6,13 @@
 // reports finite, positive measurements in the shape BENCHMARKS.md quotes.
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { TestContext } from 'node:test';
 import { stories260K } from './support/cluster.ts';
-import { repoRoot, requireShared } from './support/shared.ts';
+import { requireShared } from './support/shared.ts';
+import { assertPositive, runScript } from './support/bench-script.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'pdserve-bench-clusters-'));
 let model: { dir: string; cleanup(): void } | undefined;
@@ -24,13 +24,9 @@ function modelDir(t: TestContext): string | undefined {
   return model.dir;
 }
 
-function script(name: string, args: string[]): string {
-  const r = spawnSync(process.execPath, ['--import', 'tsx', join(repoRoot, 'scripts', name), ...args], { cwd: repoRoot, encoding: 'utf8', timeout: 120_000 });
-  assert.equal(r.status, 0, `${name} failed (${r.signal ?? r.status}):\n${r.stdout}\n${r.stderr}`);
-  return r.stdout;
-}
+const script = runScript;
 
-const positive = (x: unknown, what: string) => assert.ok(typeof x === 'number' && Number.isFinite(x) && x > 0, `${what}: ${x}`);
+const positive = assertPositive;
 const cells = (line: string) => line.split('|').slice(1, -1).map((c) => c.trim());
 /** "15 / 24" -> both numbers, each positive. */
 function pair(cell: string, what: string): void {

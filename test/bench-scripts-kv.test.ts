@@ -5,25 +5,20 @@
 // measurements (and the KV bytes a tiny model's prompt must put on the wire).
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { writeDummyModel } from '../packages/engine/src/index.ts';
-import { repoRoot } from './support/shared.ts';
+import { assertPositive, runScript } from './support/bench-script.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'pdserve-bench-scripts-kv-'));
 const model = join(dir, 'tiny');
 before(() => { writeDummyModel('tiny', model); });
 after(() => rmSync(dir, { recursive: true, force: true }));
 
-function script(name: string, args: string[]): string {
-  const r = spawnSync(process.execPath, ['--import', 'tsx', join(repoRoot, 'scripts', name), ...args], { cwd: repoRoot, encoding: 'utf8', timeout: 120_000 });
-  assert.equal(r.status, 0, `${name} failed (${r.signal ?? r.status}):\n${r.stdout}\n${r.stderr}`);
-  return r.stdout;
-}
+const script = runScript;
 
-const positive = (x: unknown, what: string) => assert.ok(typeof x === 'number' && Number.isFinite(x) && x > 0, `${what}: ${x}`);
+const positive = assertPositive;
 
 test('bench-prefix-cache --part ttft: cold and warm TTFT on 1P+1D and on a unified worker, the warm request hits the whole prefix', () => {
   const out = script('bench-prefix-cache.ts', ['--part', 'ttft', '--model', model, '--rounds', '1', '--prefix-len', '256']);

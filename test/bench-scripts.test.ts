@@ -4,25 +4,21 @@
 // only that each script runs to the end and reports finite, positive measurements.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { writeDummyModel } from '../packages/engine/src/index.ts';
-import { repoRoot, requireShared } from './support/shared.ts';
+import { requireShared } from './support/shared.ts';
+import { assertPositive, runScript } from './support/bench-script.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'pdserve-bench-scripts-'));
 const model = join(dir, 'tiny');
 before(() => { writeDummyModel('tiny', model); });
 after(() => rmSync(dir, { recursive: true, force: true }));
 
-function script(name: string, args: string[]): string {
-  const r = spawnSync(process.execPath, ['--import', 'tsx', join(repoRoot, 'scripts', name), ...args], { cwd: repoRoot, encoding: 'utf8', timeout: 120_000 });
-  assert.equal(r.status, 0, `${name} failed (${r.signal ?? r.status}):\n${r.stdout}\n${r.stderr}`);
-  return r.stdout;
-}
+const script = runScript;
 
-const positive = (x: unknown, what: string) => assert.ok(typeof x === 'number' && Number.isFinite(x) && x > 0, `${what}: ${x}`);
+const positive = assertPositive;
 
 test('bench-sampler: one row per configuration, ratios to greedy', () => {
   const res = JSON.parse(script('bench-sampler.ts', ['--vocab', '512', '--n', '5']));
