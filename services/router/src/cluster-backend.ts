@@ -77,8 +77,6 @@ export class ClusterBackend implements Backend {
   readonly instanceId = randomBytes(6).toString('hex');
   /** gRPC clients per worker address; closed once the address leaves the registry and no call uses it. */
   private readonly clients = new Map<string, Clients>();
-  /** Requests this router has in flight per worker id (entries at 0 are removed). */
-  private readonly inflight = new Map<string, number>();
   /** Load this router sent each worker since its last report, and the measured transfer cost. */
   readonly ledger = new LoadLedger();
   private readonly health: WorkerHealth;
@@ -125,7 +123,7 @@ export class ClusterBackend implements Backend {
 
   /** Sizes of the per-worker bookkeeping (they must follow the registry, not grow forever). */
   bookkeeping(): { clients: number; inflight: number; suspects: number } {
-    return { clients: this.clients.size, inflight: this.inflight.size, suspects: this.health.size };
+    return { clients: this.clients.size, inflight: this.ledger.inflightWorkers, suspects: this.health.size };
   }
 
   private acquire(address: string): Clients {
@@ -175,12 +173,6 @@ export class ClusterBackend implements Backend {
     for (const id of this.wrongModel) if (!ids.has(id)) this.wrongModel.delete(id);
   }
 
-  private bump(id: string, d: number): void {
-    const n = (this.inflight.get(id) ?? 0) + d;
-    if (n > 0) this.inflight.set(id, n);
-    else this.inflight.delete(id);
-  }
-
   private probe(w: WorkerInfo): Promise<boolean> {
     const c = this.acquire(w.grpc_address);
     return new Promise<boolean>((resolve) => {
@@ -210,7 +202,7 @@ export class ClusterBackend implements Backend {
     const mayPrefillLocally = (this.opts.placement?.mode ?? 'auto') !== 'remote';
     const cached = this.prefixes?.index.cachedTokens(req.promptIds, healthy.filter((w) => canPrefill(w.role) || (mayPrefillLocally && w.role === 'decode')).map((w) => w.id)) ?? new Map<string, number>();
     const scored = healthy.filter((w) => canDecode(w.role))
-      .map((w) => ({ w, score: decodeScore({ role: w.role, load: w.load, inflight: this.inflight.get(w.id) ?? 0, cachedTokens: cached.get(w.id) ?? 0, heldBlocks: this.prefixes?.index.heldBlocks(w.id), mayPrefillLocally }, n) }))
+      .map((w) => ({ w, score: decodeScore({ role: w.role, load: w.load, inflight: this.ledger.inflightOn(w.id), cachedTokens: cached.get(w.id) ?? 0, heldBlocks: this.prefixes?.index.heldBlocks(w.id), mayPrefillLocally }, n) }))
       .sort((a, b) => a.score - b.score);
     if (scored.length === 0) throw new BackendError('no decode worker is available', 503, 'no_capacity', 2);
     const decode = scored[0].w;
@@ -305,15 +297,6 @@ export class ClusterBackend implements Backend {
       this.health.markFailed(w, err.details || err.message);
     };
 
-    this.bump(prefill.id, 1);
-    if (decode.id !== prefill.id) this.bump(decode.id, 1);
-    let counted = true;
-    const uncount = () => {
-      if (!counted) return;
-      counted = false;
-      this.bump(prefill.id, -1);
-      if (decode.id !== prefill.id) this.bump(decode.id, -1);
-    };
     const held = this.ledger.begin(decode.id, prefill.id, n, placement.localPrefillMs);
     const decodeClients = this.acquire(decode.grpc_address);
     let prefillClients: Clients | undefined;
@@ -462,7 +445,6 @@ export class ClusterBackend implements Backend {
           finished = true;
           // Over for placement and the load ledger now, not when the consumer lets this generator
           // finish (a consumer that stops at the finish event leaves it suspended below).
-          uncount();
           held.ended();
           // The prefill's reply (its share of the TTFT) may land just after the last token: the
           // response goes out now, the metrics get the full breakdown when it arrives.
@@ -488,7 +470,6 @@ export class ClusterBackend implements Backend {
       // A request nobody waits for must not keep a prefill worker busy (the finished case cancels
       // it after the reply's grace above).
       if (!finished) prefillCall?.cancel();
-      uncount();
       held.ended();
       this.release(decode.grpc_address);
       if (prefillClients) this.release(prefill.grpc_address);

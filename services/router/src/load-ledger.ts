@@ -77,6 +77,11 @@ export class LoadLedger {
     return this.inflight.get(id) ?? 0;
   }
 
+  /** Workers with requests in flight from here (bookkeeping that must drain to 0). */
+  get inflightWorkers(): number {
+    return this.inflight.size;
+  }
+
   /** A request starts: its decode worker and (when different) its prefill worker. Returns the release. */
   begin(decodeId: string, prefillId: string, promptTokens: number, localPrefillMs?: number): { prefilled(): void; ended(): void } {
     this.add(this.inflight, decodeId, 1);
