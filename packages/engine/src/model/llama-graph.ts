@@ -115,32 +115,17 @@ export function buildLlamaGraph(cfg: ModelConfig, weights: LlamaWeightSource, mo
   const embedding = store.embedding('tok_embeddings', inputIds, weights.tokenEmbedding(), vocab, dim);
   let x = embedding.rows;
 
-  // RoPE tables gathered once per run. Each head's features are viewed as [hd/2, 2] (adjacent
-  // pairs: a pair's members on the last axis) or [2, hd/2] (rotate-half: the members hd/2 apart),
-  // and the tables as [B, S, 1, hd/2, 1] or [B, S, 1, 1, hd/2] broadcast over heads and members.
-  const rotateHalf = (cfg.rope_layout ?? 'adjacent-pairs') === 'rotate-half';
+  // RoPE: ORT's fused RotaryEmbedding (com.microsoft) over [B, S, heads*hd], one kernel per q/k
+  // instead of the ~9 small ones (Reshape, Split, four Mul, Sub, Add, Concat) that spelled it out:
+  // at batch 1 those small kernels were about half of a quantized decode step. `interleaved` 1
+  // rotates adjacent pairs (llama2.c's layout), 0 the members hd/2 apart (HF's rotate-half). Its
+  // arithmetic is run.c's: v0*c - v1*s, v1*c + v0*s, with the tables computed below in float32.
+  const interleaved = (cfg.rope_layout ?? 'adjacent-pairs') === 'rotate-half' ? 0 : 1;
   const tables = ropeTables(cfg);
   const cosTable = g.weight('rope_cos', tables.cos, [cfg.max_seq_len, hd / 2]);
   const sinTable = g.weight('rope_sin', tables.sin, [cfg.max_seq_len, hd / 2]);
-  const ropeShape = g.constInt64(rotateHalf ? [0, 0, 1, 1, hd / 2] : [0, 0, 1, hd / 2, 1]);
-  const cos = g.node('Reshape', [g.node('Gather', [cosTable, positionIds], 1, { axis: 0 })[0], ropeShape])[0];
-  const sin = g.node('Reshape', [g.node('Gather', [sinTable, positionIds], 1, { axis: 0 })[0], ropeShape])[0];
-  const pairs = g.constInt64([1, 1]);
-  const memberAxis = rotateHalf ? -2 : -1;
-  const pairsShape = (heads: number) => g.constInt64(rotateHalf ? [0, 0, heads, 2, hd / 2] : [0, 0, heads, hd / 2, 2]);
-  const qPairsShape = pairsShape(nh);
-  const kPairsShape = pairsShape(kvh);
-
-  // Rotates each pair (v0, v1) the way run.c writes it: v0*c - v1*s, v0*s + v1*c (HF's
-  // x*cos + rotate_half(x)*sin is the same arithmetic). Returns [B, S, heads, hd/2, 2] or
-  // [B, S, heads, 2, hd/2], the layout it was given.
-  const rope = (t: string, shape: string): string => {
-    const p = g.node('Reshape', [t, shape])[0];
-    const [x0, x1] = g.node('Split', [p, pairs], 2, { axis: memberAxis });
-    const out0 = g.node('Sub', [g.node('Mul', [x0, cos])[0], g.node('Mul', [x1, sin])[0]])[0];
-    const out1 = g.node('Add', [g.node('Mul', [x0, sin])[0], g.node('Mul', [x1, cos])[0]])[0];
-    return g.node('Concat', [out0, out1], 1, { axis: memberAxis })[0];
-  };
+  const rope = (t: string, heads: number): string =>
+    g.node('RotaryEmbedding', [t, positionIds, cosTable, sinTable], 1, { interleaved, num_heads: heads }, 'com.microsoft')[0];
 
   // Attention shapes. Query heads are grouped by the KV head they share (run.c: kv head = h / group),
   // so scores for a whole group come from one matrix product against that KV head.
@@ -175,8 +160,8 @@ export function buildLlamaGraph(cfg: ModelConfig, weights: LlamaWeightSource, mo
       qkv = g.node('Add', [qkv, g.weight(`layers.${l}.bqkv`, bias, [qDim + 2 * kvDim])])[0];
     }
     const [q, k, v] = g.node('Split', [qkv, qkvSplit], 3, { axis: -1 });
-    const qr = g.node('Reshape', [g.node('Transpose', [g.node('Reshape', [rope(q, qPairsShape), qHeads])[0]], 1, { perm: toBhsd })[0], qGroupedShape])[0];
-    const kNew = g.node('Transpose', [g.node('Reshape', [rope(k, kPairsShape), kvHeads])[0]], [`new_key.${l}`], { perm: toBhsd })[0];
+    const qr = g.node('Reshape', [g.node('Transpose', [g.node('Reshape', [rope(q, nh), qHeads])[0]], 1, { perm: toBhsd })[0], qGroupedShape])[0];
+    const kNew = g.node('Transpose', [g.node('Reshape', [rope(k, kvh), kvHeads])[0]], [`new_key.${l}`], { perm: toBhsd })[0];
     const vNew = g.node('Transpose', [g.node('Reshape', [v, kvHeads])[0]], [`new_value.${l}`], { perm: toBhsd })[0];
     g.output(kNew, DataType.FLOAT, ['batch', kvh, 'seq', hd]);
     g.output(vNew, DataType.FLOAT, ['batch', kvh, 'seq', hd]);
