@@ -222,7 +222,8 @@ describe('KV transfer between workers', { skip: !haveShared() && 'no ../shared m
       const id = `kv-corrupt-${Date.now()}`;
       const ids = engine.tokenizer.encode(LONG); // > 16 tokens: has a block 1
       const r = await postJson(`${cluster.url}/v1/completions`, { model: cluster.modelName, prompt: ids, max_tokens: 10, temperature: 0 }, { 'x-request-id': id });
-      assert.ok(r.status >= 500, `status ${r.status}`);
+      // On failure, show what the cluster logged for this request (placement, the push, the refusal).
+      assert.ok(r.status >= 500, `status ${r.status}; cluster log for ${id}:\n${cluster.output().split('\n').filter((l) => l.includes(id)).join('\n')}`);
       // The router tells the client that the decode worker failed (without worker details); the
       // decode worker's log names the block.
       assert.equal(typeof r.json.error?.message, 'string', JSON.stringify(r.json));
