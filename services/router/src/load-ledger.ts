@@ -167,6 +167,7 @@ export class LoadLedger {
       prefillTokensPerS: l.prefill_tokens_per_s,
       batch: Math.max(l.running + l.waiting - since.decodes, this.decoding.get(w.id) ?? 0),
       decodeStepMsByBatch: byBatch,
+      recentDecodeStep: l.decode_step_ms !== undefined && l.decode_batch !== undefined ? { batch: l.decode_batch, ms: l.decode_step_ms } : undefined,
       prefillChunkTokens: l.prefill_chunk_tokens ?? DEFAULT_PREFILL_CHUNK,
       localPrefillShare: this.localShare(w.id),
     };

@@ -11,7 +11,8 @@
 // DistServe's placement reason:
 //   TTFT(remote on p) = (queued prompt tokens on p + n) / p's prefill rate + transfer(last chunk) + one decode step
 //   TTFT(local)       = (queued prompt tokens on d + n) / d's prefill rate + one decode step per chunk
-//   TPOT(d)           = d's step time at the batch it would have
+//   TPOT(d)           = d's step time at the batch it would have (its table's line, at the level
+//                       of its latest steps: decodeStepMs)
 // and takes the faster, unless the prompt is longer than the local threshold or a local prefill
 // would push the running batch's TPOT, step / (1 - share of d's time spent prefilling locally),
 // past its SLO (the headroom check). The share of time is counted over a window about one
@@ -64,6 +65,11 @@ export interface WorkerView {
   batch: number;
   /** Measured decode step time, ms, by batch size. */
   decodeStepMsByBatch: ReadonlyMap<number, number>;
+  /**
+   * The worker's last few decode steps: their median time and mean batch size. Fresher than the
+   * table, whose entry for a size only moves while the batch is that size (decodeStepMs).
+   */
+  recentDecodeStep?: { batch: number; ms: number };
   prefillChunkTokens: number;
   /** Share (0..1) of this worker's recent time taken by local prefills this router placed on it. */
   localPrefillShare: number;
@@ -169,6 +175,29 @@ export function stepMsAt(table: ReadonlyMap<number, number>, batch: number): num
   return Math.max(0, intercept + slope * batch);
 }
 
+/** How far the recent steps may rescale the table (a guard against a report of one odd step). */
+const ANCHOR_SCALE_BOUNDS = [0.25, 4] as const;
+
+/**
+ * The worker's decode step time at `batch`: the shape of stepMsAt's line through its table, at the
+ * level of its most recent steps. The table's entry for a batch size changes only while the batch
+ * is that size, so an entry measured while the machine was slower (a first pass at a new shape, a
+ * burst of other work on the core) stays until the batch returns to that size, and admission,
+ * refusing on it, keeps the batch from ever returning (measured: 144 ms predicted at batch 6 while
+ * the admitted requests decoded at 67 ms per token). Scaling the line so that it passes through
+ * the recent steps ages such entries out within a few steps, in both directions.
+ */
+export function decodeStepMs(w: Pick<WorkerView, 'decodeStepMsByBatch' | 'recentDecodeStep'>, batch: number): number | undefined {
+  const line = stepMsAt(w.decodeStepMsByBatch, batch);
+  const recent = w.recentDecodeStep;
+  if (!recent || !(recent.ms > 0) || !(recent.batch >= 1)) return line;
+  if (line === undefined) return recent.ms; // no table yet (an older worker): the recent level, flat
+  const atRecent = stepMsAt(w.decodeStepMsByBatch, recent.batch);
+  if (!atRecent || !(atRecent > 0)) return line;
+  const scale = Math.min(ANCHOR_SCALE_BOUNDS[1], Math.max(ANCHOR_SCALE_BOUNDS[0], recent.ms / atRecent));
+  return line * scale;
+}
+
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   const m = s.length >> 1;
@@ -202,7 +231,7 @@ function remoteOption(input: PlacementInput, p: WorkerView): Option {
   const n = input.promptTokens;
   const d = input.decode;
   const { rate, measured } = rateOf(p, undefined);
-  const step = stepMsAt(d.decodeStepMsByBatch, d.batch + 1);
+  const step = decodeStepMs(d, d.batch + 1);
   const cached = cachedOf(p, n);
   return {
     where: 'remote', prefillWorker: p.id, reason: 'faster', measured, expectedCachedTokens: cached,
@@ -219,7 +248,7 @@ function localOption(input: PlacementInput): Option {
   // worker's rate is the best guess.
   const others = input.prefillers.map((p) => p.prefillTokensPerS).filter((r): r is number => !!r && r > 0);
   const { rate, measured } = rateOf(d, others.length ? Math.max(...others) : undefined);
-  const step = stepMsAt(d.decodeStepMsByBatch, d.batch + 1);
+  const step = decodeStepMs(d, d.batch + 1);
   const cached = cachedOf(d, n);
   const ahead = d.queuedPrefillTokens + n - cached;
   // The scheduler runs one decode step between prefill chunks while a batch is running.

@@ -2,7 +2,7 @@
 // functions of measured numbers; test/slo.test.ts runs them through a real cluster).
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { decidePlacement, stepMsAt, type PlacementInput, type WorkerView } from '../src/placement.ts';
+import { decidePlacement, decodeStepMs, stepMsAt, type PlacementInput, type WorkerView } from '../src/placement.ts';
 import { judgeAdmission, type AdmissionInput } from '../src/admission.ts';
 import { LoadLedger } from '../src/load-ledger.ts';
 import type { WorkerInfo } from '@pdserve/common';
@@ -102,6 +102,34 @@ describe('placement policy', () => {
     assert.ok(at8m > 75 && at8m < 90, `batch 8 from the chat run: ${at8m}`);
     assert.equal(stepMsAt(new Map(), 3), undefined);
   });
+
+  test('step time at the level of the latest steps: a stale table ages out within a few steps', () => {
+    // A decode worker's table from a chat run here (12 of 16 requests refused at 4 req/s): its
+    // entries were measured while another process held the cores, then admission, refusing at a
+    // predicted 144 ms for batch 6, kept the batch at 5, whose recent steps ran at ~65 ms.
+    const stale = new Map([[1, 98], [2, 104], [3, 112], [4, 121], [5, 130]]);
+    assert.ok(stepMsAt(stale, 6)! > 135, 'the table alone refuses at a 150 ms SLO with its 10% margin');
+    const now = decodeStepMs({ decodeStepMsByBatch: stale, recentDecodeStep: { batch: 5, ms: 65 } }, 6)!;
+    assert.ok(now > 65 && now < 75, `batch 6 at the recent level: ${now}`);
+    // The other way too: recent steps slower than the table (the machine got busy) raise it.
+    const busy = decodeStepMs({ decodeStepMsByBatch: new Map([[1, 40], [8, 70], [16, 100]]), recentDecodeStep: { batch: 8, ms: 140 } }, 9)!;
+    assert.ok(busy > 140 && busy < 150, `busy: ${busy}`);
+    // No recent steps, or a worker with no table yet: the table alone, or the recent level flat.
+    assert.equal(decodeStepMs({ decodeStepMsByBatch: stale }, 6), stepMsAt(stale, 6));
+    assert.equal(decodeStepMs({ decodeStepMsByBatch: new Map(), recentDecodeStep: { batch: 3, ms: 50 } }, 6), 50);
+    // One odd report cannot scale the table by more than 4x either way.
+    assert.equal(decodeStepMs({ decodeStepMsByBatch: new Map([[4, 50]]), recentDecodeStep: { batch: 4, ms: 1 } }, 4), 12.5);
+  });
+
+  test('placement and admission price the batch at the recent level', () => {
+    const stale = new Map([[1, 98], [2, 104], [3, 112], [4, 121], [5, 130]]);
+    const inp = input({ decode: decodeWorker({ batch: 5, decodeStepMsByBatch: stale, recentDecodeStep: { batch: 5, ms: 65 } }), tpotSloMs: 150 });
+    const p = decidePlacement(inp, { mode: 'remote' });
+    assert.ok(p.tpotMs! < 75, `tpot estimate ${p.tpotMs}`);
+    assert.equal(judgeAdmission({ slo: { ttftMs: 2000, tpotMs: 150 }, placement: p, queuedPrefillTokens: 0, decodeBatch: 5, decodeSeats: 16 }, { sloAdmission: true }), undefined);
+    const old = decidePlacement({ ...inp, decode: { ...inp.decode, recentDecodeStep: undefined } }, { mode: 'remote' });
+    assert.equal(judgeAdmission({ slo: { ttftMs: 2000, tpotMs: 150 }, placement: old, queuedPrefillTokens: 0, decodeBatch: 5, decodeSeats: 16 }, { sloAdmission: true })?.code, 'slo_tpot', 'without the recent steps the stale table refuses');
+  });
 });
 
 function pick(p: { where: string; reason: string }) {
@@ -184,6 +212,12 @@ describe('load ledger', () => {
     assert.equal(ledger.localShare('d'), 0, 'the local share window moved on');
     ledger.retain(new Set());
     assert.equal(ledger.size, 0, 'nothing kept for workers that left');
+  });
+
+  test("passes on the worker's latest decode steps (median time, mean batch) for decodeStepMs", () => {
+    const ledger = new LoadLedger(() => 0);
+    assert.deepEqual(ledger.view(info({ decode_step_ms: 65, decode_batch: 5 }, 0)).recentDecodeStep, { batch: 5, ms: 65 });
+    assert.equal(ledger.view(info({}, 0)).recentDecodeStep, undefined);
   });
 
   test('fits the transfer cost as fixed + per token from the replies', () => {

@@ -225,7 +225,7 @@ export function parseWorkerRecord(json: string | null | undefined): WorkerRecord
   if (l.step_ms_p50 !== undefined && !isNum(l.step_ms_p50)) return undefined;
   if (l.prefill_tokens_per_s !== undefined && !isNum(l.prefill_tokens_per_s)) return undefined;
   if (l.step_ms_recent !== undefined && !(Array.isArray(l.step_ms_recent) && l.step_ms_recent.every(isNum))) return undefined;
-  for (const k of ['queued_prefill_tokens', 'prefill_chunk_tokens', 'max_sequences', 'free_sequences']) {
+  for (const k of ['queued_prefill_tokens', 'prefill_chunk_tokens', 'max_sequences', 'free_sequences', 'decode_step_ms', 'decode_batch']) {
     if (l[k] !== undefined && !(isNum(l[k]) && (l[k] as number) >= 0)) return undefined;
   }
   const byBatch = l.decode_step_ms_by_batch;
