@@ -3,7 +3,7 @@
 // `chat` and `summarize` workloads; then the overload target: the default mode at 3x the rate where
 // its attainment (good / sent) falls below 90%.
 //
-//   node --import tsx scripts/bench-slo.ts [--model DIR] [--requests 12] [--workload chat|summarize]
+//   node --import tsx scripts/bench-slo.ts [--model DIR] [--requests 12] [--workload chat|summarize|shifting]
 //     [--systems default,remote,...] [--skip-sweep] [--skip-overload] [--overload-rate R]
 //     [--overload-systems default,default-nice0] [--rates 3,6,10 (instead of the workload's own)]
 //
@@ -29,6 +29,9 @@ const main = join(root, 'packages/cli/src/main.ts');
 const experiments = [
   { workload: 'chat', scale: ['--output-len-scale', '0.5'], ttft: 2000, tpot: 150, rates: [1.5, 3, 5] },
   { workload: 'summarize', scale: ['--input-len-scale', '0.5'], ttft: 4000, tpot: 150, rates: [0.6, 1.2, 2] },
+  // summarize, chat, summarize in thirds (scripts/bench-planner-shifting.ts's scales and SLOs): the
+  // mix the planner and placement must follow mid-run. Only with --workload shifting.
+  { workload: 'shifting', scale: ['--input-len-scale', '0.5', '--output-len-scale', '0.5'], ttft: 4000, tpot: 150, rates: [0.6, 1.2, 2], optIn: true },
 ];
 
 if (values.rates) {
@@ -76,7 +79,7 @@ function bench(url: string, exp: (typeof experiments)[number], rates: number[], 
   return JSON.parse(readFileSync(file, 'utf8'));
 }
 
-interface Row { rate: number; sent: number; completed: number; refused: number; good: number; attainment: number; admitted: number; goodput: number; ttft: string; tpot: string }
+interface Row { rate: number; sent: number; completed: number; refused: number; good: number; attainment: number; admitted: number; goodput: number; ttft: string; tpot: string; phases?: string }
 
 function rows(sweep: any): Row[] {
   return sweep.results.map((res: any) => {
@@ -86,6 +89,8 @@ function rows(sweep: any): Row[] {
       rate: res.rate, sent: reqs.length, completed: res.completed, refused: reqs.filter((r) => /HTTP 503/.test(r.error ?? '')).length, good,
       attainment: good / reqs.length, admitted: res.slo_attainment, goodput: res.goodput,
       ttft: `${res.ttft_ms.p50?.toFixed(0)} / ${res.ttft_ms.p99?.toFixed(0)}`, tpot: `${res.tpot_ms.p50?.toFixed(1)} / ${res.tpot_ms.p99?.toFixed(1)}`,
+      // The shifting workload: good / sent per phase, in order.
+      phases: Array.isArray(res.phases) ? res.phases.map((p: any) => `${p.workload ?? '?'} ${p.good ?? '?'}/${p.requests ?? '?'}`).join(', ') : undefined,
     };
   });
 }
@@ -117,7 +122,8 @@ async function run(): Promise<void> {
   const table: string[] = [];
   const summary: string[] = [];
   let chatDefault: Row[] | undefined;
-  for (const exp of experiments.filter((e) => !values.workload || e.workload === values.workload)) {
+  let warmedUp = false;
+  for (const exp of experiments.filter((e) => (values.workload ? e.workload === values.workload : !e.optIn))) {
     if (values['skip-sweep']) {
       // The overload run still needs the default mode's sweep: read it from an earlier run.
       const f = join(values.out!, `slo-${exp.workload}-default.json`);
@@ -126,7 +132,8 @@ async function run(): Promise<void> {
     }
     // A throwaway run first: the first cluster of a run pays for cold page caches (model files) and
     // ONNX Runtime's first passes at each shape, which would count against whichever system ran first.
-    if (exp === experiments[0]) {
+    if (!warmedUp) {
+      warmedUp = true;
       const warm = await startCluster(model, [...systems[0].args, ...slo(exp)]);
       bench(warm.url, exp, [exp.rates[0]], '4', join(values.out!, 'slo-warmup.json'), 'warm-up');
       await warm.stop();
@@ -138,7 +145,7 @@ async function run(): Promise<void> {
       const rs = rows(sweep);
       if (exp.workload === 'chat' && sys.key === 'default') chatDefault = rs;
       for (const r of rs) {
-        table.push(`| ${exp.workload} | ${sys.name} | ${r.rate} | ${r.good}/${r.sent} good, ${r.refused} refused | ${(100 * r.attainment).toFixed(0)}% | ${(100 * r.admitted).toFixed(0)}% | ${r.goodput.toFixed(3)} | ${r.ttft} | ${r.tpot} |`);
+        table.push(`| ${exp.workload} | ${sys.name} | ${r.rate} | ${r.good}/${r.sent} good, ${r.refused} refused${r.phases ? ` (${r.phases})` : ''} | ${(100 * r.attainment).toFixed(0)}% | ${(100 * r.admitted).toFixed(0)}% | ${r.goodput.toFixed(3)} | ${r.ttft} | ${r.tpot} |`);
       }
       summary.push(`| ${exp.workload} | ${sys.name} | ${rateAt90(rs)} | ${Math.max(...rs.map((r) => r.goodput)).toFixed(3)} |`);
     }
