@@ -20,7 +20,7 @@ import { judgeAdmission, type AdmissionConfig } from './admission.ts';
 import { BackendError, type Backend, type GenerateRequest, type GenerationEvent, type WorkerSummary } from './backend.ts';
 import { LoadLedger } from './load-ledger.ts';
 import { InFlightByWorker } from './lost-workers.ts';
-import { decidePlacement, decodeScore, type Placement, type PlacementConfig } from './placement.ts';
+import { decidePlacement, decodeScore, decodeStepMs, localShareWindowMs, type Placement, type PlacementConfig } from './placement.ts';
 import { continuation, decideMigration, DEFAULT_MAX_MIGRATIONS, type FailedPhase, type MigrationReason } from './migration.ts';
 import { PrefixIndexFeed } from './prefix-index.ts';
 import { WorkerHealth } from './worker-health.ts';
@@ -208,6 +208,9 @@ export class ClusterBackend implements Backend {
     const decode = scored[0].w;
     const prefillers = healthy.filter((w) => w.role === 'prefill');
     const dv = { ...this.ledger.view(decode), cachedTokens: cached.get(decode.id) ?? 0 };
+    // A local prefill's stall is weighed over about this request's decode lifetime (placement.ts).
+    dv.localShareWindowMs = localShareWindowMs(req.sampling.maxTokens, decodeStepMs(dv, dv.batch + 1));
+    dv.localPrefillShare = this.ledger.localShare(decode.id, dv.localShareWindowMs);
     const placement = decidePlacement({
       promptTokens: n,
       decode: dv,

@@ -6,7 +6,7 @@
 // this router's clock: a skew between hosts only shifts how much is discounted, and the router's
 // own count of what it has in flight stays a floor.
 import type { WorkerInfo } from '@pdserve/common';
-import { LOCAL_SHARE_WINDOW_MS, type WorkerView } from './placement.ts';
+import { LOCAL_SHARE_WINDOW_MS, MAX_LOCAL_SHARE_WINDOW_MS, type WorkerView } from './placement.ts';
 
 const DEFAULT_PREFILL_CHUNK = 256;
 /**
@@ -139,16 +139,17 @@ export class LoadLedger {
   }
 
   /** Share (0..1) of the decode worker's recent time taken by local prefills placed on it. */
-  localShare(id: string): number {
+  localShare(id: string, windowMs = LOCAL_SHARE_WINDOW_MS): number {
     const list = this.localWork.get(id);
     if (!list) return 0;
-    const since = this.now() - LOCAL_SHARE_WINDOW_MS;
-    while (list.length > 0 && list[0].at < since) list.shift();
+    const now = this.now();
+    while (list.length > 0 && list[0].at < now - MAX_LOCAL_SHARE_WINDOW_MS) list.shift();
     if (list.length === 0) {
       this.localWork.delete(id);
       return 0;
     }
-    return Math.min(0.95, list.reduce((s, w) => s + w.ms, 0) / LOCAL_SHARE_WINDOW_MS);
+    const w = Math.min(windowMs, MAX_LOCAL_SHARE_WINDOW_MS);
+    return Math.min(0.95, list.reduce((s, x) => s + (x.at >= now - w ? x.ms : 0), 0) / w);
   }
 
   /** The worker as the policies see it: its report, raised to what this router knows it sent since. */

@@ -16,7 +16,8 @@
 // and takes the faster, unless the prompt is longer than the local threshold or a local prefill
 // would push the running batch's TPOT, step / (1 - share of d's time spent prefilling locally),
 // past its SLO (the headroom check). The share of time is counted over a window about one
-// request's decode lifetime long (LOCAL_SHARE_WINDOW_MS).
+// request's decode lifetime long (localShareWindowMs: its output tokens at the step time, within
+// LOCAL_SHARE_WINDOW_MS..MAX_LOCAL_SHARE_WINDOW_MS), since TPOT is an average over that lifetime.
 //
 // Prefix-aware: `n` above is the prompt tokens a worker must still compute, i.e. less the leading
 // tokens its prefix cache is expected to hold (WorkerView.cachedTokens, from the workers' block-hash
@@ -44,8 +45,23 @@ export type PlacementWhere = 'remote' | 'local';
 export const PLACEMENT_REASONS = ['forced', 'no_prefill_worker', 'unified', 'over_threshold', 'tpot_headroom', 'faster'] as const;
 export type PlacementReason = (typeof PLACEMENT_REASONS)[number];
 
-/** Milliseconds of recent local prefill work over which a decode worker's prefill share is counted. */
+/** Shortest window over which a decode worker's local prefill share is counted, ms. */
 export const LOCAL_SHARE_WINDOW_MS = 4000;
+/** Longest such window, ms (and how long the ledger keeps local prefill work). */
+export const MAX_LOCAL_SHARE_WINDOW_MS = 30_000;
+
+/**
+ * The window over which a local prefill's stall is weighed against the running batch's TPOT: one
+ * request's decode lifetime (its output tokens at the batch's step time). TPOT is the mean gap over
+ * a request's whole output, so a prompt's stall is spread over that lifetime. A 4 s window
+ * counted a chat prompt's ~0.4 s stall against ~40 tokens where the requests it stalled decode ~100
+ * (measured: 10 of 44 chat prompts at 4-10 req/s sent remote for TPOT headroom while the decode
+ * worker's TPOT p99 stayed under the SLO).
+ */
+export function localShareWindowMs(outputTokens: number | undefined, stepMs: number | undefined): number {
+  if (!(outputTokens! > 0) || !(stepMs! > 0)) return LOCAL_SHARE_WINDOW_MS;
+  return Math.min(MAX_LOCAL_SHARE_WINDOW_MS, Math.max(LOCAL_SHARE_WINDOW_MS, outputTokens! * stepMs!));
+}
 /** Without a TPOT SLO, local prefills may take at most this share of a busy decode worker's time. */
 export const MAX_LOCAL_SHARE_WITHOUT_SLO = 0.5;
 /** Fraction of the TPOT SLO a local prefill may use up (the rest is margin for the estimate's error). */
@@ -71,8 +87,10 @@ export interface WorkerView {
    */
   recentDecodeStep?: { batch: number; ms: number };
   prefillChunkTokens: number;
-  /** Share (0..1) of this worker's recent time taken by local prefills this router placed on it. */
+  /** Share (0..1) of this worker's recent time taken by local prefills this router placed on it, over `localShareWindowMs`. */
   localPrefillShare: number;
+  /** The window that share was counted over, ms (LOCAL_SHARE_WINDOW_MS when absent). */
+  localShareWindowMs?: number;
   /** Leading prompt tokens this worker's prefix cache is expected to hold for this request (0 unknown). */
   cachedTokens?: number;
 }
@@ -269,7 +287,7 @@ function localOption(input: PlacementInput): Option {
  */
 function fitsTpotHeadroom(input: PlacementInput, local: Option): boolean {
   if (input.decode.batch === 0) return true; // nothing running to stall
-  const share = Math.min(0.95, input.decode.localPrefillShare + (local.localPrefillMs ?? 0) / LOCAL_SHARE_WINDOW_MS);
+  const share = Math.min(0.95, input.decode.localPrefillShare + (local.localPrefillMs ?? 0) / (input.decode.localShareWindowMs ?? LOCAL_SHARE_WINDOW_MS));
   if (input.tpotSloMs === undefined || local.tpotMs === undefined) return share <= MAX_LOCAL_SHARE_WITHOUT_SLO;
   return local.tpotMs / (1 - share) <= input.tpotSloMs * TPOT_HEADROOM_MARGIN;
 }

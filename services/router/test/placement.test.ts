@@ -2,7 +2,7 @@
 // functions of measured numbers; test/slo.test.ts runs them through a real cluster).
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { decidePlacement, decodeStepMs, stepMsAt, type PlacementInput, type WorkerView } from '../src/placement.ts';
+import { decidePlacement, decodeStepMs, LOCAL_SHARE_WINDOW_MS, localShareWindowMs, MAX_LOCAL_SHARE_WINDOW_MS, stepMsAt, type PlacementInput, type WorkerView } from '../src/placement.ts';
 import { judgeAdmission, type AdmissionInput } from '../src/admission.ts';
 import { LoadLedger } from '../src/load-ledger.ts';
 import type { WorkerInfo } from '@pdserve/common';
@@ -53,6 +53,25 @@ describe('placement policy', () => {
     const tired = decodeWorker({ batch: 8, localPrefillShare: 0.45 });
     const p = decidePlacement(input({ decode: tired, promptTokens: 64 }), { mode: 'auto' });
     assert.deepEqual([p.where, p.reason], ['remote', 'tpot_headroom']);
+  });
+
+  test("a local prefill's stall is weighed over a request's decode lifetime, not 4 s", () => {
+    assert.equal(localShareWindowMs(96, 100), 9600, '96 output tokens at 100 ms a step');
+    assert.equal(localShareWindowMs(8, 100), LOCAL_SHARE_WINDOW_MS, 'never shorter than the floor');
+    assert.equal(localShareWindowMs(4096, 100), MAX_LOCAL_SHARE_WINDOW_MS, 'nor longer than the ledger keeps work');
+    assert.equal(localShareWindowMs(undefined, 100), LOCAL_SHARE_WINDOW_MS);
+    assert.equal(localShareWindowMs(96, undefined), LOCAL_SHARE_WINDOW_MS);
+    // A batch of 8 (~72 ms a step at 9; SLO 150, so local prefills may stretch it to 120 ms) that
+    // took 1.4 s of local prefills in the last few seconds, and a 160-token prompt (0.4 s at 400
+    // tok/s) on top. Over 4 s that is 45% of the time (134 ms per token: remote); over the 96-token
+    // lifetime of the requests it stalls (~6.9 s), 26% (97 ms: local).
+    const d = decodeWorker({ batch: 8, prefillTokensPerS: 400, decodeStepMsByBatch: new Map([[1, 40], [8, 70], [16, 100]]) });
+    const over4s = decidePlacement(input({ decode: { ...d, localPrefillShare: 1400 / LOCAL_SHARE_WINDOW_MS }, promptTokens: 160 }), { mode: 'auto' });
+    assert.deepEqual([over4s.where, over4s.reason], ['remote', 'tpot_headroom']);
+    const window = localShareWindowMs(96, decodeStepMs(d, 9));
+    assert.ok(window > 6800 && window < 7000, `window ${window}`);
+    const overLifetime = decidePlacement(input({ decode: { ...d, localPrefillShare: 1400 / window, localShareWindowMs: window }, promptTokens: 160 }), { mode: 'auto' });
+    assert.deepEqual([overLifetime.where, overLifetime.reason], ['local', 'faster']);
   });
 
   test('tokens queued on the decode worker make the prefill worker faster, and the other way round', () => {
@@ -210,6 +229,9 @@ describe('load ledger', () => {
     assert.equal(ledger.view(info({ running: 3, queued_prefill_tokens: 700 }, now + 1000)).batch, 3);
     now += 5000;
     assert.equal(ledger.localShare('d'), 0, 'the local share window moved on');
+    assert.equal(ledger.localShare('d', 10_000), 125 / 10_000, 'a longer window still counts it');
+    now += 30_000;
+    assert.equal(ledger.localShare('d', 60_000), 0, 'nothing is kept past the longest window');
     ledger.retain(new Set());
     assert.equal(ledger.size, 0, 'nothing kept for workers that left');
   });
