@@ -208,8 +208,9 @@ export class ClusterBackend implements Backend {
     const decode = scored[0].w;
     const prefillers = healthy.filter((w) => w.role === 'prefill');
     const dv = { ...this.ledger.view(decode), cachedTokens: cached.get(decode.id) ?? 0 };
-    // A local prefill's stall is weighed over about this request's decode lifetime (placement.ts).
-    dv.localShareWindowMs = localShareWindowMs(req.sampling.maxTokens, decodeStepMs(dv, dv.batch + 1));
+    // A local prefill's stall is weighed over about one decode lifetime of the requests it stalls
+    // (placement.ts): the recent requests' mean output, or before any finished, this one's limit.
+    dv.localShareWindowMs = localShareWindowMs(this.ledger.meanOutputTokens() ?? req.sampling.maxTokens, decodeStepMs(dv, dv.batch + 1));
     dv.localPrefillShare = this.ledger.localShare(decode.id, dv.localShareWindowMs);
     const placement = decidePlacement({
       promptTokens: n,
@@ -448,7 +449,7 @@ export class ClusterBackend implements Backend {
           finished = true;
           // Over for placement and the load ledger now, not when the consumer lets this generator
           // finish (a consumer that stops at the finish event leaves it suspended below).
-          held.ended();
+          held.ended(progress.generated.length);
           // The prefill's reply (its share of the TTFT) may land just after the last token: the
           // response goes out now, the metrics get the full breakdown when it arrives.
           const complete = (): Record<string, number> => {

@@ -29,6 +29,7 @@ export class LoadLedger {
   private readonly finished = new Map<string, Array<{ at: number; decodes: number; tokens: number }>>();
   /** Local prefills placed per decode worker: when, and their estimated milliseconds of work. */
   private readonly localWork = new Map<string, Array<{ at: number; ms: number }>>();
+  private outputMean: number | undefined;
   /**
    * The KV transfer time not hidden behind the prefill (the last chunk's blocks and their
    * messages, as the router measures it on the TTFT path), fitted as fixedMs + msPerToken x tokens
@@ -83,7 +84,7 @@ export class LoadLedger {
   }
 
   /** A request starts: its decode worker and (when different) its prefill worker. Returns the release. */
-  begin(decodeId: string, prefillId: string, promptTokens: number, localPrefillMs?: number): { prefilled(): void; ended(): void } {
+  begin(decodeId: string, prefillId: string, promptTokens: number, localPrefillMs?: number): { prefilled(): void; ended(outputTokens?: number): void } {
     this.add(this.inflight, decodeId, 1);
     if (prefillId !== decodeId) this.add(this.inflight, prefillId, 1);
     this.add(this.decoding, decodeId, 1);
@@ -103,9 +104,10 @@ export class LoadLedger {
     };
     return {
       prefilled: prefilledOnce,
-      ended: () => {
+      ended: (outputTokens?: number) => {
         if (ended) return;
         ended = true;
+        if (outputTokens !== undefined) this.observeOutput(outputTokens);
         prefilledOnce();
         this.add(this.inflight, decodeId, -1);
         if (prefillId !== decodeId) this.add(this.inflight, prefillId, -1);
@@ -113,6 +115,17 @@ export class LoadLedger {
         this.noteFinished(decodeId, 1, 0);
       },
     };
+  }
+
+  /** A request finished with `tokens` output tokens (a moving average: how long requests decode here). */
+  observeOutput(tokens: number): void {
+    if (!(tokens >= 0) || !Number.isFinite(tokens)) return;
+    this.outputMean = this.outputMean === undefined ? tokens : this.outputMean + 0.1 * (tokens - this.outputMean);
+  }
+
+  /** Mean output tokens of the requests finished recently; undefined before the first. */
+  meanOutputTokens(): number | undefined {
+    return this.outputMean;
   }
 
   /** A remote prefill's first token came `tailMs` after its compute ended; its last chunk held `lastChunkTokens`. */

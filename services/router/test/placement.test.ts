@@ -242,6 +242,18 @@ describe('load ledger', () => {
     assert.equal(ledger.view(info({}, 0)).recentDecodeStep, undefined);
   });
 
+  test('keeps a moving mean of the output tokens of finished requests', () => {
+    const ledger = new LoadLedger(() => 0);
+    assert.equal(ledger.meanOutputTokens(), undefined);
+    ledger.begin('d', 'p', 100).ended(100);
+    assert.equal(ledger.meanOutputTokens(), 100);
+    ledger.begin('d', 'p', 100).ended(200);
+    assert.equal(ledger.meanOutputTokens(), 110);
+    const r = ledger.begin('d', 'p', 100);
+    r.ended(); r.ended(900);
+    assert.equal(ledger.meanOutputTokens(), 110, 'an end without a count (a failure), and a second end, change nothing');
+  });
+
   test('fits the transfer cost as fixed + per token from the replies', () => {
     const ledger = new LoadLedger(() => 0);
     assert.deepEqual(ledger.transferCost(), { fixedMs: 0, msPerToken: 0 });
