@@ -47,6 +47,10 @@ const systems = [
   { key: 'unified1x2', name: '--unified 1 --threads 2', args: ['--unified', '1', '--threads', '2', '--admission', 'off'], admission: false },
   { key: 'unified2x1', name: '--unified 2 --threads 1', args: ['--unified', '2', '--threads', '1', '--pin', '--admission', 'off'], admission: false },
   { key: 'remote', name: '--prefill 1 --decode 1 --prefill-placement remote', args: ['--prefill', '1', '--decode', '1', '--pin', '--threads', '1', '--prefill-placement', 'remote', '--admission', 'off'], admission: false },
+  // Only when named: the default mode's split with unpinned 2-thread workers (`up` then turns ONNX
+  // Runtime's spinning off, --ort-spinning auto), so a pass can use both cores while the other worker idles.
+  { key: 'default-shared', name: 'default, unpinned, 2 threads per worker (spinning off)', args: ['--prefill', '1', '--decode', '1', '--threads', '2'], admission: true, optIn: true },
+  { key: 'unified2x2', name: '--unified 2 --threads 2 (spinning off)', args: ['--unified', '2', '--threads', '2', '--admission', 'off'], admission: false, optIn: true },
   // Only when named (--systems / --overload-systems): the default mode with the engine threads at
   // the process's own priority, to measure what --engine-nice buys.
   { key: 'default-nice0', name: 'default, --engine-nice 0', args: ['--prefill', '1', '--decode', '1', '--pin', '--threads', '1', '--engine-nice', '0'], admission: true, optIn: true },

@@ -50,6 +50,11 @@ test('dummy builds a model that generate can run; bad arguments exit non-zero wi
   const badTemp = pdserve('generate', '--model', join(dir, 'tiny'), '--prompt', 'hi', '--temperature', 'hot');
   assert.notEqual(badTemp.status, 0);
   assert.match(badTemp.stderr, /temperature/);
+  for (const cmd of ['worker', 'up']) {
+    const badSpin = pdserve(cmd, '--model', join(dir, 'tiny'), '--ort-spinning', 'sometimes');
+    assert.notEqual(badSpin.status, 0);
+    assert.match(badSpin.stderr, /--ort-spinning must be one of on, off.*got sometimes/);
+  }
 });
 
 test('--dtype: convert and dummy record it in config.json and generate runs the model; a bad --dtype exits non-zero naming it', (t) => {

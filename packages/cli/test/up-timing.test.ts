@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { Supervisor } from '@pdserve/common';
-import { stopGraceMs, waitReady } from '../src/commands/up.ts';
+import { ortSpinning, stopGraceMs, waitReady } from '../src/commands/up.ts';
 
 /** A child that, on SIGTERM, keeps "draining" for drainMs and then exits 0 by itself. */
 function drainingChild(sup: Supervisor, name: string, drainMs: number, marker: string) {
@@ -78,4 +78,14 @@ test('waitReady gives up at its deadline, and stops at once when a child failed'
     server.closeAllConnections();
     await new Promise((r) => server.close(r));
   }
+});
+
+test("--ort-spinning auto: the workers' threads spin only while each has a core of its own", () => {
+  assert.equal(ortSpinning('auto', 2, 1, 2), 'on', '1 prefill + 1 decode, 1 thread each, 2 cores');
+  assert.equal(ortSpinning('auto', 2, 2, 2), 'off', 'two 2-thread workers share 2 cores');
+  assert.equal(ortSpinning('auto', 1, 2, 2), 'on', '--unified 1 --threads 2');
+  assert.equal(ortSpinning('auto', 2, 0, 8), 'off', 'threads 0 is one per core: a second worker shares');
+  assert.equal(ortSpinning('auto', 4, 2, 8), 'on');
+  assert.equal(ortSpinning('on', 2, 2, 2), 'on', 'an explicit choice stands');
+  assert.equal(ortSpinning('off', 1, 1, 2), 'off');
 });

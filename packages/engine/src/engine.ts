@@ -18,6 +18,8 @@ export interface EngineOptions {
   device?: Device;
   /** Intra-op threads for ONNX Runtime; 0 = one per core. */
   threads?: number;
+  /** ONNX Runtime's intra-op threads spin between pieces of work (default) or sleep (runtime/session.ts). */
+  spinning?: boolean;
   /** Tokens per KV block (the unit of transfer and accounting). */
   blockTokens?: number;
   /** Longest sequence served (prompt + output); defaults to the model's max_seq_len. */
@@ -55,7 +57,7 @@ export class Engine {
   ) {}
 
   static async load(dir: string, opts: EngineOptions = {}): Promise<Engine> {
-    const model = await loadModel(dir, { device: opts.device, threads: opts.threads });
+    const model = await loadModel(dir, { device: opts.device, threads: opts.threads, spinning: opts.spinning });
     const config = model.config;
     try {
       const tokenizer = loadTokenizer(dir, { kind: config.tokenizer.kind, vocabSize: config.vocab_size });

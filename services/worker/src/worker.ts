@@ -30,6 +30,8 @@ export interface WorkerOptions {
   advertiseHost: string;
   device: Device;
   threads: number;
+  /** ONNX Runtime's intra-op threads spin between pieces of work (default true); off where workers share cores. */
+  ortSpinning?: boolean;
   kvBudgetMb?: number;
   maxSequences: number;
   maxModelLen?: number;
@@ -89,7 +91,7 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
   const host = await EngineHost.start({
     model: o.model,
     engine: {
-      device: o.device, threads: o.threads, maxSequences: o.maxSequences, maxModelLen: o.maxModelLen,
+      device: o.device, threads: o.threads, spinning: o.ortSpinning, maxSequences: o.maxSequences, maxModelLen: o.maxModelLen,
       kvBudgetBytes: o.kvBudgetMb !== undefined ? o.kvBudgetMb * 1024 * 1024 : undefined,
       blockTokens: o.blockTokens, prefillChunk: o.prefillChunk, prefixCache: o.prefixCache ?? true,
     },

@@ -41,6 +41,7 @@ export function register(program: Command): void {
     .option('--advertise-host <host>', "address others use to reach this worker ('auto' = first non-loopback IPv4)", '127.0.0.1')
     .option('--device <name>', 'cpu, webgpu or cuda', device, 'cpu')
     .option('--threads <n>', 'ONNX Runtime intra-op threads (0 = one per core)', positiveInt, Number(process.env.PDSERVE_THREADS ?? 0))
+    .option('--ort-spinning <on|off>', "ONNX Runtime's idle intra-op threads spin (on, its default: fastest when this worker's threads have cores to themselves) or sleep (off: for workers that share cores)", oneOf('--ort-spinning', ['on', 'off'] as const), 'on')
     .option('--kv-budget-mb <n>', 'KV cache budget in MiB', positiveInt)
     .option('--max-sequences <n>', 'sequences held at once (decode batch limit)', positiveInt, 16)
     .option('--max-model-len <n>', 'longest sequence served (default: the model\'s)', positiveInt)
@@ -60,8 +61,8 @@ export function register(program: Command): void {
     .action(async (o) => {
       const log = createLogger('pdserve-worker');
       applyClusterAuth(o, log);
-      const { clusterToken: _t, clusterTokenFile: _tf, insecureCluster: _i, tlsCert: _c, tlsKey: _k, tlsCa: _a, drainTimeoutS, engineStallS, prefixCache, ...rest } = o;
-      const w = await startWorker({ ...rest, prefixCache: prefixCache === 'on', drainTimeoutMs: drainTimeoutS * 1000, engineStallMs: engineStallS * 1000, logger: log });
+      const { clusterToken: _t, clusterTokenFile: _tf, insecureCluster: _i, tlsCert: _c, tlsKey: _k, tlsCa: _a, drainTimeoutS, engineStallS, prefixCache, ortSpinning, ...rest } = o;
+      const w = await startWorker({ ...rest, prefixCache: prefixCache === 'on', ortSpinning: ortSpinning === 'on', drainTimeoutMs: drainTimeoutS * 1000, engineStallMs: engineStallS * 1000, logger: log });
       runUntilSignalled(w.stop, log);
     });
 

@@ -49,6 +49,7 @@ interface UpFlags {
   engineStallS?: number;
   engineNice?: number;
   pin?: boolean;
+  ortSpinning: 'on' | 'off' | 'auto';
   planner: 'on' | 'off';
   pinRoles?: boolean;
   roleGraceMs?: number;
@@ -67,6 +68,17 @@ interface UpFlags {
 /** Supervisor SIGTERM-to-SIGKILL grace: a worker may drain for its whole bound and still exit on its own. */
 export function stopGraceMs(drainTimeoutMs: number, marginMs = STOP_MARGIN_MS): number {
   return drainTimeoutMs + marginMs;
+}
+
+/**
+ * Whether the workers' ONNX Runtime threads spin between pieces of work. `auto`: only while every
+ * thread can have a core of its own (threads 0 means one per core, so any second worker shares).
+ * A spinning pool on a shared core takes the time another worker's pass needs (BENCHMARKS.md).
+ */
+export function ortSpinning(flag: 'on' | 'off' | 'auto', workers: number, threadsPerWorker: number, cores: number): 'on' | 'off' {
+  if (flag !== 'auto') return flag;
+  const threads = workers * (threadsPerWorker === 0 ? cores : threadsPerWorker);
+  return threads > cores ? 'off' : 'on';
 }
 
 /** Polls `url`/ready until it answers 2xx; each probe is bounded, so a hung router cannot stall `up`. */
@@ -114,6 +126,7 @@ export function register(program: Command): void {
     .option('--engine-nice <n>', "passed to every worker: the engine thread's nice value (default: the worker's, 10)", niceValue)
     .option('--engine-stall-s <s>', "passed to every worker: report unhealthy while its engine thread is silent this long with work pending (default: the worker's, 30)", positiveNumber)
     .option('--pin', 'pin worker i to CPU core i mod cores (taskset), e.g. 1 prefill + 1 decode on their own cores')
+    .option('--ort-spinning <on|off|auto>', "passed to every worker: ONNX Runtime's idle threads spin or sleep; auto = off when the workers' threads outnumber the cores (they share cores), else on", oneOf('--ort-spinning', ['on', 'off', 'auto'] as const), 'auto')
     .option('--planner <on|off>', 'run the planner, which moves workers between roles as the load changes', plannerFlag, 'on')
     .option('--pin-roles', 'start every worker with --pin-role: roles stay as given')
     .option('--role-grace-ms <ms>', "workers' grace period for old-kind calls after a role change", positiveInt)
@@ -170,6 +183,8 @@ export function register(program: Command): void {
       if (o.engineNice !== undefined) common.push('--engine-nice', String(o.engineNice));
       if (o.prefillChunk !== undefined) common.push('--prefill-chunk', String(o.prefillChunk));
       common.push('--kv-wire-dtype', o.kvWireDtype, '--prefix-cache', o.prefixCache, '--kv-transport', o.kvTransport);
+      const workerCount = o.unified ?? o.prefill + o.decode;
+      common.push('--ort-spinning', ortSpinning(o.ortSpinning, workerCount, o.threads, cores));
       const roles: Array<['prefill' | 'decode' | 'unified', number]> = o.unified ? [['unified', o.unified]] : [['prefill', o.prefill], ['decode', o.decode]];
       const pinRole = o.pinRoles ? ['--pin-role'] : [];
       for (const [role, count] of roles) for (let i = 0; i < count; i++) restarting.add(`${role}-${i}`, role, node(`${role}-${i}`, ['worker', '--role', role, ...common, ...pinRole], o.pin));

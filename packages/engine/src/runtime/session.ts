@@ -10,6 +10,13 @@ export interface SessionOptions {
   /** Intra-op threads; 0 lets ONNX Runtime choose (one per core). */
   threads?: number;
   /**
+   * Whether idle intra-op threads spin waiting for the next piece of work (ONNX Runtime's default)
+   * or sleep. Spinning wins when each thread has a core to itself; where workers share cores (two
+   * unpinned 2-thread workers on 2 cores), a spinning pool burns the core the other worker's pass
+   * needs: measured here, both passes ran 1.4x slower than without spinning (BENCHMARKS.md).
+   */
+  spinning?: boolean;
+  /**
    * Turns on ONNX Runtime's profiler, which writes a chrome-trace JSON (every node run with its
    * op type and execution provider) to `<prefix>_<timestamp>.json` at session.endProfiling().
    * For tests and diagnosis: it records every node of every run.
@@ -17,20 +24,27 @@ export interface SessionOptions {
   profileFilePrefix?: string;
 }
 
+/** ONNX Runtime's session options for `opts` (device checked by createSession). */
+export function ortSessionOptions(opts: SessionOptions = {}): ort.InferenceSession.SessionOptions {
+  const device = opts.device ?? 'cpu';
+  const providers: ort.InferenceSession.ExecutionProviderConfig[] = device === 'cpu' ? ['cpu'] : [device, 'cpu'];
+  return {
+    executionProviders: providers,
+    intraOpNumThreads: opts.threads ?? 0,
+    interOpNumThreads: 1,
+    executionMode: 'sequential',
+    graphOptimizationLevel: 'all',
+    logSeverityLevel: 3,
+    ...(opts.spinning === false ? { extra: { session: { intra_op: { allow_spinning: '0' } } } } : {}),
+    ...(opts.profileFilePrefix !== undefined ? { enableProfiling: true, profileFilePrefix: opts.profileFilePrefix } : {}),
+  };
+}
+
 export async function createSession(modelPath: string, opts: SessionOptions = {}): Promise<ort.InferenceSession> {
   const device = opts.device ?? 'cpu';
   if (!DEVICES.includes(device)) throw new Error(`unknown device ${JSON.stringify(device)} (expected one of ${DEVICES.join(', ')})`);
-  const providers: ort.InferenceSession.ExecutionProviderConfig[] = device === 'cpu' ? ['cpu'] : [device, 'cpu'];
   try {
-    return await ort.InferenceSession.create(modelPath, {
-      executionProviders: providers,
-      intraOpNumThreads: opts.threads ?? 0,
-      interOpNumThreads: 1,
-      executionMode: 'sequential',
-      graphOptimizationLevel: 'all',
-      logSeverityLevel: 3,
-      ...(opts.profileFilePrefix !== undefined ? { enableProfiling: true, profileFilePrefix: opts.profileFilePrefix } : {}),
-    });
+    return await ort.InferenceSession.create(modelPath, ortSessionOptions(opts));
   } catch (err) {
     throw new Error(`cannot load ${modelPath} on ${device}: ${(err as Error).message}`);
   }
