@@ -39,6 +39,16 @@ test('bench-engine: the table and the JSON blob with prefill, decode and rooflin
   for (const d of res.decode) for (const ms of d.samplesMs) positive(ms, `decode batch ${d.B}`);
 });
 
+test('bench-ort-spinning: every layout measured, decode and prefill', () => {
+  const out = script('bench-ort-spinning.ts', ['--model', model, '--seconds', '0.3', '--batch', '2', '--context', '32', '--json']);
+  const res = JSON.parse(out.trim().split('\n').at(-1)!);
+  assert.deepEqual(res.rows.map((r: { layout: string }) => r.layout), [
+    'alone, 1 thread', 'alone, 2 threads', 'both at once: pinned, 1 thread each',
+    'both at once: unpinned, 2 threads each, spinning on', 'both at once: unpinned, 2 threads each, spinning off',
+  ]);
+  for (const r of res.rows) { positive(r.decodeMs, `${r.layout} decode`); positive(r.prefillMs, `${r.layout} prefill`); }
+});
+
 test('bench-router-overhead: a real cluster, both paths measured', () => {
   const out = script('bench-router-overhead.ts', ['--model', model, '--requests', '4']);
   for (const row of ['through the router (HTTP)', 'workers directly (gRPC, same calls)', 'HTTP floor: GET /health round trip']) {
