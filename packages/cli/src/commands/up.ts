@@ -36,7 +36,7 @@ interface UpFlags {
   unified?: number;
   redisUrl?: string;
   device: string;
-  threads: number;
+  threads?: number;
   maxSequences: number;
   kvBudgetMb?: number;
   prefillChunk?: number;
@@ -113,7 +113,7 @@ export function register(program: Command): void {
     .option('--unified <n>', 'unified workers (prefill and decode in one process) instead of --prefill/--decode', positiveInt)
     .option('--redis-url <url>', 'use this Redis instead of starting redis-server (default: $PDSERVE_REDIS_URL; a password belongs there, not in `ps`)', process.env.PDSERVE_REDIS_URL)
     .option('--device <name>', 'cpu, webgpu or cuda', device, 'cpu')
-    .option('--threads <n>', 'ONNX Runtime threads per worker (0 = one per core)', positiveInt, 1)
+    .option('--threads <n>', 'ONNX Runtime threads per worker (default: one per core, so a pass can use every core another worker leaves idle; --ort-spinning auto then lets idle threads sleep)', positiveInt)
     .option('--max-sequences <n>', 'sequences per worker', positiveInt, 16)
     .option('--kv-budget-mb <n>', 'KV cache budget per worker, MiB', positiveInt)
     .option('--prefill-chunk <n>', 'prompt tokens per prefill pass (worker default 256)', positiveInt)
@@ -176,7 +176,11 @@ export function register(program: Command): void {
         const pinned = pin ? ['taskset', '-c', String(nextCore++ % cores), ...argv] : argv;
         return () => supervisor.spawn({ name, command: pinned[0], args: pinned.slice(1), env: { [SUPERVISOR_PID_ENV]: String(process.pid), ...secrets } });
       };
-      const common = ['--model', model, ...tls, '--device', o.device, '--threads', String(o.threads), '--max-sequences', String(o.maxSequences), '--drain-timeout-s', String(o.drainTimeoutS)];
+      // Every worker may use every core by default: with 1 prefill + 1 decode worker on 2 cores,
+      // 2 threads each (spinning off) served more chat and shifting requests within the SLOs than
+      // 1 thread each pinned to its own core (BENCHMARKS.md, "Workers that share the cores").
+      const threads = o.threads ?? cores;
+      const common = ['--model', model, ...tls, '--device', o.device, '--threads', String(threads), '--max-sequences', String(o.maxSequences), '--drain-timeout-s', String(o.drainTimeoutS)];
       if (o.kvBudgetMb !== undefined) common.push('--kv-budget-mb', String(o.kvBudgetMb));
       if (o.roleGraceMs !== undefined) common.push('--role-grace-ms', String(o.roleGraceMs));
       if (o.engineStallS !== undefined) common.push('--engine-stall-s', String(o.engineStallS));
@@ -184,7 +188,7 @@ export function register(program: Command): void {
       if (o.prefillChunk !== undefined) common.push('--prefill-chunk', String(o.prefillChunk));
       common.push('--kv-wire-dtype', o.kvWireDtype, '--prefix-cache', o.prefixCache, '--kv-transport', o.kvTransport);
       const workerCount = o.unified ?? o.prefill + o.decode;
-      common.push('--ort-spinning', ortSpinning(o.ortSpinning, workerCount, o.threads, cores));
+      common.push('--ort-spinning', ortSpinning(o.ortSpinning, workerCount, threads, cores));
       const roles: Array<['prefill' | 'decode' | 'unified', number]> = o.unified ? [['unified', o.unified]] : [['prefill', o.prefill], ['decode', o.decode]];
       const pinRole = o.pinRoles ? ['--pin-role'] : [];
       for (const [role, count] of roles) for (let i = 0; i < count; i++) restarting.add(`${role}-${i}`, role, node(`${role}-${i}`, ['worker', '--role', role, ...common, ...pinRole], o.pin));
