@@ -57,6 +57,13 @@ function retryAfter(excessMs: number): number {
   return Math.min(MAX_RETRY_AFTER_S, Math.max(1, Math.ceil(excessMs / 1000)));
 }
 
+/** ", prefilling at R tokens/s, transfer T ms": what the estimate assumed, so a refusal can be checked. */
+function basis(p: Placement): string {
+  const b = p.ttftBasis;
+  if (!b) return '';
+  return `, prefilling at ${Math.round(b.prefillTokensPerS)} tokens/s${p.where === 'remote' ? `, KV transfer ${Math.round(b.transferMs)} ms` : ''}`;
+}
+
 /** undefined: admit. Otherwise the refusal to send. */
 export function judgeAdmission(input: AdmissionInput, config: AdmissionConfig): Refusal | undefined {
   const cluster = input.cluster;
@@ -77,7 +84,7 @@ export function judgeAdmission(input: AdmissionInput, config: AdmissionConfig): 
   if (slo.ttftMs !== undefined && p.ttftMs !== undefined && p.ttftMs > slo.ttftMs * ADMISSION_MARGIN) {
     return {
       code: 'slo_ttft',
-      message: `predicted time to first token ${Math.round(p.ttftMs)} ms (${input.queuedPrefillTokens} prompt tokens ahead on the ${p.where} prefill) leaves no margin within the SLO of ${slo.ttftMs} ms`,
+      message: `predicted time to first token ${Math.round(p.ttftMs)} ms (${input.queuedPrefillTokens} prompt tokens ahead on the ${p.where} prefill${basis(p)}) leaves no margin within the SLO of ${slo.ttftMs} ms`,
       retryAfterS: retryAfter(p.ttftMs - slo.ttftMs * ADMISSION_MARGIN),
     };
   }

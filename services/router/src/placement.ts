@@ -129,6 +129,8 @@ export interface Placement {
   localPrefillMs?: number;
   /** Prompt tokens the chosen prefilling worker is expected to serve from its prefix cache (0 when unset). */
   expectedCachedTokens?: number;
+  /** What the TTFT estimate was built from (for the refusal message and logs): the prefill rate and the transfer, ms. */
+  ttftBasis?: { prefillTokensPerS: number; transferMs: number };
 }
 
 /** Requests of load a whole prompt found in a unified worker's prefix cache is worth (decodeScore). */
@@ -254,6 +256,7 @@ function remoteOption(input: PlacementInput, p: WorkerView): Option {
   return {
     where: 'remote', prefillWorker: p.id, reason: 'faster', measured, expectedCachedTokens: cached,
     ttftMs: ((p.queuedPrefillTokens + n - cached) / rate) * 1000 + transferMs(input, p) + (step ?? 0),
+    ttftBasis: { prefillTokensPerS: rate, transferMs: transferMs(input, p) },
     tpotMs: step,
   };
 }
@@ -274,6 +277,7 @@ function localOption(input: PlacementInput): Option {
   return {
     where: 'local', prefillWorker: d.id, reason: 'faster', measured, expectedCachedTokens: cached,
     ttftMs: (ahead / rate) * 1000 + (d.batch > 0 ? chunks : 1) * (step ?? 0),
+    ttftBasis: { prefillTokensPerS: rate, transferMs: 0 },
     // This request's own prefill runs before its first token: it stalls the others, not itself
     // (the headroom check below keeps the others' TPOT).
     tpotMs: step,

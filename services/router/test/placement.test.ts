@@ -172,6 +172,11 @@ describe('admission policy', () => {
     assert.equal(r.code, 'slo_ttft');
     assert.equal(r.retryAfterS, 3);
     assert.match(r.message, /3400 ms.*SLO of 1000 ms/);
+    // The message says what the estimate assumed, so an operator can check a refusal.
+    const withBasis = judgeAdmission(base({ placement: { where: 'remote', prefillWorker: 'p', reason: 'faster', ttftMs: 3400, tpotMs: 60, ttftBasis: { prefillTokensPerS: 412.4, transferMs: 12.2 } } }), on)!;
+    assert.match(withBasis.message, /200 prompt tokens ahead on the remote prefill, prefilling at 412 tokens\/s, KV transfer 12 ms\)/);
+    const p = decidePlacement(input({ promptTokens: 100, prefillers: [worker({ id: 'p', prefillTokensPerS: 500 })] }), { mode: 'remote' });
+    assert.deepEqual(p.ttftBasis, { prefillTokensPerS: 500, transferMs: 2 + 0.01 * 100 });
     // Within the SLO but without the margin for the estimate's error.
     assert.equal(judgeAdmission(base({ placement: { where: 'remote', prefillWorker: 'p', reason: 'faster', ttftMs: 950, tpotMs: 60 } }), on)!.code, 'slo_ttft');
   });
