@@ -263,7 +263,8 @@ describe('redis worker registry', () => {
     cleanups.push(() => late.stop());
     const check = new Redis(url);
     cleanups.push(async () => check.disconnect());
-    await waitFor('registered after redis start', async () => (await check.exists(clusterKeys(prefix).worker('early'))) === 1, 4000);
+    // The key lands in Redis a moment before the heartbeat's reply sets `registered`: wait for both.
+    await waitFor('registered after redis start', async () => (await check.exists(clusterKeys(prefix).worker('early'))) === 1 && r.registered, 4000);
     assert.equal(r.registered, true);
   });
 
