@@ -15,6 +15,17 @@ const TTFT_CALIBRATION_MIN_SAMPLES = 4;
 /** How far the calibration may scale an estimate. */
 const TTFT_CALIBRATION_BOUNDS = [0.5, 3] as const;
 
+/**
+ * The decode steps placement anchors its step-time line to: the mean over the worker's last ~10 s
+ * (about one request's decode lifetime, the span its TPOT averages over), else, from a worker that
+ * does not report it, the median of its last 16 steps.
+ */
+function recentDecodeStep(l: WorkerInfo['load']): { batch: number; ms: number } | undefined {
+  if (l.decode_step_ms_window !== undefined && l.decode_batch_window !== undefined) return { batch: l.decode_batch_window, ms: l.decode_step_ms_window };
+  if (l.decode_step_ms !== undefined && l.decode_batch !== undefined) return { batch: l.decode_batch, ms: l.decode_step_ms };
+  return undefined;
+}
+
 const DEFAULT_PREFILL_CHUNK = 256;
 /**
  * A heartbeat carries the load the worker's main thread last heard from its engine thread (which
@@ -213,7 +224,7 @@ export class LoadLedger {
       prefillTokensPerS: l.prefill_tokens_per_s,
       batch: Math.max(l.running + l.waiting - since.decodes, this.decoding.get(w.id) ?? 0),
       decodeStepMsByBatch: byBatch,
-      recentDecodeStep: l.decode_step_ms !== undefined && l.decode_batch !== undefined ? { batch: l.decode_batch, ms: l.decode_step_ms } : undefined,
+      recentDecodeStep: recentDecodeStep(l),
       prefillChunkTokens: l.prefill_chunk_tokens ?? DEFAULT_PREFILL_CHUNK,
       localPrefillShare: this.localShare(w.id),
     };

@@ -245,6 +245,8 @@ describe('load ledger', () => {
     const ledger = new LoadLedger(() => 0);
     assert.deepEqual(ledger.view(info({ decode_step_ms: 65, decode_batch: 5 }, 0)).recentDecodeStep, { batch: 5, ms: 65 });
     assert.equal(ledger.view(info({}, 0)).recentDecodeStep, undefined);
+    // The ~10 s mean, when the worker reports it, over the median of its last 16 steps.
+    assert.deepEqual(ledger.view(info({ decode_step_ms: 130, decode_batch: 5, decode_step_ms_window: 90, decode_batch_window: 4.5 }, 0)).recentDecodeStep, { batch: 4.5, ms: 90 });
   });
 
   test("calibrates TTFT estimates by how long admitted requests' first tokens really took", () => {

@@ -99,12 +99,17 @@ async function main(): Promise<void> {
         prefill_tokens_per_s: scheduler.prefillTokensPerS || undefined,
         decode_step_ms: decodeMs.length ? Math.round(decodeMs[Math.floor(decodeMs.length / 2)] * 100) / 100 : undefined,
         decode_batch: decodes.length ? Math.round((decodes.reduce((n, d) => n + d.batch, 0) / decodes.length) * 100) / 100 : undefined,
+        ...windowLoad(scheduler.decodeStepMean()),
         queued_prefill_tokens: scheduler.queuedPrefillTokens,
         prefill_chunk_tokens: engine.prefillChunk,
         ...prefixLoad(),
         decode_step_ms_by_batch: Object.fromEntries([...scheduler.decodeStepMsByBatch].map(([b, ms]) => [String(b), Math.round(ms * 100) / 100])),
       },
     });
+  }
+
+  function windowLoad(mean: { ms: number; batch: number } | undefined): { decode_step_ms_window?: number; decode_batch_window?: number } {
+    return mean ? { decode_step_ms_window: Math.round(mean.ms * 100) / 100, decode_batch_window: Math.round(mean.batch * 100) / 100 } : {};
   }
 
   function postPrefixEvents(): void {

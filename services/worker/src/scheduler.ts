@@ -18,6 +18,10 @@ export interface SchedulerOptions {
   holdDecode?: () => boolean;
 }
 
+/** The span decodeStepMean averages over, ms (about one request's decode lifetime), and its bound in steps. */
+export const DECODE_STEP_WINDOW_MS = 10_000;
+const DECODE_STEP_WINDOW_MAX = 1024;
+
 export class QueueFullError extends Error {}
 
 interface ReserveWaiter {
@@ -50,6 +54,8 @@ export class Scheduler {
   readonly recentStepMs: number[] = [];
   /** The last few decode steps alone (the planner's step-time model needs them apart from prefill chunks). */
   readonly recentDecodeSteps: Array<{ ms: number; batch: number }> = [];
+  /** Decode steps of the last DECODE_STEP_WINDOW_MS (decodeStepMean). */
+  private readonly decodeStepWindow: Array<{ at: number; ms: number; batch: number }> = [];
   /** Tokens and milliseconds of the last prefill passes, for a throughput that matches this worker's mix of prompts. */
   private readonly recentPrefill: Array<{ tokens: number; ms: number }> = [];
   /** Moving average of the decode step time per batch size (what a router needs to predict TPOT). */
@@ -460,10 +466,25 @@ export class Scheduler {
     } else {
       this.recentDecodeSteps.push({ ms, batch });
       if (this.recentDecodeSteps.length > 16) this.recentDecodeSteps.shift();
+      this.decodeStepWindow.push({ at: performance.now(), ms, batch });
+      if (this.decodeStepWindow.length > DECODE_STEP_WINDOW_MAX) this.decodeStepWindow.shift();
       const prev = this.decodeStepMsByBatch.get(batch);
       this.decodeStepMsByBatch.set(batch, prev === undefined ? ms : prev + 0.2 * (ms - prev));
     }
     this.opts.onStep?.({ phase, ms, tokens, batch, assembleMs: this.engine.runner.lastTimings.assembleMs });
+  }
+
+  /**
+   * Mean decode step time and batch over the last DECODE_STEP_WINDOW_MS: about one request's decode
+   * lifetime, the span a TPOT (a mean per request) is taken over. The last 16 steps follow a burst
+   * of the other worker's prefill passes on shared cores; a request decoding for 10 s sees them
+   * come and go.
+   */
+  decodeStepMean(now = performance.now()): { ms: number; batch: number } | undefined {
+    const w = this.decodeStepWindow;
+    while (w.length > 0 && w[0].at < now - DECODE_STEP_WINDOW_MS) w.shift();
+    if (w.length === 0) return undefined;
+    return { ms: w.reduce((s, x) => s + x.ms, 0) / w.length, batch: w.reduce((s, x) => s + x.batch, 0) / w.length };
   }
 
   private failAll(err: Error): void {

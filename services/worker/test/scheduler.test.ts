@@ -5,7 +5,7 @@
 import { afterEach, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { KvChecksumError } from '../../../packages/engine/src/index.ts';
-import { QueueFullError } from '../src/scheduler.ts';
+import { DECODE_STEP_WINDOW_MS, QueueFullError } from '../src/scheduler.ts';
 import { RequestFailure } from '../src/requests.ts';
 import { BLOCK_BYTES, EOS, harness, kvChunk, until, type Harness } from './support/scheduler-harness.ts';
 
@@ -46,6 +46,20 @@ test('a request joins the running batch between two steps, and one that finishes
   await b.out.ended;
   assert.equal(b.out.tokens.length, 5);
   assert.deepEqual(engine.steps.map((s) => s.length), [1, 2, 1, 1, 1], 'a: first token + 2 steps; b: first token + 4 steps');
+});
+
+test('decodeStepMean: the mean step time and batch of the decode steps of the last 10 s', async () => {
+  const { sched, decode } = make();
+  assert.equal(sched.decodeStepMean(), undefined, 'no step yet');
+  const a = decode('a', { ready: true, sampling: { max_tokens: 3 } });
+  const b = decode('b', { ready: true, sampling: { max_tokens: 4 } });
+  await Promise.all([a.out.ended, b.out.ended]);
+  const steps = sched.recentDecodeSteps;
+  assert.ok(steps.length >= 2);
+  const mean = sched.decodeStepMean()!;
+  assert.ok(Math.abs(mean.batch - steps.reduce((n, x) => n + x.batch, 0) / steps.length) < 1e-9);
+  assert.ok(Math.abs(mean.ms - steps.reduce((n, x) => n + x.ms, 0) / steps.length) < 1e-9);
+  assert.equal(sched.decodeStepMean(performance.now() + DECODE_STEP_WINDOW_MS + 1), undefined, 'steps older than the window drop out');
 });
 
 test('the first token goes out when a request joins, before any forward pass of it', async () => {

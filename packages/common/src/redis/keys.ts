@@ -50,6 +50,9 @@ export interface WorkerLoad {
   decode_step_ms?: number;
   /** Mean batch size of those decode steps. */
   decode_batch?: number;
+  /** Mean decode step time, ms, and mean batch over the last ~10 s of decode steps (about one request's decode lifetime). */
+  decode_step_ms_window?: number;
+  decode_batch_window?: number;
   /** Prompt tokens queued or part-way through prefill here (not a count of prompts): the work ahead of a new prompt. */
   queued_prefill_tokens?: number;
   /** Sequences this worker holds at most, and how many of those are free. */
@@ -225,7 +228,7 @@ export function parseWorkerRecord(json: string | null | undefined): WorkerRecord
   if (l.step_ms_p50 !== undefined && !isNum(l.step_ms_p50)) return undefined;
   if (l.prefill_tokens_per_s !== undefined && !isNum(l.prefill_tokens_per_s)) return undefined;
   if (l.step_ms_recent !== undefined && !(Array.isArray(l.step_ms_recent) && l.step_ms_recent.every(isNum))) return undefined;
-  for (const k of ['queued_prefill_tokens', 'prefill_chunk_tokens', 'max_sequences', 'free_sequences', 'decode_step_ms', 'decode_batch']) {
+  for (const k of ['queued_prefill_tokens', 'prefill_chunk_tokens', 'max_sequences', 'free_sequences', 'decode_step_ms', 'decode_batch', 'decode_step_ms_window', 'decode_batch_window']) {
     if (l[k] !== undefined && !(isNum(l[k]) && (l[k] as number) >= 0)) return undefined;
   }
   const byBatch = l.decode_step_ms_by_batch;
