@@ -6,7 +6,7 @@
 // this router's clock: a skew between hosts only shifts how much is discounted, and the router's
 // own count of what it has in flight stays a floor.
 import type { WorkerInfo } from '@pdserve/common';
-import { LOCAL_SHARE_WINDOW_MS, MAX_LOCAL_SHARE_WINDOW_MS, type WorkerView } from './placement.ts';
+import { LOCAL_SHARE_WINDOW_MS, MAX_LOCAL_SHARE_WINDOW_MS, theilSen, type WorkerView } from './placement.ts';
 
 /** Weight kept by the TTFT calibration's moving sums per new sample (about the last 10 requests). */
 const TTFT_FIT_KEEP = 0.9;
@@ -26,6 +26,8 @@ function recentDecodeStep(l: WorkerInfo['load']): { batch: number; ms: number } 
   return undefined;
 }
 
+/** Remote prefills the transfer cost is fitted over. */
+const TRANSFER_SAMPLES = 32;
 const DEFAULT_PREFILL_CHUNK = 256;
 /**
  * A heartbeat carries the load the worker's main thread last heard from its engine thread (which
@@ -55,7 +57,9 @@ export class LoadLedger {
    * messages, as the router measures it on the TTFT path), fitted as fixedMs + msPerToken x tokens
    * of the last chunk, by least squares with exponential forgetting.
    */
-  private fit = { w: 0, x: 0, y: 0, xx: 0, xy: 0 };
+  /** The last TRANSFER_SAMPLES remote prefills: last chunk's tokens and the transfer's share of the TTFT, ms. */
+  private readonly transfers: Array<[number, number]> = [];
+  private transferFit: { fixedMs: number; msPerToken: number } = { fixedMs: 0, msPerToken: 0 };
 
   /** `now` is epoch milliseconds (load reports carry the worker's epoch time of the heartbeat). */
   constructor(private readonly now: () => number = () => Date.now()) {}
@@ -174,24 +178,19 @@ export class LoadLedger {
   /** A remote prefill's first token came `tailMs` after its compute ended; its last chunk held `lastChunkTokens`. */
   observeTransfer(lastChunkTokens: number, tailMs: number): void {
     if (!(lastChunkTokens > 0) || !(tailMs >= 0) || !Number.isFinite(tailMs)) return;
-    const f = this.fit;
-    const keep = 0.9;
-    f.w = f.w * keep + 1;
-    f.x = f.x * keep + lastChunkTokens;
-    f.y = f.y * keep + tailMs;
-    f.xx = f.xx * keep + lastChunkTokens * lastChunkTokens;
-    f.xy = f.xy * keep + lastChunkTokens * tailMs;
+    this.transfers.push([lastChunkTokens, tailMs]);
+    if (this.transfers.length > TRANSFER_SAMPLES) this.transfers.shift();
+    // A robust line (Theil-Sen): the residual this measures also holds waits that have nothing to do
+    // with the bytes (the decode worker finishing a local prefill chunk before it takes the KV), and
+    // a least-squares line through a few such points put 250-1450 ms on a 150-token transfer whose
+    // bytes take 30-80 ms here.
+    const line = theilSen(this.transfers)!;
+    this.transferFit = { fixedMs: Math.max(0, line.intercept), msPerToken: line.slope };
   }
 
   /** The fitted transfer cost: a fixed part (ms) and a part per token of the last chunk (ms/token); zeros before any sample. */
   transferCost(): { fixedMs: number; msPerToken: number } {
-    const f = this.fit;
-    if (f.w === 0) return { fixedMs: 0, msPerToken: 0 };
-    const mx = f.x / f.w;
-    const my = f.y / f.w;
-    const varX = f.xx / f.w - mx * mx;
-    const slope = varX > 1e-6 ? Math.max(0, (f.xy / f.w - mx * my) / varX) : 0;
-    return { fixedMs: Math.max(0, my - slope * mx), msPerToken: slope };
+    return this.transferFit;
   }
 
   /** Share (0..1) of the decode worker's recent time taken by local prefills placed on it. */

@@ -180,19 +180,27 @@ export function decodeScore(c: DecodeCandidate, promptTokens: number): number {
  * neighbouring small sizes) is not extrapolated into bigger batches looking faster.
  */
 export function stepMsAt(table: ReadonlyMap<number, number>, batch: number): number | undefined {
-  const points = [...table].filter(([b, ms]) => b >= 1 && ms > 0);
+  const line = theilSen([...table].filter(([b, ms]) => b >= 1 && ms > 0));
+  return line && Math.max(0, line.intercept + line.slope * batch);
+}
+
+/**
+ * A robust line through (x, y) points: the slope is the median of the pairwise slopes (never
+ * negative), the intercept the median of y - slope * x. One wild point moves neither, where a
+ * least-squares fit over a handful of noisy points can take any slope. undefined without points.
+ */
+export function theilSen(points: ReadonlyArray<readonly [number, number]>): { slope: number; intercept: number } | undefined {
   if (points.length === 0) return undefined;
   const slopes: number[] = [];
   for (let i = 0; i < points.length; i++) {
     for (let j = i + 1; j < points.length; j++) {
-      const [bi, mi] = points[i]!;
-      const [bj, mj] = points[j]!;
-      if (bi !== bj) slopes.push((mj - mi) / (bj - bi));
+      const [xi, yi] = points[i]!;
+      const [xj, yj] = points[j]!;
+      if (xi !== xj) slopes.push((yj - yi) / (xj - xi));
     }
   }
   const slope = slopes.length ? Math.max(0, median(slopes)) : 0;
-  const intercept = median(points.map(([b, ms]) => ms - slope * b));
-  return Math.max(0, intercept + slope * batch);
+  return { slope, intercept: median(points.map(([x, y]) => y - slope * x)) };
 }
 
 /** How far the recent steps may rescale the table (a guard against a report of one odd step). */

@@ -287,4 +287,19 @@ describe('load ledger', () => {
     assert.ok(Math.abs(c.fixedMs - 0.88) < 1e-6, `fixed ${c.fixedMs}`);
     assert.ok(Math.abs(c.msPerToken - 0.02) < 1e-9, `per token ${c.msPerToken}`);
   });
+
+  test('the transfer fit is robust: a few waits unrelated to the bytes do not set its slope', () => {
+    // Replies seen at the start of a chat run on shared cores: most transfers take 30-60 ms, a few
+    // waited for the decode worker's local prefill chunk (300-1200 ms). A least-squares line through
+    // these priced a 150-token transfer at 250-1450 ms.
+    const ledger = new LoadLedger(() => 0);
+    for (const [n, ms] of [[64, 31], [200, 1200], [128, 40], [230, 52], [96, 35], [180, 900], [160, 45], [256, 58], [40, 300]]) ledger.observeTransfer(n, ms);
+    const c = ledger.transferCost();
+    const at150 = c.fixedMs + c.msPerToken * 150;
+    assert.ok(at150 > 30 && at150 < 120, `150 tokens: ${at150} ms (${JSON.stringify(c)})`);
+    // Only the last 32 replies count: the waits age out.
+    for (let i = 0; i < 32; i++) ledger.observeTransfer(100 + i, 30 + i * 0.1);
+    const later = ledger.transferCost();
+    assert.ok(later.fixedMs + later.msPerToken * 150 < 40);
+  });
 });
