@@ -220,10 +220,8 @@ export class ClusterBackend implements Backend {
       tpotSloMs: req.slo?.tpotMs,
     }, this.opts.placement ?? { mode: 'auto' });
     const prefill = placement.where === 'local' ? decode : prefillers.find((w) => w.id === placement.prefillWorker)!;
-    // Admission judges the TTFT estimate as recent first tokens have borne it out (load-ledger.ts).
-    const judged = placement.ttftMs === undefined ? placement : { ...placement, ttftMs: placement.ttftMs * this.ledger.ttftCalibration() };
     const refusal = judgeAdmission({
-      slo: req.slo, placement: judged, cluster: this.directory.admission(),
+      slo: req.slo, placement, cluster: this.directory.admission(),
       queuedPrefillTokens: placement.where === 'local' ? dv.queuedPrefillTokens : this.ledger.view(prefill).queuedPrefillTokens,
       decodeBatch: dv.batch,
       decodeSeats: decode.load.max_sequences,
@@ -440,7 +438,6 @@ export class ClusterBackend implements Backend {
             held.prefilled(); // the prompt is done (the prefill's reply may still be on its way)
             transferClock.firstAt = performance.now();
             observeTransfer();
-            if (placement.ttftMs !== undefined && !cont.migrated) this.ledger.observeTtft(placement.ttftMs, transferClock.firstAt - arrived);
           }
           for (const t of e.tokens!.tokens) {
             progress.generated.push(t.id);

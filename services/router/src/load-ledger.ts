@@ -8,13 +8,6 @@
 import type { WorkerInfo } from '@pdserve/common';
 import { LOCAL_SHARE_WINDOW_MS, MAX_LOCAL_SHARE_WINDOW_MS, theilSen, type WorkerView } from './placement.ts';
 
-/** Weight kept by the TTFT calibration's moving sums per new sample (about the last 10 requests). */
-const TTFT_FIT_KEEP = 0.9;
-/** Samples before the calibration moves off 1. */
-const TTFT_CALIBRATION_MIN_SAMPLES = 4;
-/** How far the calibration may scale an estimate. */
-const TTFT_CALIBRATION_BOUNDS = [0.5, 3] as const;
-
 /**
  * The decode steps placement anchors its step-time line to: the mean over the worker's last ~10 s
  * (about one request's decode lifetime, the span its TPOT averages over), else, from a worker that
@@ -50,14 +43,11 @@ export class LoadLedger {
   /** Local prefills placed per decode worker: when, and their estimated milliseconds of work. */
   private readonly localWork = new Map<string, Array<{ at: number; ms: number }>>();
   private outputMean: number | undefined;
-  /** Moving sums of admitted requests' estimated and measured TTFT (ttftCalibration). */
-  private readonly ttftFit = { predicted: 0, actual: 0, n: 0 };
   /**
    * The KV transfer time not hidden behind the prefill (the last chunk's blocks and their
-   * messages, as the router measures it on the TTFT path), fitted as fixedMs + msPerToken x tokens
-   * of the last chunk, by least squares with exponential forgetting.
+   * messages, as the router measures it on the TTFT path) of the last TRANSFER_SAMPLES remote
+   * prefills, as (last chunk's tokens, ms), and the line fitted through them (observeTransfer).
    */
-  /** The last TRANSFER_SAMPLES remote prefills: last chunk's tokens and the transfer's share of the TTFT, ms. */
   private readonly transfers: Array<[number, number]> = [];
   private transferFit: { fixedMs: number; msPerToken: number } = { fixedMs: 0, msPerToken: 0 };
 
@@ -139,29 +129,6 @@ export class LoadLedger {
         this.noteFinished(decodeId, 1, 0);
       },
     };
-  }
-
-  /** An admitted request's first token came `actualMs` after placement estimated `predictedMs`. */
-  observeTtft(predictedMs: number, actualMs: number): void {
-    if (!(predictedMs > 0) || !(actualMs >= 0) || !Number.isFinite(predictedMs) || !Number.isFinite(actualMs)) return;
-    const f = this.ttftFit;
-    f.predicted = f.predicted * TTFT_FIT_KEEP + predictedMs;
-    f.actual = f.actual * TTFT_FIT_KEEP + actualMs;
-    f.n++;
-  }
-
-  /**
-   * How much longer first tokens have recently taken than placement estimated (measured over
-   * estimated, a ratio of moving sums, so long prompts weigh more), within TTFT_CALIBRATION_BOUNDS;
-   * 1 before TTFT_CALIBRATION_MIN_SAMPLES. The estimate models the queue and the prefill rate, but
-   * not what a busy machine adds on top: prompts sharing prefill passes with later arrivals, waits
-   * for a decode step boundary, workers sharing cores. Measured at 12 req/s of chat with the workers
-   * sharing 2 cores: admitted requests took 2.2-3.2 s against estimates under 1.8 s.
-   */
-  ttftCalibration(): number {
-    const f = this.ttftFit;
-    if (f.n < TTFT_CALIBRATION_MIN_SAMPLES || !(f.predicted > 0)) return 1;
-    return Math.min(TTFT_CALIBRATION_BOUNDS[1], Math.max(TTFT_CALIBRATION_BOUNDS[0], f.actual / f.predicted));
   }
 
   /** A request finished with `tokens` output tokens (a moving average: how long requests decode here). */

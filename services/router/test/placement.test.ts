@@ -249,24 +249,6 @@ describe('load ledger', () => {
     assert.deepEqual(ledger.view(info({ decode_step_ms: 130, decode_batch: 5, decode_step_ms_window: 90, decode_batch_window: 4.5 }, 0)).recentDecodeStep, { batch: 4.5, ms: 90 });
   });
 
-  test("calibrates TTFT estimates by how long admitted requests' first tokens really took", () => {
-    const ledger = new LoadLedger(() => 0);
-    assert.equal(ledger.ttftCalibration(), 1, 'nothing measured');
-    for (let i = 0; i < 3; i++) ledger.observeTtft(1000, 1600);
-    assert.equal(ledger.ttftCalibration(), 1, 'too few samples');
-    ledger.observeTtft(1000, 1600);
-    assert.ok(Math.abs(ledger.ttftCalibration() - 1.6) < 1e-9);
-    // A ratio of sums: a long estimate borne out counts for more than a short one missed.
-    ledger.observeTtft(50, 500);
-    assert.ok(ledger.ttftCalibration() > 1.6 && ledger.ttftCalibration() < 2, `${ledger.ttftCalibration()}`);
-    for (let i = 0; i < 60; i++) ledger.observeTtft(1000, 100);
-    assert.equal(ledger.ttftCalibration(), 0.5, 'bounded below');
-    for (let i = 0; i < 60; i++) ledger.observeTtft(100, 10_000);
-    assert.equal(ledger.ttftCalibration(), 3, 'bounded above');
-    ledger.observeTtft(0, 100); ledger.observeTtft(100, NaN); ledger.observeTtft(-5, 100);
-    assert.equal(ledger.ttftCalibration(), 3, 'unusable samples are ignored');
-  });
-
   test('keeps a moving mean of the output tokens of finished requests', () => {
     const ledger = new LoadLedger(() => 0);
     assert.equal(ledger.meanOutputTokens(), undefined);
