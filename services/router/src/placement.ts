@@ -82,8 +82,9 @@ export interface WorkerView {
   /** Measured decode step time, ms, by batch size. */
   decodeStepMsByBatch: ReadonlyMap<number, number>;
   /**
-   * The worker's last few decode steps: their median time and mean batch size. Fresher than the
-   * table, whose entry for a size only moves while the batch is that size (decodeStepMs).
+   * The worker's recent decode steps: their mean time and batch over its last ~10 s (from an older
+   * worker, the median of its last 16 steps). Fresher than the table, whose entry for a size only
+   * moves while the batch is that size (decodeStepMs).
    */
   recentDecodeStep?: { batch: number; ms: number };
   prefillChunkTokens: number;
@@ -261,10 +262,11 @@ function remoteOption(input: PlacementInput, p: WorkerView): Option {
   const { rate, measured } = rateOf(p, undefined);
   const step = decodeStepMs(d, d.batch + 1);
   const cached = cachedOf(p, n);
+  const transfer = transferMs(input, p);
   return {
     where: 'remote', prefillWorker: p.id, reason: 'faster', measured, expectedCachedTokens: cached,
-    ttftMs: ((p.queuedPrefillTokens + n - cached) / rate) * 1000 + transferMs(input, p) + (step ?? 0),
-    ttftBasis: { prefillTokensPerS: rate, transferMs: transferMs(input, p) },
+    ttftMs: ((p.queuedPrefillTokens + n - cached) / rate) * 1000 + transfer + (step ?? 0),
+    ttftBasis: { prefillTokensPerS: rate, transferMs: transfer },
     tpotMs: step,
   };
 }
