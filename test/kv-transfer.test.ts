@@ -5,7 +5,7 @@
 // the decode worker does not know is refused with a clear error.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { Engine, generate } from '../packages/engine/src/index.ts';
@@ -87,6 +87,14 @@ describe('KV transfer between workers', { skip: !haveShared() && 'no ../shared m
       const received = cluster.output().split('\n').filter((l) => l.includes('"KV received"')).map((l) => JSON.parse(l));
       assert.ok(received.some((l) => l.kv_chunks >= 3 && l.via === 'tcp'), `several chunks per transfer over tcp: ${JSON.stringify(received)}`);
       assert.equal(metric(await workerMetrics(cluster, 'decode'), 'pdserve_kv_transfer_failures_total'), 0);
+      // Both workers are on this host: the payloads went through the shared-memory ring (the first
+      // chunks of a connection may go inline, before the decode worker's welcome is in), and the
+      // ring's file was unlinked once the decode worker had it open.
+      assert.ok(received.some((l) => l.kv_shm_chunks >= 3), `payloads through shared memory: ${JSON.stringify(received)}`);
+      const shm = metric(afterText, 'pdserve_kv_transfer_shm_bytes_total') - metric(before, 'pdserve_kv_transfer_shm_bytes_total');
+      assert.ok(shm > 0, 'pdserve_kv_transfer_shm_bytes_total counts them');
+      const pids = cluster.output().split('\n').filter((l) => l.startsWith('{"')).map((l) => { try { return JSON.parse(l).pid as number; } catch { return 0; } });
+      assert.deepEqual(readdirSync('/dev/shm').filter((n) => n.startsWith('pdserve-kv-') && pids.includes(Number(n.split('-')[2]))), []);
     });
 
     test('a transfer cancelled while the prompt is still being prefilled frees the blocks on both workers', async (t) => {
@@ -157,6 +165,18 @@ describe('KV transfer between workers', { skip: !haveShared() && 'no ../shared m
       // naming why, and the connection stays usable.
       const reply = await exchange(Buffer.concat([encodeHeader('hello', { t: token }, 0), chunk]), (b) => b.byteLength >= 16 && b.byteLength >= 16 + b.readUInt32BE(8));
       assert.match(reply.subarray(16).toString(), /"r":"nobody","e":".*(not supported|mismatch|no sequence)/);
+      // A hello offering a "shared-memory ring" that is not one (outside /dev/shm, a name that is
+      // not a ring's, a nonce that does not match) is answered with a welcome that declines it; a
+      // chunk that then points into a ring closes the connection.
+      const declined = async (shm: unknown) => {
+        const b = await exchange(Buffer.concat([encodeHeader('hello', { t: token, shm }, 0)]), (x) => x.byteLength >= 16 && x.byteLength >= 16 + x.readUInt32BE(8));
+        return JSON.parse(b.subarray(16, 16 + b.readUInt32BE(8)).toString());
+      };
+      assert.match((await declined({ p: '/etc/passwd', n: '0'.repeat(32), b: 4096 })).e, /not a pdserve shared-memory ring path/);
+      assert.match((await declined({ p: '/dev/shm/pdserve-kv-1-0000000000000000', n: '0'.repeat(32), b: 4096 })).e, /not usable here/);
+      assert.match((await declined({ p: '/dev/shm/x', n: 'zz', b: -1 })).e, /out of range|not a pdserve/);
+      const byRef = encodeHeader('chunk', { ...meta, s: [0, 16] }, 0);
+      assert.equal((await exchange(Buffer.concat([encodeHeader('hello', { t: token }, 0), byRef]))).byteLength, 0, 'a chunk by reference without a ring');
       // The worker is still up and serving.
       const r = await postJson(`${cluster.url}/v1/completions`, { model: cluster.modelName, prompt: 'Sam', max_tokens: 4, temperature: 0 });
       assert.equal(r.status, 200, JSON.stringify(r.json));

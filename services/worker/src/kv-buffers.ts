@@ -21,7 +21,6 @@ export class SharedSlots {
   readonly count: number;
   readonly slotBytes: number;
   private readonly state: Int32Array;
-  private next = 0;
 
   constructor(readonly handle: SharedSlotsHandle) {
     this.slotBytes = handle.slotBytes;
@@ -35,15 +34,16 @@ export class SharedSlots {
     return new SharedSlots({ data: new SharedArrayBuffer(bytes * count), state: new SharedArrayBuffer(4 * count), slotBytes: bytes });
   }
 
-  /** A free slot's index and a view of its first `bytes` bytes, or undefined (none free, or too small). */
+  /**
+   * The lowest free slot's index and a view of its first `bytes` bytes, or undefined (none free, or
+   * too small). Lowest first, not round robin: the few slots a transfer needs at a time stay in the
+   * cache and their pages stay mapped, while the rest of the pool is never touched (first touches of
+   * fresh pages cost more than the gather into them: BENCHMARKS.md, issue 9).
+   */
   take(bytes: number): { slot: number; view: Uint8Array } | undefined {
     if (bytes > this.slotBytes || bytes === 0) return undefined;
-    for (let k = 0; k < this.count; k++) {
-      const i = (this.next + k) % this.count;
-      if (Atomics.compareExchange(this.state, i, 0, 1) === 0) {
-        this.next = (i + 1) % this.count;
-        return { slot: i, view: new Uint8Array(this.handle.data, i * this.slotBytes, bytes) };
-      }
+    for (let i = 0; i < this.count; i++) {
+      if (Atomics.compareExchange(this.state, i, 0, 1) === 0) return { slot: i, view: new Uint8Array(this.handle.data, i * this.slotBytes, bytes) };
     }
     return undefined;
   }

@@ -44,6 +44,7 @@ interface UpFlags {
   prefixRouting: 'on' | 'off';
   kvWireDtype: string;
   kvTransport: string;
+  kvShmMib: number;
   readyTimeoutS: number;
   drainTimeoutS: number;
   engineStallS?: number;
@@ -121,6 +122,7 @@ export function register(program: Command): void {
     .option('--prefix-routing <on|off>', "the router weighs the workers' cached prompt prefixes against load (off: load only)", oneOf('--prefix-routing', ['on', 'off'] as const), 'on')
     .option('--kv-wire-dtype <dtype>', `how prefill workers send KV blocks: ${KV_WIRE_DTYPES.join(', ')} (fp32 is exact)`, kvWireDtype, 'fp32')
     .option('--kv-transport <tcp|grpc>', 'how prefill workers send KV: tcp = raw-TCP data channel negotiated over gRPC (default), grpc = Decode.PushKv', oneOf('--kv-transport', ['tcp', 'grpc'] as const), 'tcp')
+    .option('--kv-shm-mib <n>', 'tcp transport: MiB of the shared-memory ring (/dev/shm) per prefill->decode connection that carries KV payloads between workers on this host (0 = off)', positiveInt, 32)
     .option('--ready-timeout-s <n>', 'give up if the cluster is not ready by then', positiveInt, 120)
     .option('--drain-timeout-s <n>', 'how long a stopping worker may finish its requests (the stop grace is this plus 10 s)', positiveInt, 30)
     .option('--engine-nice <n>', "passed to every worker: the engine thread's nice value (default: the worker's, 10)", niceValue)
@@ -186,7 +188,7 @@ export function register(program: Command): void {
       if (o.engineStallS !== undefined) common.push('--engine-stall-s', String(o.engineStallS));
       if (o.engineNice !== undefined) common.push('--engine-nice', String(o.engineNice));
       if (o.prefillChunk !== undefined) common.push('--prefill-chunk', String(o.prefillChunk));
-      common.push('--kv-wire-dtype', o.kvWireDtype, '--prefix-cache', o.prefixCache, '--kv-transport', o.kvTransport);
+      common.push('--kv-wire-dtype', o.kvWireDtype, '--prefix-cache', o.prefixCache, '--kv-transport', o.kvTransport, '--kv-shm-mib', String(o.kvShmMib));
       const workerCount = o.unified ?? o.prefill + o.decode;
       common.push('--ort-spinning', ortSpinning(o.ortSpinning, workerCount, threads, cores));
       const roles: Array<['prefill' | 'decode' | 'unified', number]> = o.unified ? [['unified', o.unified]] : [['prefill', o.prefill], ['decode', o.decode]];

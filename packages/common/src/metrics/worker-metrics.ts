@@ -27,6 +27,8 @@ export interface WorkerMetricsOptions {
   registry?: Registry;
   /** Register the default `process_*` / `nodejs_*` metrics on the registry (default true). */
   collectDefault?: boolean;
+  /** Bytes of KV payload this worker sent through same-host shared memory so far (read at each scrape). */
+  kvSharedMemoryBytes?: () => number;
 }
 
 export interface WorkerMetrics {
@@ -139,6 +141,18 @@ export function createWorkerMetrics(options: WorkerMetricsOptions): WorkerMetric
     help: 'Failed KV cache transfers by reason (checksum|timeout|peer_lost|rejected).',
     labelNames: ['reason'] as const,
     registers,
+  });
+  const shmBytes = options.kvSharedMemoryBytes;
+  let shmBytesSeen = 0;
+  new Counter({
+    name: 'pdserve_kv_transfer_shm_bytes_total',
+    help: 'Bytes of KV payload this worker sent to a decode worker on the same host through a shared-memory ring instead of the socket (part of pdserve_kv_transfer_bytes_total).',
+    registers,
+    collect() {
+      const now = shmBytes?.() ?? 0;
+      if (now > shmBytesSeen) this.inc(now - shmBytesSeen);
+      shmBytesSeen = now;
+    },
   });
   const kvBlocksFree = new Gauge({ name: 'pdserve_kv_blocks_free', help: 'Free KV cache blocks.', registers });
   const kvBlocksTotal = new Gauge({ name: 'pdserve_kv_blocks_total', help: 'Total KV cache blocks.', registers });

@@ -6,8 +6,15 @@
 // layout, wire dtype, the CRC-32 of every block and (on the last) the first token; the payload is the
 // blocks' wire bytes, exactly as gRPC's KvChunk.data would carry them. `ack` (decode -> prefill) ends
 // one request's transfer, with an error or without; `cancel` (prefill -> decode) abandons one.
+// Same-host shared memory (shm-ring.ts): a hello may offer a ring file, `welcome` (decode ->
+// prefill) answers the offer, a chunk frame whose meta has `s` = [offset, length] has no payload of
+// its own (its bytes are in the ring), and `freed` (decode -> prefill) returns the oldest `n` ring
+// regions. A decode worker answers only hellos that offer a ring, so an older prefill worker never
+// sees the new frame types, and a prefill worker uses the ring only after a welcome, so an older
+// decode worker never sees a chunk by reference.
 // Sizes are checked before anything is allocated: a frame over the limits is refused, not buffered.
 import type { KvChunkMsg } from '@pdserve/common';
+import type { ShmOffer } from './shm-ring.ts';
 
 export const FRAME_MAGIC = 0x50444b56; // "PDKV"
 export const FRAME_VERSION = 1;
@@ -16,16 +23,20 @@ export const HEADER_BYTES = 16;
 export const MAX_META_BYTES = 64 * 1024;
 
 // hello: the first frame of a connection, carrying the cluster token when the cluster has one.
-export const FrameType = { chunk: 1, ack: 2, cancel: 3, hello: 4 } as const;
+export const FrameType = { chunk: 1, ack: 2, cancel: 3, hello: 4, welcome: 5, freed: 6 } as const;
 export type FrameTypeName = keyof typeof FrameType;
 
 export interface ChunkMeta {
   r: string; fb: number; bc: number; tc: number; cs: number[]; d: boolean;
   ft: KvChunkMsg['first_token']; bt: number; bb: number; l: string; w: string; c: number;
+  /** The payload's [offset, length] in the connection's shared-memory ring, when it is not inline. */
+  s?: [number, number];
 }
 export interface AckMeta { r: string; e?: string }
 export interface CancelMeta { r: string }
-export interface HelloMeta { t?: string }
+export interface HelloMeta { t?: string; shm?: ShmOffer }
+export interface WelcomeMeta { shm: boolean; e?: string }
+export interface FreedMeta { n: number }
 
 export function encodeHeader(type: FrameTypeName, meta: unknown, payloadBytes: number): Buffer {
   const m = Buffer.from(JSON.stringify(meta));

@@ -2,10 +2,26 @@
 // every transfer to it; each batch of chunks the engine thread posts goes out corked, as one writev
 // (a small header buffer and the payload itself, no copy), and writing stops at the socket's
 // high-water mark until 'drain'. The decode side answers each transfer with an `ack` frame.
+// On one host the payloads go through a shared-memory ring instead of the socket (shm-ring.ts):
+// each is copied into the ring as it is handed over, and only its frame goes on the socket.
 import { connect, type Socket } from 'node:net';
 import { clusterSecurity, kvTrace, type KvChunkMsg } from '@pdserve/common';
 import { corruptForTest, type KvPush } from '../kv-sinks.ts';
-import { chunkMeta, encodeHeader, FrameReader, type AckMeta } from './frames.ts';
+import { chunkMeta, encodeHeader, FrameReader, type AckMeta, type FreedMeta, type WelcomeMeta } from './frames.ts';
+import { ShmRing } from './shm-ring.ts';
+
+/** Size of the shared-memory ring each data connection offers (--kv-shm-mib); 0 = none. */
+let shmRingBytes = 32 * 1024 * 1024;
+/** Bytes of KV payload that went through a shared-memory ring, for the worker's metrics. */
+let shmBytesSent = 0;
+
+export function configureKvSharedMemory(o: { ringBytes: number }): void {
+  shmRingBytes = o.ringBytes;
+}
+
+export function kvSharedMemoryBytesSent(): number {
+  return shmBytesSent;
+}
 
 class DataConnection {
   readonly pushes = new Map<string, TcpKvPush>();
@@ -14,6 +30,9 @@ class DataConnection {
   private connected = false;
   closed = false;
   private readonly socket: Socket;
+  /** The offered ring; `ringAccepted` once the decode worker has it open. */
+  private ring?: ShmRing;
+  private ringAccepted = false;
 
   constructor(readonly address: string, private readonly onClosed: () => void) {
     const i = address.lastIndexOf(':');
@@ -23,13 +42,25 @@ class DataConnection {
     // The hello goes first: the decode side drops a connection whose first frame is anything else
     // or carries another cluster's token (the gRPC calls are checked the same way).
     const token = clusterSecurity().token;
-    this.socket.write(encodeHeader('hello', token === undefined ? {} : { t: token }, 0));
+    this.ring = shmRingBytes > 0 ? ShmRing.create(shmRingBytes) : undefined;
+    this.socket.write(encodeHeader('hello', { ...(token === undefined ? {} : { t: token }), ...(this.ring ? { shm: this.ring.offer() } : {}) }, 0));
     this.socket.on('connect', () => { this.connected = true; this.flush(); });
     const reader = new FrameReader(0);
     this.socket.on('data', (data: Buffer) => {
       let frames;
       try { frames = reader.push(data); } catch (err) { return this.fail(`bad frame from ${address}: ${(err as Error).message}`); }
       for (const f of frames) {
+        if (f.type === 'welcome' && this.ring && !this.ringAccepted) {
+          // Accepted or not, the file's name has served its purpose.
+          this.ring.unlink();
+          if ((f.meta as WelcomeMeta | null)?.shm === true) this.ringAccepted = true;
+          else { this.ring.close(); this.ring = undefined; }
+          continue;
+        }
+        if (f.type === 'freed' && this.ringAccepted) {
+          if (!this.ring!.release((f.meta as FreedMeta | null)?.n as number)) return this.fail(`bad freed frame from ${address}`);
+          continue;
+        }
         const m = f.meta as AckMeta;
         if (f.type !== 'ack' || typeof m?.r !== 'string') return this.fail(`unexpected ${f.type} frame from ${address}`);
         this.pushes.get(m.r)?.ended(typeof m.e === 'string' ? m.e : undefined);
@@ -37,6 +68,18 @@ class DataConnection {
     });
     this.socket.on('error', (err) => this.fail(err.message));
     this.socket.on('close', () => this.fail('connection closed'));
+  }
+
+  /**
+   * Copies a payload into the shared-memory ring, where the decode worker has it open: its place in
+   * the ring, or undefined (no ring, ring full, write failed) and the payload goes inline. Frames
+   * must then be sent in the order their payloads were placed, since regions come back in order.
+   */
+  place(data: Uint8Array): [number, number] | undefined {
+    if (!this.ringAccepted || this.closed) return undefined;
+    const at = this.ring!.put(data);
+    if (at) shmBytesSent += data.byteLength;
+    return at;
   }
 
   /** Queues one batch of buffers (frames) and writes what the socket takes; `sent` once the socket has them (or they are dropped). */
@@ -67,6 +110,7 @@ class DataConnection {
     if (this.closed) return;
     this.closed = true;
     for (const q of this.queue.splice(0)) q.sent?.();
+    this.ring?.close();
     this.socket.destroy();
     this.onClosed();
     for (const p of [...this.pushes.values()]) p.ended(`KV push to ${this.address} failed: data connection: ${why}`);
@@ -114,14 +158,23 @@ export class TcpKvPush implements KvPush {
     this.startedAt ??= performance.now();
     kvTrace('p.main_recv', this.requestId, { messages: chunks.length, via: 'tcp' });
     const buffers: Buffer[] = [];
+    let inline = false;
     for (const c of chunks) {
       this.bytes += c.data.byteLength;
       this.rawBytes += c.block_count * c.block_bytes;
       corruptForTest(c);
+      const inRing = this.conn.place(c.data);
+      if (inRing) {
+        buffers.push(encodeHeader('chunk', { ...chunkMeta(c), s: inRing }, 0));
+        continue;
+      }
+      inline = true;
       buffers.push(encodeHeader('chunk', chunkMeta(c), c.data.byteLength));
       if (c.data.byteLength > 0) buffers.push(Buffer.from(c.data.buffer, c.data.byteOffset, c.data.byteLength));
     }
-    this.conn.send(buffers, sent);
+    // Payloads copied into the ring are no longer needed here: the pooled buffers go back now.
+    if (!inline) sent?.();
+    this.conn.send(buffers, inline ? sent : undefined);
     kvTrace('p.written', this.requestId, { via: 'tcp' });
   }
 

@@ -12,6 +12,7 @@ import type { EngineHost } from '../engine-host.ts';
 import { receiveKvChunk } from '../kv-receive.ts';
 import { chunkFromFrame, encodeHeader, FrameReader, type Frame, type FrameTypeName } from './frames.ts';
 import { VerifyingPayload } from './verify.ts';
+import { PeerShmRing } from './shm-ring.ts';
 
 export interface KvDataServer {
   /** host:port the data channel listens on. */
@@ -28,6 +29,8 @@ export interface KvDataServerOptions {
   maxPayload?: number;
   onKvFailure?(r: 'rejected'): void;
   onKvTransfer?(): void;
+  /** Accept a same-host prefill worker's shared-memory ring (shm-ring.ts); default true. */
+  sharedMemory?: boolean;
   /** A connection refused for a missing or wrong cluster token (counted with the gRPC refusals). */
   onAuthFailure?(reason: 'missing' | 'wrong', peer: string): void;
 }
@@ -79,11 +82,13 @@ function serveConnection(socket: Socket, o: KvDataServerOptions, maxPayload: num
   /** Requests whose transfer this connection ended: their later frames are dropped. */
   const ended = new Set<string>();
   /** Per open transfer, for the debug line gRPC's PushKv logs too ('KV received'). */
-  const stats = new Map<string, { bytes: number; chunks: number; firstAt: number }>();
+  const stats = new Map<string, { bytes: number; chunks: number; shmChunks: number; firstAt: number }>();
   let pausedFor = 0;
   let closed = false;
   // Until its hello frame, a connection is nobody's: no chunk, cancel or ack is taken from it.
   let greeted = false;
+  /** The peer's shared-memory ring, when it offered one this worker could open (same host). */
+  let ring: PeerShmRing | undefined;
   const token = clusterSecurity().token;
   const expected = token === undefined ? undefined : digest(token);
 
@@ -91,7 +96,7 @@ function serveConnection(socket: Socket, o: KvDataServerOptions, maxPayload: num
     open.delete(requestId);
     const st = stats.get(requestId);
     stats.delete(requestId);
-    if (st && !error) o.log.debug({ request_id: requestId, kv_bytes: st.bytes, kv_chunks: st.chunks, kv_receive_ms: Math.round((performance.now() - st.firstAt) * 100) / 100, via: 'tcp' }, 'KV received');
+    if (st && !error) o.log.debug({ request_id: requestId, kv_bytes: st.bytes, kv_chunks: st.chunks, kv_shm_chunks: st.shmChunks, kv_receive_ms: Math.round((performance.now() - st.firstAt) * 100) / 100, via: 'tcp' }, 'KV received');
     ended.add(requestId);
     if (ended.size > 4096) ended.delete(ended.values().next().value!);
     if (!closed) socket.write(encodeHeader('ack', error ? { r: requestId, e: error } : { r: requestId }, 0));
@@ -101,6 +106,7 @@ function serveConnection(socket: Socket, o: KvDataServerOptions, maxPayload: num
     closed = true;
     o.log.warn({ err: why, remote: socket.remoteAddress }, 'KV data connection closed: malformed frame');
     reader.dispose();
+    ring?.close();
     for (const id of open) o.engine.failKv(id, `KV data connection broken: ${why}`);
     open.clear();
     stats.clear();
@@ -118,6 +124,14 @@ function serveConnection(socket: Socket, o: KvDataServerOptions, maxPayload: num
         }
       }
       greeted = true;
+      const offer = (f.meta as { shm?: unknown } | null)?.shm;
+      if (offer !== undefined) {
+        // Only a hello that offers a ring is answered (an older prefill worker knows no welcome).
+        const opened = o.sharedMemory === false ? 'shared memory is off on this worker (--kv-shm-mib 0)' : PeerShmRing.open(offer);
+        if (typeof opened === 'string') o.log.debug({ reason: opened, remote: socket.remoteAddress }, 'KV data connection: payloads inline');
+        else ring = opened;
+        socket.write(encodeHeader('welcome', typeof opened === 'string' ? { shm: false, e: opened } : { shm: true }, 0));
+      }
       return;
     }
     if (f.type === 'hello') return hostile('a second hello frame');
@@ -140,9 +154,10 @@ function serveConnection(socket: Socket, o: KvDataServerOptions, maxPayload: num
     const fp32 = chunk.wire_dtype === 'fp32' || chunk.wire_dtype === '';
     const outcome = receiveKvChunk(o.engine, chunk, o.onKvFailure, v?.complete ? { crcs: v.crcs, firstNonFinite: fp32 && v.checkedFinite ? v.firstNonFinite : undefined, slot: v.slot } : { slot: v?.slot });
     if (!outcome.ok) return ack(requestId, outcome.message);
-    const st = stats.get(requestId) ?? { bytes: 0, chunks: 0, firstAt: performance.now() };
+    const st = stats.get(requestId) ?? { bytes: 0, chunks: 0, shmChunks: 0, firstAt: performance.now() };
     st.bytes += f.payload.byteLength;
     st.chunks++;
+    if ((f.meta as { s?: unknown }).s !== undefined) st.shmChunks++;
     stats.set(requestId, st);
     kvTrace('d.data', requestId, { bytes: f.payload.byteLength, done: chunk.done, via: 'tcp' });
     if (chunk.done) ack(requestId);
@@ -154,6 +169,28 @@ function serveConnection(socket: Socket, o: KvDataServerOptions, maxPayload: num
       void outcome.drained.then(() => { if (--pausedFor === 0 && !closed) socket.resume(); });
     }
   };
+  /**
+   * A chunk frame whose payload is in the peer's ring: copies it out into a receive-pool slot and
+   * verifies it there, as an inline payload is verified while it arrives. Returns why not, if the
+   * reference is bad (the connection is then closed).
+   */
+  const fromRing = (f: Frame): string | undefined => {
+    const s = (f.meta as { s?: unknown } | null)?.s;
+    if (s === undefined) return undefined;
+    if (!ring) return 'chunk by reference without a shared-memory ring';
+    if (!Array.isArray(s) || s.length !== 2 || !s.every((x) => Number.isInteger(x) && x >= 0) || s[1] === 0 || s[1] > maxPayload) return 'malformed shared-memory reference';
+    const [offset, len] = s as [number, number];
+    const incoming = incomingPayload(o.engine, 'chunk', f.meta, len);
+    const bytes = incoming?.bytes ?? new Uint8Array(new ArrayBuffer(len));
+    if (!ring.read(offset, bytes)) {
+      incoming?.release();
+      return `shared-memory region [${offset}, +${len}) out of range or unreadable`;
+    }
+    incoming?.progress(len);
+    f.payload = bytes;
+    f.incoming = incoming;
+    return undefined;
+  };
   socket.on('data', (data: Buffer) => {
     if (closed) return;
     let frames: Frame[];
@@ -162,16 +199,26 @@ function serveConnection(socket: Socket, o: KvDataServerOptions, maxPayload: num
     } catch (err) {
       return hostile((err as Error).message);
     }
+    let freed = 0;
     for (const f of frames) {
-      if (!closed) onFrame(f);
+      if (closed) break;
+      if (f.type === 'chunk' && (f.meta as { s?: unknown } | null)?.s !== undefined) {
+        const bad = fromRing(f);
+        if (bad) return hostile(bad);
+        // Its bytes are out of the ring (or the frame is about to be dropped): the region is free.
+        freed++;
+      }
+      onFrame(f);
       // A frame not handed to the engine (dropped, refused before pushKv) gives its buffer back.
       f.incoming?.release?.();
     }
+    if (freed > 0 && !closed) socket.write(encodeHeader('freed', { n: freed }, 0));
   });
   const broken = () => {
     if (closed) return;
     closed = true;
     reader.dispose();
+    ring?.close();
     // The prefill side went away mid-transfer: the decode side cannot get the rest.
     for (const id of open) o.engine.failKv(id, 'KV data connection closed mid-transfer');
     open.clear();
