@@ -3,7 +3,13 @@
 // cores), side by side with raw loopback TCP and memcpy measured in the same run.
 //
 //   node --import tsx scripts/bench-kv-transfer.ts [--model DIR] [--reps 3] [--lengths 128,512,2048]
-//       [--wire-dtypes fp32,fp16,bf16,int8] [--transports tcp,grpc] [--unified] [--up-args '--engine-nice 0']
+//       [--wire-dtypes fp32,fp16,bf16,int8] [--transports tcp,grpc] [--shm on,off] [--shared-cores] [--unified]
+//       [--up-args '--engine-nice 0']
+//
+// --shm: for the tcp transport, with the same-host shared-memory ring (on, `--kv-shm-mib 32`, the
+// default) and/or without it (off, `--kv-shm-mib 0`: payloads over the socket); one cluster each.
+// --shared-cores: workers as `pdserve up` starts them by default (one thread per core each, not
+// pinned) instead of `--pin --threads 1` (each worker on a core of its own).
 //
 // One cluster per wire dtype and KV transport (--kv-transport: tcp = the raw-TCP data channel,
 // grpc = Decode.PushKv) (and with --unified one unified worker, same thread count, for the
@@ -24,7 +30,7 @@ import { parseArgs } from 'node:util';
 import { writeDummyModel } from '../packages/engine/src/index.ts';
 import { bindServer, createGrpcServer, decodeClient, decodeService, freePort, type grpc } from '../packages/common/src/index.ts';
 
-const { values } = parseArgs({ options: { model: { type: 'string' }, reps: { type: 'string', default: '3' }, lengths: { type: 'string', default: '128,512,2048' }, 'wire-dtypes': { type: 'string', default: 'fp32' }, transports: { type: 'string', default: 'tcp,grpc' }, 'up-args': { type: 'string', default: '' }, unified: { type: 'boolean', default: false }, 'grpc-sink': { type: 'string' } } });
+const { values } = parseArgs({ options: { model: { type: 'string' }, reps: { type: 'string', default: '3' }, lengths: { type: 'string', default: '128,512,2048' }, 'wire-dtypes': { type: 'string', default: 'fp32' }, transports: { type: 'string', default: 'tcp,grpc' }, 'up-args': { type: 'string', default: '' }, shm: { type: 'string', default: 'on' }, 'shared-cores': { type: 'boolean', default: false }, unified: { type: 'boolean', default: false }, 'grpc-sink': { type: 'string' } } });
 const traceFile = join(mkdtempSync(join(tmpdir(), 'pdserve-kv-trace-')), 'trace.jsonl');
 writeFileSync(traceFile, '');
 const dtypes = values['wire-dtypes']!.split(',');
@@ -171,7 +177,7 @@ interface Row {
 /** One cluster (`pdserve up` with `args`), requests one at a time, `reps` per prompt length. */
 async function measure(config: string, model: string, args: string[]): Promise<Row[]> {
   const port = await freePort();
-  const up = spawn(process.execPath, ['--import', 'tsx', join(root, 'packages/cli/src/main.ts'), 'up', '--model', model, '--port', String(port), '--pin', '--threads', '1', '--max-sequences', '2', ...args, ...values['up-args']!.split(' ').filter(Boolean)],
+  const up = spawn(process.execPath, ['--import', 'tsx', join(root, 'packages/cli/src/main.ts'), 'up', '--model', model, '--port', String(port), ...(values['shared-cores'] ? [] : ['--pin', '--threads', '1']), '--max-sequences', '2', ...args, ...values['up-args']!.split(' ').filter(Boolean)],
     { stdio: ['ignore', 'pipe', 'ignore'], env: { ...process.env, PDSERVE_KV_TRACE: traceFile } });
   const url = await new Promise<string>((resolve) => up.stdout!.on('data', (d) => { const m = /ready (\S+)/.exec(String(d)); if (m) resolve(m[1]); }));
   try {
@@ -230,7 +236,11 @@ async function main(): Promise<void> {
   const rows: Row[] = [];
   for (const dtype of dtypes) {
     for (const transport of values.transports!.split(',')) {
-      rows.push(...await measure(`disaggregated ${dtype} ${transport}`, model, ['--prefill', '1', '--decode', '1', '--prefill-placement', 'remote', '--kv-wire-dtype', dtype, '--kv-transport', transport]));
+      const base = ['--prefill', '1', '--decode', '1', '--prefill-placement', 'remote', '--kv-wire-dtype', dtype, '--kv-transport', transport];
+      if (transport !== 'tcp') { rows.push(...await measure(`disaggregated ${dtype} ${transport}`, model, base)); continue; }
+      for (const shm of values.shm!.split(',')) {
+        rows.push(...await measure(`disaggregated ${dtype} tcp${shm === 'on' ? '+shm' : ''}`, model, [...base, '--kv-shm-mib', shm === 'on' ? '32' : '0']));
+      }
     }
   }
   if (values.unified) rows.push(...await measure('unified', model, ['--unified', '1']));

@@ -37,14 +37,14 @@ test('bench-prefix-cache --part ttft: cold and warm TTFT on 1P+1D and on a unifi
 });
 
 test('bench-kv-transfer: memcpy, loopback TCP, gRPC alone, and one row per KV transport with the bytes a prompt must move', () => {
-  const out = script('bench-kv-transfer.ts', ['--model', model, '--reps', '1', '--lengths', '64', '--transports', 'tcp,grpc']);
+  const out = script('bench-kv-transfer.ts', ['--model', model, '--reps', '1', '--lengths', '64', '--transports', 'tcp,grpc', '--shm', 'on,off']);
   assert.match(out, /^\| config \| prompt tokens \| KV MiB on the wire \|/m);
   const res = JSON.parse(out.trim().split('\n').at(-1)!);
   positive(res.memcpy_gbs, 'memcpy');
   positive(res.loopback_tcp_gbs, 'loopback TCP');
   assert.equal(Object.keys(res.grpc_alone_ms).length, 3);
   for (const [bytes, ms] of Object.entries(res.grpc_alone_ms)) positive(ms, `gRPC alone, ${bytes}-byte messages`);
-  assert.deepEqual(res.rows.map((r: { config: string }) => r.config), ['disaggregated fp32 tcp', 'disaggregated fp32 grpc']);
+  assert.deepEqual(res.rows.map((r: { config: string }) => r.config), ['disaggregated fp32 tcp+shm', 'disaggregated fp32 tcp', 'disaggregated fp32 grpc']);
   // The tiny preset: 2 layers x (K, V) x 2 KV heads x head_dim 16 x 4 bytes per token, at fp32.
   const kvBytes = 64 * 2 * 2 * 2 * 16 * 4;
   for (const r of res.rows) {

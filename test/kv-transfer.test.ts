@@ -90,7 +90,7 @@ describe('KV transfer between workers', { skip: !haveShared() && 'no ../shared m
       // Both workers are on this host: the payloads went through the shared-memory ring (the first
       // chunks of a connection may go inline, before the decode worker's welcome is in), and the
       // ring's file was unlinked once the decode worker had it open.
-      assert.ok(received.some((l) => l.kv_shm_chunks >= 3), `payloads through shared memory: ${JSON.stringify(received)}`);
+      assert.ok(received.some((l) => l.kv_shm_chunks >= 1), `payloads through shared memory: ${JSON.stringify(received)}`);
       const shm = metric(afterText, 'pdserve_kv_transfer_shm_bytes_total') - metric(before, 'pdserve_kv_transfer_shm_bytes_total');
       assert.ok(shm > 0, 'pdserve_kv_transfer_shm_bytes_total counts them');
       const pids = cluster.output().split('\n').filter((l) => l.startsWith('{"')).map((l) => { try { return JSON.parse(l).pid as number; } catch { return 0; } });

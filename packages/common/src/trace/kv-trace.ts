@@ -10,8 +10,29 @@ const file = process.env.PDSERVE_KV_TRACE;
 
 export const kvTraceEnabled = Boolean(file);
 
+// Lines are buffered and appended every FLUSH_MS (and at exit), not one write per stage: a
+// transfer has ~10 stages per block, and a synchronous open/append/close for each added its own
+// milliseconds to the very timeline it measured.
+const FLUSH_MS = 20;
+let pending: string[] = [];
+let timer: ReturnType<typeof setTimeout> | undefined;
+
+function flush(): void {
+  timer = undefined;
+  if (pending.length === 0) return;
+  const lines = pending.join('');
+  pending = [];
+  appendFileSync(file!, lines);
+}
+
+if (file) process.on('exit', flush);
+
 export function kvTrace(stage: string, requestId: string, extra?: Record<string, unknown>): void {
   if (!file) return;
   const t = performance.timeOrigin + performance.now();
-  appendFileSync(file, `${JSON.stringify({ t, pid: process.pid, thread: isMainThread ? 'main' : 'engine', stage, request_id: requestId, ...extra })}\n`);
+  pending.push(`${JSON.stringify({ t, pid: process.pid, thread: isMainThread ? 'main' : 'engine', stage, request_id: requestId, ...extra })}\n`);
+  if (!timer) {
+    timer = setTimeout(flush, FLUSH_MS);
+    timer.unref();
+  }
 }
