@@ -68,7 +68,7 @@ async function startCluster(model: string, args: string[]): Promise<Cluster> {
   proc.stdout!.on('data', (d) => {
     const parts = (rest + String(d)).split('\n');
     rest = parts.pop()!;
-    for (const l of parts) if (l.includes('request completed') || l.includes('incoming request') || l.startsWith('ready ')) lines.push(l);
+    for (const l of parts) if (l.includes('request completed') || l.includes('incoming request') || l.includes('planner changed the split') || l.startsWith('ready ')) lines.push(l);
   });
   const url = await new Promise<string>((resolve, reject) => {
     const t = setInterval(() => { const l = lines.find((x) => x.startsWith('ready ')); if (l) { clearInterval(t); resolve(l.slice(6).trim()); } }, 100);
@@ -127,6 +127,7 @@ async function run(): Promise<void> {
   mkdirSync(values.out!, { recursive: true });
   const table: string[] = [];
   const summary: string[] = [];
+  const plannerMoves: string[] = [];
   let chatDefault: Row[] | undefined;
   let warmedUp = false;
   for (const exp of experiments.filter((e) => (values.workload ? e.workload === values.workload : !e.optIn))) {
@@ -146,9 +147,15 @@ async function run(): Promise<void> {
     }
     for (const sys of systems.filter((x) => (values.systems ? values.systems.split(',').includes(x.key) : !x.optIn))) {
       const cluster = await startCluster(model, [...sys.args, ...slo(exp)]);
+      const sweepStart = Date.now();
       const sweep = bench(cluster.url, exp, exp.rates, values.requests!, join(values.out!, `slo-${exp.workload}-${sys.key}.json`), sys.name);
       await cluster.stop();
       const rs = rows(sweep);
+      // When the planner moved workers during the sweep (seconds after the sweep began), and why.
+      for (const l of cluster.lines.filter((x) => x.includes('planner changed the split'))) {
+        const j = JSON.parse(l) as { time: number; changes: unknown; reason: string };
+        plannerMoves.push(`${exp.workload} / ${sys.name}: at ${((j.time - sweepStart) / 1000).toFixed(1)} s ${JSON.stringify(j.changes)}: ${j.reason}`);
+      }
       if (exp.workload === 'chat' && sys.key === 'default') chatDefault = rs;
       for (const r of rs) {
         table.push(`| ${exp.workload} | ${sys.name} | ${r.rate} | ${r.good}/${r.sent} good, ${r.refused} refused${r.phases ? ` (${r.phases})` : ''} | ${(100 * r.attainment).toFixed(0)}% | ${(100 * r.admitted).toFixed(0)}% | ${r.goodput.toFixed(3)} | ${r.ttft} | ${r.tpot} |`);
@@ -161,6 +168,7 @@ async function run(): Promise<void> {
   for (const r of table) console.log(r);
   console.log('\n| workload | system | rate at 90% attainment (req/s) | peak goodput (req/s) |\n|---|---|---|---|');
   for (const r of summary) console.log(r);
+  if (plannerMoves.length) console.log(`\nplanner decisions during the sweeps:\n${plannerMoves.map((m) => `- ${m}`).join('\n')}`);
 
   if (values['skip-overload']) return;
   // Overload: 3x the rate where the default mode's attainment (good / sent) fell below 90%.

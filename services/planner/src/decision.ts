@@ -83,7 +83,7 @@ export interface PlannerConfig {
 }
 
 export const DEFAULT_PLANNER_CONFIG: PlannerConfig = {
-  hysteresis: 0.15, minDwellMs: 30_000, minRequests: 20, utilization: 0.8, headroom: 0.25, maxSequences: 16,
+  hysteresis: 0.15, minDwellMs: 30_000, minRequests: 8, utilization: 0.8, headroom: 0.25, maxSequences: 16,
 };
 
 export interface PlannerInput {

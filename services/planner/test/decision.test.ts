@@ -78,7 +78,7 @@ test('pinned workers keep their role; all pinned means nothing moves', () => {
 });
 
 test('without enough observations or speeds the split stays', () => {
-  assert.match(decide(input({ stats: undefined })).reason, /too few requests observed \(0 < 20\)/);
+  assert.match(decide(input({ stats: undefined })).reason, /too few requests observed \(0 < 8\)/);
   assert.match(decide(input({ stats: { arrivalRate: 9, promptTokens: 9, outputTokens: 9, requests: 3 } })).reason, /too few requests/);
   assert.match(decide(input({ perf: { prefillChunk: 256 } })).reason, /no prefill or decode speed/);
   assert.match(decide(input({ perf: { ...perf, prefillTokensPerS: Number.NaN } })).reason, /no prefill or decode speed/);

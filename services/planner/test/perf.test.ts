@@ -37,6 +37,9 @@ test('router statistics: rates add up, means are weighted by finished requests',
   assert.equal(s.arrivalRate, 4);
   assert.equal(s.promptTokens, 175);
   assert.equal(s.requests, 40);
+  // Each router counts with the larger of its long and short window's rate (a burst shows at once).
+  const burst = aggregateStats([{ ...r('a', 1, 10, 100), arrival_rate_recent: 2.5 }, { ...r('b', 3, 30, 200), arrival_rate_recent: 0.5 }])!;
+  assert.equal(burst.arrivalRate, 5.5);
 });
 
 test('a per-batch-size step table in a load report gives several points at once', () => {

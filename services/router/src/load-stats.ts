@@ -20,6 +20,8 @@ interface Sample {
 
 export interface LoadStatsOptions {
   windowMs?: number;
+  /** The short window of arrival_rate_recent (default 10 s). */
+  recentWindowMs?: number;
   maxSamples?: number;
   slo?: { ttftMs?: number; tpotMs?: number };
   now?: () => number;
@@ -33,6 +35,7 @@ const p90 = (xs: number[]): number | undefined => {
 
 export class LoadStats {
   readonly windowMs: number;
+  readonly recentWindowMs: number;
   readonly #max: number;
   readonly #now: () => number;
   readonly #slo: { ttftMs?: number; tpotMs?: number };
@@ -43,6 +46,7 @@ export class LoadStats {
 
   constructor(o: LoadStatsOptions = {}) {
     this.windowMs = o.windowMs ?? 30_000;
+    this.recentWindowMs = Math.min(this.windowMs, o.recentWindowMs ?? 10_000);
     this.#max = o.maxSamples ?? 4096;
     this.#now = o.now ?? Date.now;
     this.#slo = o.slo ?? {};
@@ -74,6 +78,10 @@ export class LoadStats {
     this.#rejected = this.#rejected.filter((t) => t >= since);
     this.#finished = this.#finished.filter((s) => s.at >= since);
     const windowS = Math.max(1, Math.min(this.windowMs, now - this.#startedAt)) / 1000;
+    const recentS = Math.max(1, Math.min(this.recentWindowMs, now - this.#startedAt)) / 1000;
+    const recentSince = now - recentS * 1000;
+    let recent = 0;
+    for (let i = this.#arrivals.length - 1; i >= 0 && this.#arrivals[i]! >= recentSince; i--) recent++;
     const f = this.#finished;
     const mean = (g: (s: Sample) => number) => (f.length ? f.reduce((n, s) => n + g(s), 0) / f.length : 0);
     const { ttftMs, tpotMs } = this.#slo;
@@ -83,6 +91,7 @@ export class LoadStats {
       window_s: windowS,
       arrivals: this.#arrivals.length,
       arrival_rate: this.#arrivals.length / windowS,
+      arrival_rate_recent: recent / recentS,
       finished: f.length,
       prompt_tokens_mean: mean((s) => s.promptTokens),
       output_tokens_mean: mean((s) => s.outputTokens),

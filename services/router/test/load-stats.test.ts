@@ -30,3 +30,20 @@ test('combined observers all run, even when one throws', () => {
   assert.throws(() => o.onRequestStart!({ requestId: 'x', endpoint: 'completions', promptTokens: 1, maxTokens: 1, stream: false }), /boom/);
   assert.deepEqual(seen, ['b']);
 });
+
+test('a burst shows in the recent arrival rate at once, and in the long window only gradually', () => {
+  let now = 0;
+  const s = new LoadStats({ windowMs: 30_000, recentWindowMs: 10_000, now: () => now });
+  now = 60_000;
+  // Quiet for a minute, then 15 requests in 5 s.
+  for (let i = 0; i < 15; i++) { now = 55_000 + (i * 5000) / 15; s.arrived(); }
+  now = 60_000;
+  const a = s.snapshot('r');
+  assert.equal(a.arrival_rate, 0.5);
+  assert.equal(a.arrival_rate_recent, 1.5);
+  // 20 s later the burst has left the short window but not the long one.
+  now = 80_000;
+  const b = s.snapshot('r');
+  assert.equal(b.arrival_rate_recent, 0);
+  assert.equal(b.arrival_rate, 0.5);
+});

@@ -19,7 +19,7 @@ export function register(program: Command): void {
     .option('--lease-ms <ms>', 'leader lease, renewed every third of it', positiveInt, 6000)
     .option('--min-dwell-ms <ms>', 'no change sooner than this after the last one', positiveInt, 30_000)
     .option('--hysteresis <x>', 'relative gain a new split must promise before the planner moves', nonNegativeNumber, 0.15)
-    .option('--min-requests <n>', 'requests observed in the window before the planner decides anything', positiveInt, 20)
+    .option('--min-requests <n>', 'requests finished in the window before the planner decides anything', positiveInt, 8)
     .option('--slo-ttft-ms <ms>', 'TTFT SLO when the routers publish none', positiveInt, 1000)
     .option('--slo-tpot-ms <ms>', 'TPOT SLO when the routers publish none', positiveInt, 100)
     .option('--prefill-chunk <n>', "the workers' prompt tokens per prefill pass", positiveInt, 256)

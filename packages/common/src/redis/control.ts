@@ -94,6 +94,12 @@ export interface RouterStats {
   arrivals: number;
   /** arrivals / window_s. */
   arrival_rate: number;
+  /**
+   * Arrivals per second over the last few seconds only (10 s; shorter while the router is
+   * younger): the planner takes the larger of the two, so a rise in load shows within seconds
+   * while a fall takes the whole window. Absent from older routers.
+   */
+  arrival_rate_recent?: number;
   /** Requests that finished in the window (the means below are over these). */
   finished: number;
   prompt_tokens_mean: number;
@@ -113,7 +119,7 @@ export interface RouterStats {
 const NUMERIC: ReadonlyArray<keyof RouterStats> = [
   'window_s', 'arrivals', 'arrival_rate', 'finished', 'prompt_tokens_mean', 'output_tokens_mean', 'slo_attainment', 'rejected', 'updated_ms',
 ];
-const OPTIONAL: ReadonlyArray<keyof RouterStats> = ['ttft_p90_ms', 'tpot_p90_ms', 'slo_ttft_ms', 'slo_tpot_ms'];
+const OPTIONAL: ReadonlyArray<keyof RouterStats> = ['arrival_rate_recent', 'ttft_p90_ms', 'tpot_p90_ms', 'slo_ttft_ms', 'slo_tpot_ms'];
 
 /** Parses `{prefix}:router_stats:{id}`; undefined when absent or malformed. */
 export function parseRouterStats(h: Record<string, string> | null | undefined): RouterStats | undefined {
