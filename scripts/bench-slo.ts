@@ -41,18 +41,21 @@ if (values.rates) {
 }
 
 const slo = (e: { ttft: number; tpot: number }) => ['--slo-ttft-ms', String(e.ttft), '--slo-tpot-ms', String(e.tpot)];
+// A fixed configuration keeps its split: `pdserve up` runs the planner unless told not to, and
+// until 2026-12-07 these systems did not say so (the planner moved `--unified 2` to 1D+1U and the
+// remote-only split to 1D+1U mid-sweep; BENCHMARKS.md, issue 8, 2026-12-07).
 const systems = [
   // What `pdserve up --prefill 1 --decode 1` does: every worker one thread per core (spinning off,
   // since they share the cores), placement auto, SLO admission, the planner.
   { key: 'default', name: 'default: 1P+1D, placement auto + SLO admission', args: ['--prefill', '1', '--decode', '1'], admission: true },
   { key: 'auto-noadm', name: '1P+1D, placement auto, admission off', args: ['--prefill', '1', '--decode', '1', '--admission', 'off'], admission: false },
-  { key: 'unified1x2', name: '--unified 1 --threads 2', args: ['--unified', '1', '--threads', '2', '--admission', 'off'], admission: false },
-  { key: 'unified2x1', name: '--unified 2 --threads 1', args: ['--unified', '2', '--threads', '1', '--pin', '--admission', 'off'], admission: false },
-  { key: 'remote', name: '--prefill 1 --decode 1 --prefill-placement remote', args: ['--prefill', '1', '--decode', '1', '--pin', '--threads', '1', '--prefill-placement', 'remote', '--admission', 'off'], admission: false },
+  { key: 'unified1x2', name: '--unified 1 --threads 2', args: ['--unified', '1', '--threads', '2', '--admission', 'off', '--planner', 'off'], admission: false },
+  { key: 'unified2x1', name: '--unified 2 --threads 1', args: ['--unified', '2', '--threads', '1', '--pin', '--admission', 'off', '--planner', 'off'], admission: false },
+  { key: 'remote', name: '--prefill 1 --decode 1 --prefill-placement remote', args: ['--prefill', '1', '--decode', '1', '--pin', '--threads', '1', '--prefill-placement', 'remote', '--admission', 'off', '--planner', 'off'], admission: false },
   // Only when named: the default mode as it was before 2026-12-06, each worker pinned to a core
   // with one thread.
   { key: 'default-pinned', name: 'default split, each worker pinned to its core, 1 thread', args: ['--prefill', '1', '--decode', '1', '--pin', '--threads', '1'], admission: true, optIn: true },
-  { key: 'unified2x2', name: '--unified 2 --threads 2 (spinning off)', args: ['--unified', '2', '--threads', '2', '--admission', 'off'], admission: false, optIn: true },
+  { key: 'unified2x2', name: '--unified 2 --threads 2 (spinning off)', args: ['--unified', '2', '--threads', '2', '--admission', 'off', '--planner', 'off'], admission: false, optIn: true },
   // Only when named (--systems / --overload-systems): the default mode with the engine threads at
   // the process's own priority, to measure what --engine-nice buys.
   { key: 'default-nice0', name: 'default, --engine-nice 0', args: ['--prefill', '1', '--decode', '1', '--engine-nice', '0'], admission: true, optIn: true },
