@@ -28,8 +28,9 @@ export const experiments = [
 ];
 
 const systems = [
-  { name: 'disaggregated 1P+1D (1 core each)', args: ['--prefill', '1', '--decode', '1', '--pin', '--threads', '1'] },
-  { name: 'colocated unified (2 cores)', args: ['--unified', '1', '--threads', '2'] },
+  // --planner off: both are fixed configurations (`pdserve up` starts the planner by default).
+  { name: 'disaggregated 1P+1D (1 core each)', args: ['--prefill', '1', '--decode', '1', '--pin', '--threads', '1', '--planner', 'off'] },
+  { name: 'colocated unified (2 cores)', args: ['--unified', '1', '--threads', '2', '--planner', 'off'] },
 ];
 
 async function startCluster(model: string, args: string[]) {
