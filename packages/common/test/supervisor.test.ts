@@ -140,3 +140,44 @@ describe('Supervisor', () => {
     await waitFor('pid-poll child gone', () => !pidAlive(pids[1]!), 2000, 10);
   });
 });
+
+describe('Supervisor.handleSignals', () => {
+  /**
+   * A supervising process (handleSignals, exits 130 on SIGINT) with one child that takes
+   * `drainMs` to stop after SIGTERM and says so; resolves with its output and exit code once
+   * `signals` (delays in ms between SIGINTs) have been sent.
+   */
+  async function interrupt(drainMs: number, gapsMs: number[]): Promise<{ out: string; code: number | null }> {
+    const sup = new URL('../src/process/supervisor.ts', import.meta.url).pathname;
+    const child = `process.on('SIGTERM', () => setTimeout(() => { console.log('child drained'); process.exit(0); }, ${drainMs})); console.log('child up'); ${FOREVER}`;
+    const script = `import { Supervisor } from ${JSON.stringify(sup)};
+      const s = new Supervisor({ graceMs: 10000 });
+      s.spawn({ name: 'slow', command: process.execPath, args: ['-e', ${JSON.stringify(child)}] });
+      s.handleSignals();`;
+    const p = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    p.stdout!.on('data', (d) => (out += d));
+    p.stderr!.on('data', (d) => (out += d));
+    const exited = new Promise<number | null>((r) => p.on('close', (c) => r(c)));
+    await waitFor('child up', () => out.includes('child up'));
+    p.kill('SIGINT');
+    for (const gap of gapsMs) {
+      await new Promise((r) => setTimeout(r, gap));
+      p.kill('SIGINT');
+    }
+    const code = await exited;
+    return { out, code };
+  }
+
+  test('one Ctrl-C delivered twice (the terminal and a relaying wrapper) still lets the children drain', async () => {
+    const r = await interrupt(300, [20]);
+    assert.equal(r.code, 130);
+    assert.match(r.out, /child drained/);
+  });
+
+  test('a second Ctrl-C a while later kills the children at once', async () => {
+    const r = await interrupt(5000, [1300]);
+    assert.equal(r.code, 130);
+    assert.doesNotMatch(r.out, /child drained/);
+  });
+});

@@ -20,6 +20,9 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { errorMessage, silentLogger, type LogLike } from './log-like.ts';
 import { SUPERVISOR_PID_ENV } from './parent-watch.ts';
 
+/** A signal repeated within this long of the first is the same one relayed by a wrapper (handleSignals). */
+export const REPEAT_SIGNAL_MS = 1000;
+
 export type OutputMode = 'prefix' | 'passthrough' | 'auto' | 'inherit';
 
 export interface ChildSpec {
@@ -201,21 +204,28 @@ export class Supervisor {
 
   /**
    * Stops the children on SIGINT/SIGTERM/SIGHUP and then exits (130 for SIGINT, 143 for SIGTERM,
-   * 129 for SIGHUP) unless `exit: false`. A second signal SIGKILLs every child and exits at once.
+   * 129 for SIGHUP) unless `exit: false`. A second signal SIGKILLs every child and exits at once,
+   * unless it comes within REPEAT_SIGNAL_MS of the first: one Ctrl-C reaches a process twice when a
+   * wrapper relays it (the terminal signals the whole foreground group, and `pnpm start`'s tsx
+   * forwards its own copy), and that must not skip the children's drain.
    * Returns a function that removes the handlers.
    */
   handleSignals(options: { exit?: boolean; onSignal?: (signal: NodeJS.Signals) => void } = {}): () => void {
     const codes: Partial<Record<NodeJS.Signals, number>> = { SIGINT: 130, SIGTERM: 143, SIGHUP: 129 };
-    let received = false;
+    let received: number | undefined;
     const handler = (signal: NodeJS.Signals): void => {
       const code = codes[signal] ?? 1;
-      if (received) {
+      if (received !== undefined && performance.now() - received < REPEAT_SIGNAL_MS) {
+        this.#logger.debug({ signal }, 'the same signal again (relayed); already stopping');
+        return;
+      }
+      if (received !== undefined) {
         this.#logger.warn({ signal }, 'second signal; killing children now');
         this.#killAll('SIGKILL');
         if (options.exit !== false) process.exit(code);
         return;
       }
-      received = true;
+      received = performance.now();
       this.#logger.info({ signal }, 'stopping children');
       options.onSignal?.(signal);
       void this.stop().then(() => {
