@@ -58,6 +58,10 @@ const systems = [
   { key: 'unified2x2', name: '--unified 2 --threads 2 (spinning off)', args: ['--unified', '2', '--threads', '2', '--admission', 'off', '--planner', 'off'], admission: false, optIn: true },
   // Only when named (--systems / --overload-systems): the default mode with the engine threads at
   // the process's own priority, to measure what --engine-nice buys.
+  // Only when named: the default mode's planner, placement and admission, started from two unified
+  // workers (sharing the cores, or each pinned to its own) instead of 1P+1D.
+  { key: 'default-2u', name: 'default controls, starting as 2U (shared cores)', args: ['--unified', '2'], admission: true, optIn: true },
+  { key: 'default-2u-pinned', name: 'default controls, starting as 2U, each pinned, 1 thread', args: ['--unified', '2', '--threads', '1', '--pin'], admission: true, optIn: true },
   { key: 'default-nice0', name: 'default, --engine-nice 0', args: ['--prefill', '1', '--decode', '1', '--engine-nice', '0'], admission: true, optIn: true },
 ];
 
