@@ -18,6 +18,7 @@ import { decodeHandlers, prefillHandlers } from './services.ts';
 import type { KvTransport } from './kv-transport.ts';
 import { startKvDataServer } from './kv-data/server.ts';
 import { closeKvDataConnections, configureKvSharedMemory, kvSharedMemoryBytesSent } from './kv-data/push.ts';
+import { DEFAULT_KV_SHM_MIB } from './kv-data/shm-ring.ts';
 
 export interface WorkerOptions {
   role: WorkerRole;
@@ -47,7 +48,7 @@ export interface WorkerOptions {
   kvDataPort?: number;
   /**
    * MiB of the shared-memory ring each data connection to a decode worker on the same host offers
-   * (kv-data/shm-ring.ts); default 32. 0 turns the same-host path off, as sender and as receiver.
+   * (kv-data/shm-ring.ts); default DEFAULT_KV_SHM_MIB. 0 turns the same-host path off, as sender and as receiver.
    */
   kvShmMib?: number;
   id?: string;
@@ -109,7 +110,8 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
   if (config.source.kind === 'dummy') log.warn({ model: o.model }, 'serving a DUMMY model: random weights, meaningless text');
   log.info({ model: config.name, kv_bytes: host.info.kvBytes, max_sequences: host.info.maxSequences, device: o.device, threads: o.threads }, 'engine loaded');
 
-  configureKvSharedMemory({ ringBytes: (o.kvShmMib ?? 32) * 1024 * 1024 });
+  const kvShmMib = o.kvShmMib ?? DEFAULT_KV_SHM_MIB;
+  configureKvSharedMemory({ ringBytes: kvShmMib * 1024 * 1024 });
   const metrics = createWorkerMetrics({ role: o.role, workerId: id, kvSharedMemoryBytes: kvSharedMemoryBytesSent });
   // Prefix-aware routing: the block hashes this worker's prefix cache holds, published through Redis.
   const prefixPublisher = host.info.prefixRoot
@@ -155,7 +157,7 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
   const tlsCluster = clusterSecurity().tls !== undefined;
   if (tlsCluster && o.kvTransport !== 'grpc') log.info('TLS configured: KV blocks go over gRPC (the TCP data channel has no TLS)');
   const kvData = o.kvTransport === 'grpc' || tlsCluster ? undefined : await startKvDataServer({
-    host: o.host, port: o.kvDataPort ?? 0, engine: host, log, onKvFailure: (r) => metrics.kvTransferFailed(r), sharedMemory: (o.kvShmMib ?? 32) > 0,
+    host: o.host, port: o.kvDataPort ?? 0, engine: host, log, onKvFailure: (r) => metrics.kvTransferFailed(r), sharedMemory: kvShmMib > 0,
     onAuthFailure: (reason, peer) => { authFailures.inc({ service: 'kv_data' }); log.warn({ reason, peer }, 'KV data connection refused: cluster token'); },
   });
   const ctx = {

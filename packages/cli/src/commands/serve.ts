@@ -2,7 +2,7 @@
 import type { Command } from 'commander';
 import type pino from 'pino';
 import { createLogger, exitWhenParentDies, WORKER_ROLES, type WorkerRole } from '@pdserve/common';
-import { ENGINE_NICE, ENGINE_STALL_MS, startWorker } from '@pdserve/worker';
+import { DEFAULT_KV_SHM_MIB, ENGINE_NICE, ENGINE_STALL_MS, startWorker } from '@pdserve/worker';
 import { PLACEMENT_MODES, startRouter } from '@pdserve/router';
 import { KV_WIRE_DTYPES } from '@pdserve/engine';
 import { collect, resolveApiKeys } from './api-key.ts';
@@ -51,7 +51,7 @@ export function register(program: Command): void {
     .option('--kv-wire-dtype <dtype>', `how KV blocks travel to decode workers: ${KV_WIRE_DTYPES.join(', ')} (fp32 is exact)`, kvWireDtype, 'fp32')
     .option('--kv-transport <tcp|grpc>', 'how KV blocks go to decode workers: tcp = the peer\'s raw-TCP data channel when it advertises one (else gRPC), grpc = always gRPC; also whether this worker offers the data channel', oneOf('--kv-transport', ['tcp', 'grpc'] as const), 'tcp')
     .option('--kv-data-port <n>', 'port of the TCP KV data channel, bound to --host (0 = any free one)', positiveInt, 0)
-    .option('--kv-shm-mib <n>', 'MiB of the shared-memory ring (/dev/shm) a data connection to a decode worker on the same host carries KV payloads in (0 = off, as sender and receiver)', positiveInt, 32)
+    .option('--kv-shm-mib <n>', 'MiB of the shared-memory ring (/dev/shm) a data connection to a decode worker on the same host carries KV payloads in (0 = off, as sender and receiver)', positiveInt, DEFAULT_KV_SHM_MIB)
     .option('--id <id>', 'worker id (default: role-host-pid-random)')
     .option('--drain-timeout-s <s>', 'on SIGTERM, how long to finish the requests held before exiting', positiveInt, 30)
     .option('--pin-role', 'keep --role: ignore role-change commands (the planner leaves this worker alone)')

@@ -16,6 +16,7 @@ import { randomBytes } from 'node:crypto';
 import { createLogger, createSupervisionMetrics, DEFAULT_SLO_TARGETS, freePort, startMetricsServer, startRedisServer, Supervisor, SUPERVISOR_PID_ENV } from '@pdserve/common';
 import { KV_WIRE_DTYPES } from '@pdserve/engine';
 import { PLACEMENT_MODES } from '@pdserve/router';
+import { DEFAULT_KV_SHM_MIB } from '@pdserve/worker';
 import { resolveDefaultModel } from '../default-model.ts';
 import { RestartingChildren } from '../supervisor.ts';
 import { device, kvWireDtype, niceValue, oneOf, positiveInt, positiveNumber } from './options.ts';
@@ -122,7 +123,7 @@ export function register(program: Command): void {
     .option('--prefix-routing <on|off>', "the router weighs the workers' cached prompt prefixes against load (off: load only)", oneOf('--prefix-routing', ['on', 'off'] as const), 'on')
     .option('--kv-wire-dtype <dtype>', `how prefill workers send KV blocks: ${KV_WIRE_DTYPES.join(', ')} (fp32 is exact)`, kvWireDtype, 'fp32')
     .option('--kv-transport <tcp|grpc>', 'how prefill workers send KV: tcp = raw-TCP data channel negotiated over gRPC (default), grpc = Decode.PushKv', oneOf('--kv-transport', ['tcp', 'grpc'] as const), 'tcp')
-    .option('--kv-shm-mib <n>', 'tcp transport: MiB of the shared-memory ring (/dev/shm) per prefill->decode connection that carries KV payloads between workers on this host (0 = off)', positiveInt, 32)
+    .option('--kv-shm-mib <n>', 'tcp transport: MiB of the shared-memory ring (/dev/shm) per prefill->decode connection that carries KV payloads between workers on this host (0 = off)', positiveInt, DEFAULT_KV_SHM_MIB)
     .option('--ready-timeout-s <n>', 'give up if the cluster is not ready by then', positiveInt, 120)
     .option('--drain-timeout-s <n>', 'how long a stopping worker may finish its requests (the stop grace is this plus 10 s)', positiveInt, 30)
     .option('--engine-nice <n>', "passed to every worker: the engine thread's nice value (default: the worker's, 10)", niceValue)

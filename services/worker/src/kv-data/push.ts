@@ -8,10 +8,10 @@ import { connect, type Socket } from 'node:net';
 import { clusterSecurity, kvTrace, type KvChunkMsg } from '@pdserve/common';
 import { corruptForTest, type KvPush } from '../kv-sinks.ts';
 import { chunkMeta, encodeHeader, FrameReader, type AckMeta, type FreedMeta, type WelcomeMeta } from './frames.ts';
-import { ShmRing } from './shm-ring.ts';
+import { DEFAULT_KV_SHM_MIB, ShmRing } from './shm-ring.ts';
 
 /** Size of the shared-memory ring each data connection offers (--kv-shm-mib); 0 = none. */
-let shmRingBytes = 32 * 1024 * 1024;
+let shmRingBytes = DEFAULT_KV_SHM_MIB * 1024 * 1024;
 /** Bytes of KV payload that went through a shared-memory ring, for the worker's metrics. */
 let shmBytesSent = 0;
 

@@ -172,11 +172,9 @@ function serveConnection(socket: Socket, o: KvDataServerOptions, maxPayload: num
   /**
    * A chunk frame whose payload is in the peer's ring: copies it out into a receive-pool slot and
    * verifies it there, as an inline payload is verified while it arrives. Returns why not, if the
-   * reference is bad (the connection is then closed).
+   * reference `s` (the meta's) is bad (the connection is then closed).
    */
-  const fromRing = (f: Frame): string | undefined => {
-    const s = (f.meta as { s?: unknown } | null)?.s;
-    if (s === undefined) return undefined;
+  const fromRing = (f: Frame, s: unknown): string | undefined => {
     if (!ring) return 'chunk by reference without a shared-memory ring';
     if (!Array.isArray(s) || s.length !== 2 || !s.every((x) => Number.isInteger(x) && x >= 0) || s[1] === 0 || s[1] > maxPayload) return 'malformed shared-memory reference';
     const [offset, len] = s as [number, number];
@@ -202,8 +200,9 @@ function serveConnection(socket: Socket, o: KvDataServerOptions, maxPayload: num
     let freed = 0;
     for (const f of frames) {
       if (closed) break;
-      if (f.type === 'chunk' && (f.meta as { s?: unknown } | null)?.s !== undefined) {
-        const bad = fromRing(f);
+      const ref = f.type === 'chunk' ? (f.meta as { s?: unknown } | null)?.s : undefined;
+      if (ref !== undefined) {
+        const bad = fromRing(f, ref);
         if (bad) return hostile(bad);
         // Its bytes are out of the ring (or the frame is about to be dropped): the region is free.
         freed++;

@@ -21,6 +21,8 @@ import { closeSync, constants, fstatSync, openSync, readdirSync, readSync, unlin
 import { randomBytes } from 'node:crypto';
 
 export const SHM_DIR = '/dev/shm';
+/** MiB of the ring each data connection offers unless configured (`--kv-shm-mib`). */
+export const DEFAULT_KV_SHM_MIB = 32;
 /** Bytes before the ring's data: the nonce, padded to a page. */
 export const SHM_HEADER_BYTES = 4096;
 const NONCE_BYTES = 16;
