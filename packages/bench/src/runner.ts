@@ -203,23 +203,8 @@ export async function prepareBenchmark(options: BenchmarkOptions): Promise<Bench
   const vocabSize = server.vocabSize ?? options.vocabSize ?? 256;
   const maxModelLen = server.maxModelLen ?? options.maxModelLen ?? null;
   const endpoint = options.endpoint ?? 'completions';
-  const requests = generateRequests({
-    workload: options.workload,
-    phases: options.phases,
-    n: options.requests,
-    seed: options.seed ?? 0,
-    inputLenScale: options.inputLenScale,
-    outputLenScale: options.outputLenScale,
-    inputLen: options.inputLen,
-    outputLen: options.outputLen,
-    prefixLen: options.prefixLen,
-    prefixGroups: options.prefixGroups,
-    turns: options.turns,
-    maxModelLen: maxModelLen ?? undefined,
-    endpoint,
-    vocabSize,
-    minTokenId: options.minTokenId ?? 3,
-  });
+  const requests = workloadRequests(options, { vocabSize, maxModelLen, endpoint });
+
   const clipped = requests.filter((r) => r.clipped).length;
   if (clipped > 0) log(`note: ${clipped}/${requests.length} requests clipped to max_model_len ${maxModelLen}`);
   return {
@@ -233,6 +218,28 @@ export async function prepareBenchmark(options: BenchmarkOptions): Promise<Bench
     server,
     requests,
   };
+}
+
+/** The seeded requests of a run (contentSeed: the prompts' token content, default the seed). */
+export function workloadRequests(options: BenchmarkOptions, ctx: { vocabSize: number; maxModelLen: number | null; endpoint: 'completions' | 'chat' }, contentSeed?: number): BenchRequest[] {
+  return generateRequests({
+    workload: options.workload,
+    phases: options.phases,
+    n: options.requests,
+    seed: options.seed ?? 0,
+    contentSeed,
+    inputLenScale: options.inputLenScale,
+    outputLenScale: options.outputLenScale,
+    inputLen: options.inputLen,
+    outputLen: options.outputLen,
+    prefixLen: options.prefixLen,
+    prefixGroups: options.prefixGroups,
+    turns: options.turns,
+    maxModelLen: ctx.maxModelLen ?? undefined,
+    endpoint: ctx.endpoint,
+    vocabSize: ctx.vocabSize,
+    minTokenId: options.minTokenId ?? 3,
+  });
 }
 
 function clientOptions(plan: BenchmarkPlan, signal: AbortSignal | undefined): ClientOptions {

@@ -1,6 +1,10 @@
-// Rate sweep: the same seeded workload (same prompts, same normalized arrival gaps) at each rate in
-// turn, one warmup up front, and the highest rate that still meets the SLO attainment target.
-import { buildResult, prepareBenchmark, rateToJson, runLoad, runWarmup, optionsAsSettings, type BenchmarkOptions, type BenchmarkResult } from './runner.ts';
+// Rate sweep: the same seeded workload (same prompt and output lengths, same normalized arrival
+// gaps) at each rate in turn, one warmup up front, and the highest rate that still meets the SLO
+// attainment target. Each rate gets prompts of its own content (the seed plus the rate's index):
+// with the very same prompts a server with a prefix cache (vLLM's, SGLang's, pdserve's all on by
+// default) would serve every rate after the first from the cache of the one before, and the sweep
+// would measure cache hits, not the load it names.
+import { buildResult, prepareBenchmark, rateToJson, runLoad, runWarmup, optionsAsSettings, workloadRequests, type BenchmarkOptions, type BenchmarkResult } from './runner.ts';
 import { renderAttainmentSvg, type AttainmentSeries, type SvgOptions } from './svg.ts';
 
 export const ATTAINMENT_TARGET = 0.9;
@@ -98,7 +102,8 @@ export async function runSweep(options: SweepOptions): Promise<SweepResult> {
   for (let k = 0; k < rates.length; k++) {
     if (options.signal?.aborted) break;
     onRateStart?.(rates[k], k, rates.length);
-    const p = { ...plan, options: { ...plan.options, rate: rates[k] } };
+    const requests = k === 0 ? plan.requests : workloadRequests(plan.options, plan, (base.seed ?? 0) + k);
+    const p = { ...plan, requests, options: { ...plan.options, rate: rates[k] } };
     results.push(buildResult(p, rates[k], await runLoad(p, rates[k])));
   }
   return assembleSweep(results, rates, base.settings ?? optionsAsSettings({ ...rest, rates }), options.signal?.aborted ?? false, {

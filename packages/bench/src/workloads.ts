@@ -79,6 +79,12 @@ export interface WorkloadOptions {
   workload: WorkloadName;
   n: number;
   seed: number;
+  /**
+   * Seed of the prompts' token content (default `seed`); lengths, mix and shared prefixes stay
+   * those of `seed`. A sweep gives each rate its own, so that a server's prefix cache cannot serve a
+   * rate's prompts from the rate before.
+   */
+  contentSeed?: number;
   /** Which seeded stream to draw from (the warmup uses its own so it never shifts the run). */
   stream?: number;
   inputLenScale?: number;
@@ -264,7 +270,7 @@ export const WORDS: readonly string[] = (
 export function generateRequests(opts: WorkloadOptions): BenchRequest[] {
   const lengths = generateLengths(opts);
   const stream = opts.stream ?? STREAM.workload;
-  const tokRng = new Rng(opts.seed, stream + 2);
+  const tokRng = new Rng(opts.contentSeed ?? opts.seed, stream + 2);
   const lo = opts.minTokenId;
   const hi = opts.vocabSize - 1;
   if (opts.endpoint === 'completions' && !(Number.isInteger(lo) && Number.isInteger(hi) && lo >= 0 && lo <= hi)) {

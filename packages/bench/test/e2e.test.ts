@@ -180,10 +180,13 @@ test('sweep: one JSON with per-rate results and the 90% rate, plus an SVG chart 
     assert.equal(json.interpolated_rate_at_90pct, 20);
     assert.equal(json.interpolated_is_lower_bound, true);
     assert.equal(json.points.length, 3);
-    // Same seed at every rate: the same prompts.
+    // Same seed at every rate: the same prompt lengths, but prompts of their own (a prefix cache
+    // must not serve one rate from the one before).
     const perRate = srv.bodies.length / 3;
     assert.equal(perRate, 4);
-    assert.deepEqual(srv.bodies.slice(0, 4).map((b) => b.prompt), srv.bodies.slice(4, 8).map((b) => b.prompt));
+    const prompts = (k: number) => srv.bodies.slice(4 * k, 4 * k + 4).map((b) => b.prompt as number[]).sort((a, b) => a.length - b.length);
+    assert.deepEqual(prompts(0).map((p) => p.length), prompts(1).map((p) => p.length));
+    for (let i = 0; i < 4; i++) assert.notDeepEqual(prompts(0)[i], prompts(1)[i]);
     const svgPath = join(dir, 'sweep', 'result.svg');
     assert.ok(existsSync(svgPath));
     assert.equal(json.svg, svgPath);
