@@ -10,7 +10,8 @@
 //   admission_throttled  throttled: only onto an idle prefill worker
 //   overloaded           the request has an SLO and the decode worker's sequence slots are all
 //                        taken: it would wait for one with no bound on its TTFT
-//   slo_ttft             the estimated TTFT exceeds the SLO
+//   slo_ttft             the estimated TTFT, corrected by the estimates' measured error
+//                        (ttft-calibration.ts), exceeds the SLO
 //   slo_tpot             the decode worker's step time at the batch it would have exceeds the TPOT SLO
 //
 // Never refuses onto an idle cluster (nothing queued, nothing running): whatever the estimate says,
@@ -37,6 +38,11 @@ export interface AdmissionInput {
   decodeBatch: number;
   /** Sequences the decode worker can hold; undefined when it has not reported it. */
   decodeSeats?: number;
+  /**
+   * Measured over estimated TTFT of the recent admitted requests placed the same way
+   * (ttft-calibration.ts); the estimate is judged times this. Default 1.
+   */
+  ttftCorrection?: number;
 }
 
 export interface AdmissionConfig {
@@ -81,11 +87,14 @@ export function judgeAdmission(input: AdmissionInput, config: AdmissionConfig): 
     return { code: 'overloaded', message: `every one of the decode worker's ${input.decodeSeats} sequence slots is taken (${input.decodeBatch} sequences decoding or about to)`, retryAfterS: 1 };
   }
   const p = input.placement;
-  if (slo.ttftMs !== undefined && p.ttftMs !== undefined && p.ttftMs > slo.ttftMs * ADMISSION_MARGIN) {
+  const correction = input.ttftCorrection ?? 1;
+  const ttftMs = p.ttftMs === undefined ? undefined : p.ttftMs * correction;
+  if (slo.ttftMs !== undefined && ttftMs !== undefined && ttftMs > slo.ttftMs * ADMISSION_MARGIN) {
+    const corrected = correction === 1 ? '' : `, the estimate times ${correction.toFixed(2)}, its measured error`;
     return {
       code: 'slo_ttft',
-      message: `predicted time to first token ${Math.round(p.ttftMs)} ms (${input.queuedPrefillTokens} prompt tokens ahead on the ${p.where} prefill${basis(p)}) leaves no margin within the SLO of ${slo.ttftMs} ms`,
-      retryAfterS: retryAfter(p.ttftMs - slo.ttftMs * ADMISSION_MARGIN),
+      message: `predicted time to first token ${Math.round(ttftMs)} ms (${input.queuedPrefillTokens} prompt tokens ahead on the ${p.where} prefill${basis(p)}${corrected}) leaves no margin within the SLO of ${slo.ttftMs} ms`,
+      retryAfterS: retryAfter(ttftMs - slo.ttftMs * ADMISSION_MARGIN),
     };
   }
   if (slo.tpotMs !== undefined && p.tpotMs !== undefined && input.decodeBatch > 0 && p.tpotMs > slo.tpotMs * ADMISSION_MARGIN) {

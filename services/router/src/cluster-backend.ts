@@ -19,6 +19,7 @@ import type { Logger } from 'pino';
 import { judgeAdmission, type AdmissionConfig } from './admission.ts';
 import { BackendError, type Backend, type GenerateRequest, type GenerationEvent, type WorkerSummary } from './backend.ts';
 import { LoadLedger } from './load-ledger.ts';
+import { TtftCalibration } from './ttft-calibration.ts';
 import { InFlightByWorker } from './lost-workers.ts';
 import { decidePlacement, decodeScore, decodeStepMs, localShareWindowMs, type Placement, type PlacementConfig } from './placement.ts';
 import { continuation, decideMigration, DEFAULT_MAX_MIGRATIONS, type FailedPhase, type MigrationReason } from './migration.ts';
@@ -47,8 +48,12 @@ export interface ClusterBackendOptions {
   placement?: PlacementConfig;
   /** SLO admission (default on: requests with an SLO are judged against the estimates). */
   admission?: AdmissionConfig;
+  /** Admission scales TTFT estimates by their measured error (default true; false: as estimated). */
+  ttftCorrection?: boolean;
   /** Every placement decision of an admitted request (for pdserve_prefill_placement_total). */
   onPlacement?(p: Placement): void;
+  /** An admitted request's first token came `actualMs` after it arrived; placement had estimated `p.ttftMs`. */
+  onFirstToken?(p: Placement, actualMs: number): void;
   /** Times a request may be re-placed after a worker failure (default 3; 0 = never: migration.ts). */
   maxMigrations?: number;
   /** Every migration (for pdserve_request_migrations_total). */
@@ -79,6 +84,8 @@ export class ClusterBackend implements Backend {
   private readonly clients = new Map<string, Clients>();
   /** Load this router sent each worker since its last report, and the measured transfer cost. */
   readonly ledger = new LoadLedger();
+  /** How far the TTFT estimates of admitted requests were off: admission corrects new ones by it. */
+  readonly ttftCalibration = new TtftCalibration();
   private readonly health: WorkerHealth;
   /** Which worker holds which prompt prefix (a hint fed from Redis); undefined with prefix routing off. */
   readonly prefixes?: PrefixIndexFeed;
@@ -225,6 +232,7 @@ export class ClusterBackend implements Backend {
       queuedPrefillTokens: placement.where === 'local' ? dv.queuedPrefillTokens : this.ledger.view(prefill).queuedPrefillTokens,
       decodeBatch: dv.batch,
       decodeSeats: decode.load.max_sequences,
+      ttftCorrection: this.opts.ttftCorrection === false ? 1 : this.ttftCalibration.factor(placement.where),
     }, this.opts.admission ?? { sloAdmission: true });
     if (refusal && admit) throw new BackendError(refusal.message, 503, refusal.code, refusal.retryAfterS);
     this.opts.onPlacement?.(placement);
@@ -438,6 +446,11 @@ export class ClusterBackend implements Backend {
             held.prefilled(); // the prompt is done (the prefill's reply may still be on its way)
             transferClock.firstAt = performance.now();
             observeTransfer();
+            if (!cont.migrated) {
+              const ttft = transferClock.firstAt - arrived;
+              if (placement.ttftMs !== undefined) this.ttftCalibration.observe(placement.where, placement.ttftMs, ttft);
+              this.opts.onFirstToken?.(placement, ttft);
+            }
           }
           for (const t of e.tokens!.tokens) {
             progress.generated.push(t.id);

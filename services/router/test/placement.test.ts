@@ -4,6 +4,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { decidePlacement, decodeStepMs, LOCAL_SHARE_WINDOW_MS, localShareWindowMs, MAX_LOCAL_SHARE_WINDOW_MS, stepMsAt, type PlacementInput, type WorkerView } from '../src/placement.ts';
 import { judgeAdmission, type AdmissionInput } from '../src/admission.ts';
+import { CALIBRATION_BOUNDS, CALIBRATION_SAMPLES, MIN_CALIBRATION_SAMPLES, TtftCalibration } from '../src/ttft-calibration.ts';
 import { LoadLedger } from '../src/load-ledger.ts';
 import type { WorkerInfo } from '@pdserve/common';
 
@@ -181,6 +182,15 @@ describe('admission policy', () => {
     assert.equal(judgeAdmission(base({ placement: { where: 'remote', prefillWorker: 'p', reason: 'faster', ttftMs: 950, tpotMs: 60 } }), on)!.code, 'slo_ttft');
   });
 
+  test("the TTFT estimate is judged times its measured error", () => {
+    const at = (ttftMs: number, ttftCorrection: number) => judgeAdmission(base({ placement: { where: 'remote', prefillWorker: 'p', reason: 'faster', ttftMs, tpotMs: 60 }, ttftCorrection }), on);
+    assert.equal(at(1000, 0.8), undefined, 'estimates running 20% high: 1000 ms is 800 ms');
+    assert.equal(at(1000, 1)?.code, 'slo_ttft');
+    const r = at(800, 1.5)!;
+    assert.equal(r.code, 'slo_ttft', 'estimates running 50% low: 800 ms is 1200 ms');
+    assert.match(r.message, /predicted time to first token 1200 ms \(.*the estimate times 1\.50, its measured error\)/);
+  });
+
   test('refuses a predicted TPOT miss with slo_tpot', () => {
     const r = judgeAdmission(base({ placement: { where: 'local', prefillWorker: 'd', reason: 'faster', ttftMs: 100, tpotMs: 95 } }), on)!;
     assert.equal(r.code, 'slo_tpot');
@@ -283,5 +293,30 @@ describe('load ledger', () => {
     for (let i = 0; i < 32; i++) ledger.observeTransfer(100 + i, 30 + i * 0.1);
     const later = ledger.transferCost();
     assert.ok(later.fixedMs + later.msPerToken * 150 < 40);
+  });
+});
+
+describe('TTFT calibration', () => {
+  test('no correction until enough admitted requests were measured, then measured over estimated, bounded', () => {
+    const c = new TtftCalibration();
+    for (let i = 0; i < MIN_CALIBRATION_SAMPLES - 1; i++) c.observe('local', 1000, 800);
+    assert.equal(c.factor('local'), 1, 'too few samples');
+    c.observe('local', 1000, 800);
+    assert.ok(Math.abs(c.factor('local') - 0.8) < 1e-9);
+    assert.equal(c.factor('remote'), 1, 'each placement kind on its own');
+    // The long waits weigh the most: a 100 ms estimate that took 300 ms barely moves it.
+    const d = new TtftCalibration();
+    for (let i = 0; i < 7; i++) d.observe('local', 2000, 1800);
+    d.observe('local', 100, 300);
+    assert.ok(d.factor('local') > 0.9 && d.factor('local') < 0.92, String(d.factor('local')));
+    // Bounded both ways, and one wild sample counts as at most 4x its estimate.
+    const e = new TtftCalibration();
+    for (let i = 0; i < 8; i++) e.observe('remote', 100, 10_000);
+    assert.equal(e.factor('remote'), CALIBRATION_BOUNDS[1]);
+    for (let i = 0; i < CALIBRATION_SAMPLES; i++) e.observe('remote', 1000, 1);
+    assert.equal(e.factor('remote'), CALIBRATION_BOUNDS[0], 'only the recent samples count');
+    e.observe('remote', 0, 100);
+    e.observe('remote', Number.NaN, 100);
+    assert.equal(e.factor('remote'), CALIBRATION_BOUNDS[0], 'unusable samples are ignored');
   });
 });

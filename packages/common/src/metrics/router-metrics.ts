@@ -79,6 +79,7 @@ export interface RouterMetrics {
   requestErrors: Counter<'code'>;
   admissionRejected: Counter<'reason'>;
   prefillPlacement: Counter<'where' | 'reason'>;
+  ttftEstimateRatio: Histogram<'where'>;
   prefixRouting: Counter<'result'>;
   prefixRoutingHitTokens: Histogram<string>;
   promptCachedTokens: Counter<string>;
@@ -170,6 +171,14 @@ export function createRouterMetrics(registry: Registry = new Registry(), options
     registers,
   });
 
+  const ttftEstimateRatio = new Histogram({
+    name: 'pdserve_ttft_estimate_ratio',
+    help: 'Measured time to first token over the estimate placement made for it (1 = exact), per admitted request whose estimate rested on measurements, by where its prompt was prefilled.',
+    labelNames: ['where'] as const,
+    buckets: [0.25, 0.5, 0.67, 0.8, 0.9, 1, 1.1, 1.25, 1.5, 2, 4],
+    registers,
+  });
+
   const prefixRouting = new Counter({
     name: 'pdserve_prefix_routing_total',
     help: 'Routing decisions by whether the chosen prefilling worker was expected to hold a prefix of the prompt (result=hit|miss).',
@@ -245,6 +254,7 @@ export function createRouterMetrics(registry: Registry = new Registry(), options
     requestErrors,
     admissionRejected,
     prefillPlacement,
+    ttftEstimateRatio,
     prefixRouting,
     prefixRoutingHitTokens,
     promptCachedTokens,
