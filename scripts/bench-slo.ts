@@ -1,4 +1,5 @@
-// pdserve's default mode (1 prefill + 1 decode worker sharing the cores, conditional disaggregation + SLO admission)
+// pdserve's default mode (`pdserve up` without role flags: 2 unified workers sharing the cores, the planner,
+// conditional disaggregation + SLO admission)
 // against the fixed configurations, side by side in one run, on the smollm2-135m dummy, for the
 // `chat` and `summarize` workloads; then the overload target: the default mode at 3x the rate where
 // its attainment (good / sent) falls below 90%.
@@ -45,24 +46,25 @@ const slo = (e: { ttft: number; tpot: number }) => ['--slo-ttft-ms', String(e.tt
 // until 2026-12-07 these systems did not say so (the planner moved `--unified 2` to 1D+1U and the
 // remote-only split to 1D+1U mid-sweep; BENCHMARKS.md, issue 8, 2026-12-07).
 const systems = [
-  // What `pdserve up --prefill 1 --decode 1` does: every worker one thread per core (spinning off,
-  // since they share the cores), placement auto, SLO admission, the planner.
-  { key: 'default', name: 'default: 1P+1D, placement auto + SLO admission', args: ['--prefill', '1', '--decode', '1'], admission: true },
-  { key: 'auto-noadm', name: '1P+1D, placement auto, admission off', args: ['--prefill', '1', '--decode', '1', '--admission', 'off'], admission: false },
+  // What `pdserve up` does without role flags: two unified workers, each pinned to a core of its
+  // own with one thread, placement auto, SLO admission, the planner.
+  { key: 'default', name: 'default: starts 2U pinned, planner + placement auto + SLO admission', args: [], admission: true },
+  { key: 'auto-noadm', name: 'default, admission off', args: ['--admission', 'off'], admission: false },
   { key: 'unified1x2', name: '--unified 1 --threads 2', args: ['--unified', '1', '--threads', '2', '--admission', 'off', '--planner', 'off'], admission: false },
   { key: 'unified2x1', name: '--unified 2 --threads 1', args: ['--unified', '2', '--threads', '1', '--pin', '--admission', 'off', '--planner', 'off'], admission: false },
   { key: 'remote', name: '--prefill 1 --decode 1 --prefill-placement remote', args: ['--prefill', '1', '--decode', '1', '--pin', '--threads', '1', '--prefill-placement', 'remote', '--admission', 'off', '--planner', 'off'], admission: false },
-  // Only when named: the default mode as it was before 2026-12-06, each worker pinned to a core
-  // with one thread.
-  { key: 'default-pinned', name: 'default split, each worker pinned to its core, 1 thread', args: ['--prefill', '1', '--decode', '1', '--pin', '--threads', '1'], admission: true, optIn: true },
+  // Only when named (--systems / --overload-systems):
+  // the default controls started from 1P+1D on shared cores (`up`'s default start until 2026-12-07);
+  { key: 'default-1p1d', name: 'default controls, starting as 1P+1D', args: ['--prefill', '1', '--decode', '1'], admission: true, optIn: true },
+  // the same, each worker pinned to a core with one thread (the default before 2026-12-06);
+  { key: 'default-pinned', name: 'default controls, starting as 1P+1D, each pinned, 1 thread', args: ['--prefill', '1', '--decode', '1', '--pin', '--threads', '1'], admission: true, optIn: true },
+  // the default start with the workers sharing the cores, one thread per core each (spinning off);
+  { key: 'default-2u-shared', name: 'default controls, starting as 2U sharing the cores', args: ['--no-pin'], admission: true, optIn: true },
   { key: 'unified2x2', name: '--unified 2 --threads 2 (spinning off)', args: ['--unified', '2', '--threads', '2', '--admission', 'off', '--planner', 'off'], admission: false, optIn: true },
-  // Only when named (--systems / --overload-systems): the default mode with the engine threads at
-  // the process's own priority, to measure what --engine-nice buys.
-  // Only when named: the default mode's planner, placement and admission, started from two unified
-  // workers (sharing the cores, or each pinned to its own) instead of 1P+1D.
-  { key: 'default-2u', name: 'default controls, starting as 2U (shared cores)', args: ['--unified', '2'], admission: true, optIn: true },
-  { key: 'default-2u-pinned', name: 'default controls, starting as 2U, each pinned, 1 thread', args: ['--unified', '2', '--threads', '1', '--pin'], admission: true, optIn: true },
-  { key: 'default-nice0', name: 'default, --engine-nice 0', args: ['--prefill', '1', '--decode', '1', '--engine-nice', '0'], admission: true, optIn: true },
+  // the default with admission judging the TTFT estimates as they are (no correction by their measured error);
+  { key: 'default-nocorr', name: 'default, --ttft-correction off', args: ['--ttft-correction', 'off'], admission: true, optIn: true },
+  // the default with the engine threads at the process's own priority, to measure what --engine-nice buys.
+  { key: 'default-nice0', name: 'default, --engine-nice 0', args: ['--engine-nice', '0'], admission: true, optIn: true },
 ];
 
 interface Cluster { url: string; lines: string[]; stop(): Promise<unknown> }
@@ -120,6 +122,23 @@ function rateAt90(rs: Row[]): string {
   return last ? `>= ${last.rate}` : 'none';
 }
 
+/**
+ * How good the router's TTFT estimates were: its pdserve_ttft_estimate_ratio histogram (measured
+ * TTFT / estimate, per admitted request with an estimate) as the mean and the share above 1.
+ */
+async function estimateAccuracy(url: string): Promise<string> {
+  const text = await (await fetch(`${url}/metrics`)).text();
+  const parts: string[] = [];
+  for (const where of ['local', 'remote']) {
+    const num = (suffix: string, le?: string) => Number(new RegExp(`^pdserve_ttft_estimate_ratio_${suffix}\\{${le ? `le="${le}",` : ''}where="${where}"\\} (\\S+)$`, 'm').exec(text)?.[1] ?? NaN);
+    const count = num('count');
+    if (!(count > 0)) continue;
+    const atMost1 = num('bucket', '1');
+    parts.push(`${where}: mean ${(num('sum') / count).toFixed(2)} over ${count}, ${(100 * (1 - atMost1 / count)).toFixed(0)}% above 1`);
+  }
+  return parts.join('; ') || 'no estimates';
+}
+
 function percentile(xs: number[], p: number): number | undefined {
   if (xs.length === 0) return undefined;
   const s = [...xs].sort((a, b) => a - b);
@@ -135,6 +154,7 @@ async function run(): Promise<void> {
   const table: string[] = [];
   const summary: string[] = [];
   const plannerMoves: string[] = [];
+  const estimates: string[] = [];
   let chatDefault: Row[] | undefined;
   let warmedUp = false;
   for (const exp of experiments.filter((e) => (values.workload ? e.workload === values.workload : !e.optIn))) {
@@ -156,6 +176,7 @@ async function run(): Promise<void> {
       const cluster = await startCluster(model, [...sys.args, ...slo(exp)]);
       const sweepStart = Date.now();
       const sweep = bench(cluster.url, exp, exp.rates, values.requests!, join(values.out!, `slo-${exp.workload}-${sys.key}.json`), sys.name);
+      estimates.push(`${exp.workload} / ${sys.name}: ${await estimateAccuracy(cluster.url).catch((e) => `metrics unreadable: ${(e as Error).message}`)}`);
       await cluster.stop();
       const rs = rows(sweep);
       // When the planner moved workers during the sweep (seconds after the sweep began), and why.
@@ -175,6 +196,7 @@ async function run(): Promise<void> {
   for (const r of table) console.log(r);
   console.log('\n| workload | system | rate at 90% attainment (req/s) | peak goodput (req/s) |\n|---|---|---|---|');
   for (const r of summary) console.log(r);
+  console.log(`\nTTFT estimates (measured / estimated, admitted requests):\n${estimates.map((m) => `- ${m}`).join('\n')}`);
   if (plannerMoves.length) console.log(`\nplanner decisions during the sweeps:\n${plannerMoves.map((m) => `- ${m}`).join('\n')}`);
 
   if (values['skip-overload']) return;

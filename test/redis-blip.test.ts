@@ -22,7 +22,7 @@ after(async () => {
 
 async function ensureCluster(): Promise<TestCluster> {
   model ??= stories260K();
-  cluster ??= await startCluster(model.dir, ['--redis-url', redis!.url]);
+  cluster ??= await startCluster(model.dir, ['--redis-url', redis!.url, '--prefill', '1', '--decode', '1', '--planner', 'off']);
   return cluster;
 }
 

@@ -1,6 +1,7 @@
 // `pdserve up` as a user runs it (issue 12, defect 11): the redis-server it started dying is noticed
 // (the cluster stops with a message naming it and exits 1, instead of staying "ready" on a frozen
-// registry), and the workers get the drain bound the stop grace is sized from.
+// registry), the workers get the drain bound the stop grace is sized from, and without role flags
+// the cluster starts as two unified workers.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -23,8 +24,12 @@ test('pdserve up stops and exits 1 when its redis-server dies', { timeout: 120_0
   const dir = mkdtempSync(join(tmpdir(), 'pdserve-up-'));
   const model = join(dir, 'dummy');
   writeDummyModel('tiny', model);
-  const cluster = await startCluster(model, ['--unified', '1']);
+  // No role flags: the default start, two unified workers (the planner splits them when its
+  // measurements say so; a few requests here are too few for it to move).
+  const cluster = await startCluster(model, []);
   try {
+    const listed = ((await (await fetch(`${cluster.url}/workers`)).json()) as { workers: Array<{ role: string }> }).workers;
+    assert.deepEqual(listed.map((w) => w.role), ['unified', 'unified'], 'the default start');
     const upPid = cluster.proc.pid!;
     const kids = children(upPid);
     const redis = kids.find(([, name]) => name.startsWith('redis-server'));

@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { Supervisor } from '@pdserve/common';
-import { ortSpinning, stopGraceMs, waitReady } from '../src/commands/up.ts';
+import { ortSpinning, pinWorkers, startingRoles, stopGraceMs, waitReady, workerCores } from '../src/commands/up.ts';
 
 /** A child that, on SIGTERM, keeps "draining" for drainMs and then exits 0 by itself. */
 function drainingChild(sup: Supervisor, name: string, drainMs: number, marker: string) {
@@ -88,4 +88,24 @@ test("--ort-spinning auto: the workers' threads spin only while each has a core 
   assert.equal(ortSpinning('auto', 4, 2, 8), 'on');
   assert.equal(ortSpinning('on', 2, 2, 2), 'on', 'an explicit choice stands');
   assert.equal(ortSpinning('off', 1, 1, 2), 'off');
+});
+
+test('the roles up starts: two unified workers without role flags, else what the flags say', () => {
+  assert.deepEqual(startingRoles({}), [['unified', 2]]);
+  assert.deepEqual(startingRoles({ unified: 3 }), [['unified', 3]]);
+  assert.deepEqual(startingRoles({ prefill: 1, decode: 1 }), [['prefill', 1], ['decode', 1]]);
+  assert.deepEqual(startingRoles({ decode: 3 }), [['prefill', 1], ['decode', 3]], '--decode alone: one prefill worker');
+  assert.deepEqual(startingRoles({ prefill: 2 }), [['prefill', 2], ['decode', 1]]);
+});
+
+test('pinning: unified workers get cores of their own by default, a split cluster shares them', () => {
+  assert.equal(pinWorkers(undefined, [['unified', 2]], 2), true, 'the default start on 2 cores');
+  assert.equal(pinWorkers(undefined, [['unified', 3]], 2), false, 'more workers than cores: shared');
+  assert.equal(pinWorkers(undefined, [['prefill', 1], ['decode', 1]], 2), false, 'a split shares the cores');
+  assert.equal(pinWorkers(true, [['prefill', 1], ['decode', 1]], 2), true, '--pin');
+  assert.equal(pinWorkers(false, [['unified', 2]], 2), false, '--no-pin');
+  assert.deepEqual([0, 1].map((i) => workerCores(i, 2, 2)), ['0', '1']);
+  assert.deepEqual([0, 1].map((i) => workerCores(i, 2, 8)), ['0-3', '4-7']);
+  assert.deepEqual([0, 1, 2].map((i) => workerCores(i, 3, 8)), ['0-1', '2-3', '4-5']);
+  assert.deepEqual([0, 1, 2].map((i) => workerCores(i, 3, 2)), ['0', '1', '0'], 'more workers than cores: round robin');
 });

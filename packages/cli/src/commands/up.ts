@@ -32,8 +32,8 @@ interface UpFlags {
   model?: string;
   host: string;
   port: number;
-  prefill: number;
-  decode: number;
+  prefill?: number;
+  decode?: number;
   unified?: number;
   redisUrl?: string;
   device: string;
@@ -58,6 +58,7 @@ interface UpFlags {
   sloTtftMs: number;
   sloTpotMs: number;
   admission: 'slo' | 'off';
+  ttftCorrection: 'on' | 'off';
   prefillPlacement: string;
   localPrefillMaxTokens?: number;
   maxMigrations: number;
@@ -83,6 +84,46 @@ export function ortSpinning(flag: 'on' | 'off' | 'auto', workers: number, thread
   return threads > cores ? 'off' : 'on';
 }
 
+/** The workers `up` starts when told neither --prefill, --decode nor --unified. */
+export const DEFAULT_START: ReadonlyArray<readonly [StartRole, number]> = [['unified', 2]];
+type StartRole = 'prefill' | 'decode' | 'unified';
+
+/**
+ * The roles `up` starts its workers in. Without role flags: two unified workers, and the planner
+ * splits them once its measurements say a split serves more. A unified worker serves any mix, so
+ * no core waits for work of one kind while the planner has nothing measured yet; 1P+1D, the old
+ * start, stranded a core on chat and summarize for the 25-35 s before the planner's first move,
+ * and lost about half the requests of that time (BENCHMARKS.md, "The default starts as two
+ * unified workers"). --prefill or --decode alone take 1 for the other.
+ */
+export function startingRoles(o: Pick<UpFlags, 'prefill' | 'decode' | 'unified'>): Array<[StartRole, number]> {
+  if (o.unified) return [['unified', o.unified]];
+  if (o.prefill === undefined && o.decode === undefined) return DEFAULT_START.map(([r, n]) => [r, n]);
+  return [['prefill', o.prefill ?? 1], ['decode', o.decode ?? 1]];
+}
+
+/**
+ * Whether `up` pins its workers to cores of their own: --pin / --no-pin, else when every worker
+ * starts unified and each can have at least one core. Unified workers are busy at the same time,
+ * and one whose prompt pass takes every core stalls the other's decode steps: on chat, two unified
+ * workers with 1 thread each on their own core served 3.6 req/s at 90% of requests within the SLOs,
+ * sharing both cores (2 threads each) below 1.5 (BENCHMARKS.md, "The default starts as two
+ * unified workers"). A split cluster shares the cores: its prefill worker is busy while the decode
+ * worker waits, and the reverse (BENCHMARKS.md, "Workers that share the cores").
+ */
+export function pinWorkers(flag: boolean | undefined, roles: ReadonlyArray<readonly [StartRole, number]>, cores: number): boolean {
+  if (flag !== undefined) return flag;
+  const workers = roles.reduce((sum, [, count]) => sum + count, 0);
+  return workers <= cores && roles.every(([role, count]) => role === 'unified' || count === 0);
+}
+
+/** The taskset core list of worker i of n: a block of cores / n of its own, or core i mod cores when n > cores. */
+export function workerCores(i: number, n: number, cores: number): string {
+  const k = Math.floor(cores / n);
+  if (k < 1) return String(i % cores);
+  return k === 1 ? String(i) : `${i * k}-${i * k + k - 1}`;
+}
+
 /** Polls `url`/ready until it answers 2xx; each probe is bounded, so a hung router cannot stall `up`. */
 export async function waitReady(url: string, timeoutMs: number, failed: () => string | undefined, probeTimeoutMs = READY_PROBE_TIMEOUT_MS, minWorkers = 0): Promise<void> {
   const deadline = Date.now() + timeoutMs;
@@ -106,12 +147,12 @@ function plannerFlag(value: string): 'on' | 'off' {
 export function register(program: Command): void {
   program
     .command('up')
-    .description('start a local cluster: redis, router, prefill and decode workers')
+    .description('start a local cluster: redis, router and workers (two unified workers unless told --prefill/--decode/--unified; the planner splits them)')
     .option('--model <dir>', 'model directory (default: $PDSERVE_MODEL, else stories260K from the model cache or fetched now, else a dummy model)')
     .option('--host <host>', 'router interface', '127.0.0.1')
     .option('--port <n>', 'router HTTP port', positiveInt, 8000)
-    .option('--prefill <n>', 'prefill workers', positiveInt, 1)
-    .option('--decode <n>', 'decode workers', positiveInt, 1)
+    .option('--prefill <n>', 'prefill workers (with --decode: default 1 each; with neither, nor --unified, the cluster starts as 2 unified workers)', positiveInt)
+    .option('--decode <n>', 'decode workers (see --prefill)', positiveInt)
     .option('--unified <n>', 'unified workers (prefill and decode in one process) instead of --prefill/--decode', positiveInt)
     .option('--redis-url <url>', 'use this Redis instead of starting redis-server (default: $PDSERVE_REDIS_URL; a password belongs there, not in `ps`)', process.env.PDSERVE_REDIS_URL)
     .option('--device <name>', 'cpu, webgpu or cuda', device, 'cpu')
@@ -128,7 +169,8 @@ export function register(program: Command): void {
     .option('--drain-timeout-s <n>', 'how long a stopping worker may finish its requests (the stop grace is this plus 10 s)', positiveInt, 30)
     .option('--engine-nice <n>', "passed to every worker: the engine thread's nice value (default: the worker's, 10)", niceValue)
     .option('--engine-stall-s <s>', "passed to every worker: report unhealthy while its engine thread is silent this long with work pending (default: the worker's, 30)", positiveNumber)
-    .option('--pin', 'pin worker i to CPU core i mod cores (taskset), e.g. 1 prefill + 1 decode on their own cores')
+    .option('--pin', 'pin each worker to cores of its own (taskset): worker i of n gets cores i*k..i*k+k-1, k = cores / n (core i mod cores when n > cores), and k threads unless --threads (default: pinned when every worker starts unified)')
+    .option('--no-pin', 'every worker may use every core (one thread per core unless --threads)')
     .option('--ort-spinning <on|off|auto>', "passed to every worker: ONNX Runtime's idle threads spin or sleep; auto = off when the workers' threads outnumber the cores (they share cores), else on", oneOf('--ort-spinning', ['on', 'off', 'auto'] as const), 'auto')
     .option('--planner <on|off>', 'run the planner, which moves workers between roles as the load changes', plannerFlag, 'on')
     .option('--pin-roles', 'start every worker with --pin-role: roles stay as given')
@@ -138,6 +180,7 @@ export function register(program: Command): void {
     .option('--slo-ttft-ms <ms>', 'default TTFT SLO (admission and metrics; a request\'s `slo` overrides it; 0 = none)', positiveInt, DEFAULT_SLO_TARGETS.ttftSeconds * 1000)
     .option('--slo-tpot-ms <ms>', 'default TPOT SLO (admission and metrics; 0 = none)', positiveInt, DEFAULT_SLO_TARGETS.tpotSeconds * 1000)
     .option('--admission <mode>', 'slo: refuse (503) what the estimates say would miss its SLO; off: never', oneOf('--admission', ['slo', 'off'] as const), 'slo')
+    .option('--ttft-correction <on|off>', "passed to the router: admission scales each TTFT estimate by the estimates' measured error (off: as estimated)", oneOf('--ttft-correction', ['on', 'off'] as const), 'on')
     .option('--prefill-placement <mode>', 'auto: decide per request; remote: always a prefill worker; local: always the decode worker', oneOf('--prefill-placement', PLACEMENT_MODES), 'auto')
     .option('--local-prefill-max-tokens <n>', 'auto placement: prompts longer than this always go to a prefill worker', positiveInt)
     .option('--max-migrations <n>', "passed to the router: times a request is moved to other workers after its worker fails mid-request (0 = never)", positiveInt, 3)
@@ -173,16 +216,17 @@ export function register(program: Command): void {
       // per `up`) and the Redis URL, which may carry a password.
       const secrets = { PDSERVE_CLUSTER_TOKEN: process.env.PDSERVE_CLUSTER_TOKEN || randomBytes(32).toString('base64url'), PDSERVE_REDIS_URL: redisUrl };
       const tls = [...(o.tlsCert ? ['--tls-cert', o.tlsCert] : []), ...(o.tlsKey ? ['--tls-key', o.tlsKey] : []), ...(o.tlsCa ? ['--tls-ca', o.tlsCa] : [])];
-      const node = (name: string, args: string[], pin = false) => {
+      const roles = startingRoles(o);
+      const workerCount = roles.reduce((sum, [, count]) => sum + count, 0);
+      const pin = pinWorkers(o.pin, roles, cores);
+      const node = (name: string, args: string[], pinToCores = false) => {
         const argv = [process.execPath, '--import', 'tsx', MAIN, ...args];
         // taskset execs the program: same process, so signals and the IPC channel still reach it.
-        const pinned = pin ? ['taskset', '-c', String(nextCore++ % cores), ...argv] : argv;
+        const pinned = pinToCores ? ['taskset', '-c', workerCores(nextCore++, workerCount, cores), ...argv] : argv;
         return () => supervisor.spawn({ name, command: pinned[0], args: pinned.slice(1), env: { [SUPERVISOR_PID_ENV]: String(process.pid), ...secrets } });
       };
-      // Every worker may use every core by default: with 1 prefill + 1 decode worker on 2 cores,
-      // 2 threads each (spinning off) served more chat and shifting requests within the SLOs than
-      // 1 thread each pinned to its own core (BENCHMARKS.md, "Workers that share the cores").
-      const threads = o.threads ?? cores;
+      // Unpinned, every worker may use every core (one thread per core); pinned, its own share.
+      const threads = o.threads ?? (pin ? Math.max(1, Math.floor(cores / workerCount)) : cores);
       const common = ['--model', model, ...tls, '--device', o.device, '--threads', String(threads), '--max-sequences', String(o.maxSequences), '--drain-timeout-s', String(o.drainTimeoutS)];
       if (o.kvBudgetMb !== undefined) common.push('--kv-budget-mb', String(o.kvBudgetMb));
       if (o.roleGraceMs !== undefined) common.push('--role-grace-ms', String(o.roleGraceMs));
@@ -190,14 +234,12 @@ export function register(program: Command): void {
       if (o.engineNice !== undefined) common.push('--engine-nice', String(o.engineNice));
       if (o.prefillChunk !== undefined) common.push('--prefill-chunk', String(o.prefillChunk));
       common.push('--kv-wire-dtype', o.kvWireDtype, '--prefix-cache', o.prefixCache, '--kv-transport', o.kvTransport, '--kv-shm-mib', String(o.kvShmMib));
-      const workerCount = o.unified ?? o.prefill + o.decode;
       common.push('--ort-spinning', ortSpinning(o.ortSpinning, workerCount, threads, cores));
-      const roles: Array<['prefill' | 'decode' | 'unified', number]> = o.unified ? [['unified', o.unified]] : [['prefill', o.prefill], ['decode', o.decode]];
       const pinRole = o.pinRoles ? ['--pin-role'] : [];
-      for (const [role, count] of roles) for (let i = 0; i < count; i++) restarting.add(`${role}-${i}`, role, node(`${role}-${i}`, ['worker', '--role', role, ...common, ...pinRole], o.pin));
+      for (const [role, count] of roles) for (let i = 0; i < count; i++) restarting.add(`${role}-${i}`, role, node(`${role}-${i}`, ['worker', '--role', role, ...common, ...pinRole], pin));
       if (o.planner === 'on') restarting.add('planner', 'planner', node('planner', ['planner']));
       const port = o.port || (await freePort());
-      const routing = ['--admission', o.admission, '--prefill-placement', o.prefillPlacement, '--prefix-routing', o.prefixRouting, '--max-migrations', String(o.maxMigrations)];
+      const routing = ['--admission', o.admission, '--ttft-correction', o.ttftCorrection, '--prefill-placement', o.prefillPlacement, '--prefix-routing', o.prefixRouting, '--max-migrations', String(o.maxMigrations)];
       if (o.sloTtftMs > 0) routing.push('--slo-ttft-ms', String(o.sloTtftMs));
       if (o.sloTpotMs > 0) routing.push('--slo-tpot-ms', String(o.sloTpotMs));
       if (o.localPrefillMaxTokens !== undefined) routing.push('--local-prefill-max-tokens', String(o.localPrefillMaxTokens));
@@ -216,8 +258,7 @@ export function register(program: Command): void {
       try {
         // Every worker started here, not just one of each kind: a benchmark or test that starts at
         // `ready` must not see the first requests all land on the one worker up so far.
-        const workers = roles.reduce((sum, [, count]) => sum + count, 0);
-        await waitReady(url, o.readyTimeoutS * 1000, () => failure, READY_PROBE_TIMEOUT_MS, workers);
+        await waitReady(url, o.readyTimeoutS * 1000, () => failure, READY_PROBE_TIMEOUT_MS, workerCount);
       } catch (err) {
         log.error({ err: (err as Error).message }, 'cluster failed to start');
         await shutdown(1);
