@@ -13,6 +13,7 @@
 //   slo_ttft             the estimated TTFT, corrected by the estimates' measured error
 //                        (ttft-calibration.ts), exceeds the SLO
 //   slo_tpot             the decode worker's step time at the batch it would have exceeds the TPOT SLO
+//                        (when it prefills the prompt itself, stalled by its share of prefill work)
 //
 // Never refuses onto an idle cluster (nothing queued, nothing running): whatever the estimate says,
 // waiting cannot make that request faster, and refusing everything would be a collapse.
@@ -100,7 +101,7 @@ export function judgeAdmission(input: AdmissionInput, config: AdmissionConfig): 
   if (slo.tpotMs !== undefined && p.tpotMs !== undefined && input.decodeBatch > 0 && p.tpotMs > slo.tpotMs * ADMISSION_MARGIN) {
     return {
       code: 'slo_tpot',
-      message: `predicted time per output token ${Math.round(p.tpotMs)} ms at a batch of ${input.decodeBatch + 1} leaves no margin within the SLO of ${slo.tpotMs} ms`,
+      message: `predicted time per output token ${Math.round(p.tpotMs)} ms at a batch of ${input.decodeBatch + 1}${p.where === 'local' ? ', stalled by the prompts it prefills,' : ''} leaves no margin within the SLO of ${slo.tpotMs} ms`,
       retryAfterS: 1,
     };
   }

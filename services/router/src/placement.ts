@@ -12,7 +12,9 @@
 //   TTFT(remote on p) = (queued prompt tokens on p + n) / p's prefill rate + transfer(last chunk) + one decode step
 //   TTFT(local)       = (queued prompt tokens on d + n) / d's prefill rate + one decode step per chunk
 //   TPOT(d)           = d's step time at the batch it would have (its table's line, at the level
-//                       of its latest steps: decodeStepMs)
+//                       of its latest steps: decodeStepMs); for a local prefill, divided by the
+//                       share of d's time its prompts leave to decoding (their share over the
+//                       window below, this prompt included), since every chunk stalls the batch
 // and takes the faster, unless the prompt is longer than the local threshold or a local prefill
 // would push the running batch's TPOT, step / (1 - share of d's time spent prefilling locally),
 // past its SLO (the headroom check). The share of time is counted over a window about one
@@ -271,6 +273,14 @@ function remoteOption(input: PlacementInput, p: WorkerView): Option {
   };
 }
 
+/**
+ * Share (0..0.95) of the decode worker's time its local prefills take over the window, this prompt's
+ * included: what its running batch loses to them.
+ */
+function localShareWith(input: PlacementInput, localPrefillMs: number): number {
+  return Math.min(0.95, input.decode.localPrefillShare + localPrefillMs / (input.decode.localShareWindowMs ?? LOCAL_SHARE_WINDOW_MS));
+}
+
 /** Estimates for a prefill on the decode worker itself. */
 function localOption(input: PlacementInput): Option {
   const n = input.promptTokens;
@@ -284,26 +294,24 @@ function localOption(input: PlacementInput): Option {
   const ahead = d.queuedPrefillTokens + n - cached;
   // The scheduler runs one decode step between prefill chunks while a batch is running.
   const chunks = Math.max(1, Math.ceil(ahead / Math.max(1, d.prefillChunkTokens)));
+  const localPrefillMs = ((n - cached) / rate) * 1000;
   return {
     where: 'local', prefillWorker: d.id, reason: 'faster', measured, expectedCachedTokens: cached,
     ttftMs: (ahead / rate) * 1000 + (d.batch > 0 ? chunks : 1) * (step ?? 0),
     ttftBasis: { prefillTokensPerS: rate, transferMs: 0 },
-    // This request's own prefill runs before its first token: it stalls the others, not itself
-    // (the headroom check below keeps the others' TPOT).
-    tpotMs: step,
-    localPrefillMs: ((n - cached) / rate) * 1000,
+    // The batch it joins decodes in the time the worker's prompts leave it: step / (1 - their
+    // share), this prompt's own prefill counted (it stalls the others, and the requests that come
+    // after at this rate stall it). Without a running batch nothing is stalled yet.
+    tpotMs: step === undefined ? undefined : d.batch > 0 ? step / (1 - localShareWith(input, localPrefillMs)) : step,
+    localPrefillMs,
   };
 }
 
-/**
- * Whether a local prefill leaves the decode worker's running batch within its TPOT SLO: the batch
- * decodes in the time the local prefills leave it, so its TPOT is step / (1 - their share).
- */
+/** Whether a local prefill leaves the decode worker's running batch within its TPOT SLO (with margin). */
 function fitsTpotHeadroom(input: PlacementInput, local: Option): boolean {
   if (input.decode.batch === 0) return true; // nothing running to stall
-  const share = Math.min(0.95, input.decode.localPrefillShare + (local.localPrefillMs ?? 0) / (input.decode.localShareWindowMs ?? LOCAL_SHARE_WINDOW_MS));
-  if (input.tpotSloMs === undefined || local.tpotMs === undefined) return share <= MAX_LOCAL_SHARE_WITHOUT_SLO;
-  return local.tpotMs / (1 - share) <= input.tpotSloMs * TPOT_HEADROOM_MARGIN;
+  if (input.tpotSloMs === undefined || local.tpotMs === undefined) return localShareWith(input, local.localPrefillMs ?? 0) <= MAX_LOCAL_SHARE_WITHOUT_SLO;
+  return local.tpotMs <= input.tpotSloMs * TPOT_HEADROOM_MARGIN;
 }
 
 /** Decides where the prompt is prefilled; see the header for the rules. */

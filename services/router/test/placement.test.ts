@@ -90,6 +90,26 @@ describe('placement policy', () => {
     assert.deepEqual([p.where, p.prefillWorker, p.reason], ['remote', 'p3', 'forced']);
   });
 
+  test("a unified worker's TPOT estimate counts the time its prompts take from its batch, and admission refuses on it", () => {
+    // Prefills already take half of the 4 s window; a 400-token prompt at 400 tokens/s takes
+    // another quarter: the batch decodes in the quarter left.
+    const unified = (localPrefillShare: number, promptTokens: number) => decidePlacement(input({
+      promptTokens, prefillers: [],
+      decode: decodeWorker({ role: 'unified', batch: 3, localPrefillShare, localShareWindowMs: 4000 }),
+    }), { mode: 'auto' });
+    const idle = unified(0, 40);
+    const busy = unified(0.5, 400);
+    assert.equal(busy.reason, 'unified');
+    // The 40-token prompt takes 100 ms of the 4 s window (2.5%), the 400-token one 1 s (25%).
+    const step = idle.tpotMs! * (1 - 0.025);
+    assert.ok(Math.abs(busy.tpotMs! - step / (1 - 0.75)) < 1e-6, `${busy.tpotMs} vs step ${step}`);
+    const judge = (p: typeof busy) => judgeAdmission({ slo: { ttftMs: 10_000, tpotMs: 150 }, placement: p, queuedPrefillTokens: 0, decodeBatch: 3, decodeSeats: 16 }, { sloAdmission: true });
+    assert.equal(judge(idle), undefined, 'a short prompt on a worker that prefills little');
+    const r = judge(busy)!;
+    assert.equal(r.code, 'slo_tpot');
+    assert.match(r.message, /stalled by the prompts it prefills/);
+  });
+
   test('forced modes, and no prefill worker at all', () => {
     assert.deepEqual(Object.values(pick(decidePlacement(input(), { mode: 'remote' }))), ['remote', 'forced']);
     assert.deepEqual(Object.values(pick(decidePlacement(input({ promptTokens: 4000, decode: decodeWorker({ batch: 15 }) }), { mode: 'local' }))), ['local', 'forced']);
