@@ -13,8 +13,8 @@
 //   TTFT(local)       = (queued prompt tokens on d + n) / d's prefill rate + one decode step per chunk
 //   TPOT(d)           = d's step time at the batch it would have (its table's line, at the level
 //                       of its latest steps: decodeStepMs); for a local prefill, divided by the
-//                       share of d's time its prompts leave to decoding (their share over the
-//                       window below, this prompt included), since every chunk stalls the batch
+//                       share of d's time its prompts leave to decoding (their recent share over
+//                       the window below), since every chunk stalls the batch
 // and takes the faster, unless the prompt is longer than the local threshold or a local prefill
 // would push the running batch's TPOT, step / (1 - share of d's time spent prefilling locally),
 // past its SLO (the headroom check). The share of time is counted over a window about one
@@ -300,18 +300,26 @@ function localOption(input: PlacementInput): Option {
     ttftMs: (ahead / rate) * 1000 + (d.batch > 0 ? chunks : 1) * (step ?? 0),
     ttftBasis: { prefillTokensPerS: rate, transferMs: 0 },
     // The batch it joins decodes in the time the worker's prompts leave it: step / (1 - their
-    // share), this prompt's own prefill counted (it stalls the others, and the requests that come
-    // after at this rate stall it). Without a running batch nothing is stalled yet.
-    tpotMs: step === undefined ? undefined : d.batch > 0 ? step / (1 - localShareWith(input, localPrefillMs)) : step,
+    // recent share), the share at the rate prompts have been coming (this one is one of them:
+    // counting it on top counted the rate twice and refused 4 of 24 shifting requests at
+    // 0.6 req/s that two unified workers without admission all served within the SLOs). Without
+    // a running batch nothing is stalled yet.
+    tpotMs: step === undefined ? undefined : d.batch > 0 ? step / (1 - Math.min(0.95, d.localPrefillShare)) : step,
     localPrefillMs,
   };
 }
 
-/** Whether a local prefill leaves the decode worker's running batch within its TPOT SLO (with margin). */
+/**
+ * Whether a local prefill leaves the decode worker's running batch within its TPOT SLO (with
+ * margin): the batch decodes in the time the local prefills, this one included, leave it.
+ */
 function fitsTpotHeadroom(input: PlacementInput, local: Option): boolean {
-  if (input.decode.batch === 0) return true; // nothing running to stall
-  if (input.tpotSloMs === undefined || local.tpotMs === undefined) return localShareWith(input, local.localPrefillMs ?? 0) <= MAX_LOCAL_SHARE_WITHOUT_SLO;
-  return local.tpotMs <= input.tpotSloMs * TPOT_HEADROOM_MARGIN;
+  const d = input.decode;
+  if (d.batch === 0) return true; // nothing running to stall
+  const share = localShareWith(input, local.localPrefillMs ?? 0);
+  const step = decodeStepMs(d, d.batch + 1);
+  if (input.tpotSloMs === undefined || step === undefined) return share <= MAX_LOCAL_SHARE_WITHOUT_SLO;
+  return step / (1 - share) <= input.tpotSloMs * TPOT_HEADROOM_MARGIN;
 }
 
 /** Decides where the prompt is prefilled; see the header for the rules. */

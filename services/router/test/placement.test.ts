@@ -91,20 +91,18 @@ describe('placement policy', () => {
   });
 
   test("a unified worker's TPOT estimate counts the time its prompts take from its batch, and admission refuses on it", () => {
-    // Prefills already take half of the 4 s window; a 400-token prompt at 400 tokens/s takes
-    // another quarter: the batch decodes in the quarter left.
+    // Prefills took 70% of the last 4 s: the batch decodes in the 30% left.
     const unified = (localPrefillShare: number, promptTokens: number) => decidePlacement(input({
       promptTokens, prefillers: [],
       decode: decodeWorker({ role: 'unified', batch: 3, localPrefillShare, localShareWindowMs: 4000 }),
     }), { mode: 'auto' });
     const idle = unified(0, 40);
-    const busy = unified(0.5, 400);
+    const busy = unified(0.7, 400);
     assert.equal(busy.reason, 'unified');
-    // The 40-token prompt takes 100 ms of the 4 s window (2.5%), the 400-token one 1 s (25%).
-    const step = idle.tpotMs! * (1 - 0.025);
-    assert.ok(Math.abs(busy.tpotMs! - step / (1 - 0.75)) < 1e-6, `${busy.tpotMs} vs step ${step}`);
+    assert.ok(Math.abs(busy.tpotMs! - idle.tpotMs! / (1 - 0.7)) < 1e-6, `${busy.tpotMs} vs ${idle.tpotMs}`);
+    assert.equal(unified(0.7, 40).tpotMs, busy.tpotMs, "the prompt's own length is not counted on top of the rate");
     const judge = (p: typeof busy) => judgeAdmission({ slo: { ttftMs: 10_000, tpotMs: 150 }, placement: p, queuedPrefillTokens: 0, decodeBatch: 3, decodeSeats: 16 }, { sloAdmission: true });
-    assert.equal(judge(idle), undefined, 'a short prompt on a worker that prefills little');
+    assert.equal(judge(idle), undefined, 'a worker that prefills little');
     const r = judge(busy)!;
     assert.equal(r.code, 'slo_tpot');
     assert.match(r.message, /stalled by the prompts it prefills/);
