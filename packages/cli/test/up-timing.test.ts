@@ -4,13 +4,13 @@
 // not hang `up`'s readiness wait.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer, type ServerResponse } from 'node:http';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { Supervisor } from '@pdserve/common';
-import { ortSpinning, pinWorkers, startingRoles, stopGraceMs, waitReady, workerCores } from '../src/commands/up.ts';
+import { allowedCpus, ortSpinning, pinWorkers, startingRoles, stopGraceMs, waitReady, workerCores } from '../src/commands/up.ts';
 
 /** A child that, on SIGTERM, keeps "draining" for drainMs and then exits 0 by itself. */
 function drainingChild(sup: Supervisor, name: string, drainMs: number, marker: string) {
@@ -104,8 +104,19 @@ test('pinning: unified workers get cores of their own by default, a split cluste
   assert.equal(pinWorkers(undefined, [['prefill', 1], ['decode', 1]], 2), false, 'a split shares the cores');
   assert.equal(pinWorkers(true, [['prefill', 1], ['decode', 1]], 2), true, '--pin');
   assert.equal(pinWorkers(false, [['unified', 2]], 2), false, '--no-pin');
-  assert.deepEqual([0, 1].map((i) => workerCores(i, 2, 2)), ['0', '1']);
-  assert.deepEqual([0, 1].map((i) => workerCores(i, 2, 8)), ['0-3', '4-7']);
-  assert.deepEqual([0, 1, 2].map((i) => workerCores(i, 3, 8)), ['0-1', '2-3', '4-5']);
-  assert.deepEqual([0, 1, 2].map((i) => workerCores(i, 3, 2)), ['0', '1', '0'], 'more workers than cores: round robin');
+  const range = (lo: number, hi: number) => Array.from({ length: hi - lo + 1 }, (_, i) => lo + i);
+  assert.deepEqual([0, 1].map((i) => workerCores(i, 2, range(0, 1))), ['0', '1']);
+  assert.deepEqual([0, 1].map((i) => workerCores(i, 2, range(0, 7))), ['0,1,2,3', '4,5,6,7']);
+  assert.deepEqual([0, 1, 2].map((i) => workerCores(i, 3, range(0, 7))), ['0,1', '2,3', '4,5']);
+  assert.deepEqual([0, 1, 2].map((i) => workerCores(i, 3, range(0, 1))), ['0', '1', '0'], 'more workers than cores: round robin');
+  assert.deepEqual([0, 1].map((i) => workerCores(i, 2, [4, 5])), ['4', '5'], 'the CPUs this process may use, not 0..n-1');
+});
+
+test("the CPUs up may pin to: the process's allowed list", () => {
+  assert.deepEqual(allowedCpus('Name:\tnode\nCpus_allowed_list:\t0-1\n'), [0, 1]);
+  assert.deepEqual(allowedCpus('Cpus_allowed_list:\t4-5,8,10-11\n'), [4, 5, 8, 10, 11]);
+  const all = Array.from({ length: availableParallelism() }, (_, i) => i);
+  assert.deepEqual(allowedCpus('no such line'), all, 'elsewhere: 0..cores-1');
+  assert.deepEqual(allowedCpus('Cpus_allowed_list:\t3-1\n'), all, 'malformed: 0..cores-1');
+  assert.deepEqual(allowedCpus(), allowedCpus(readFileSync('/proc/self/status', 'utf8')));
 });

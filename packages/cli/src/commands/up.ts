@@ -11,6 +11,7 @@
 // new workers or see failed ones, so it says so and stops rather than stay "ready".
 import { InvalidArgumentError, type Command } from 'commander';
 import { availableParallelism } from 'node:os';
+import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { randomBytes } from 'node:crypto';
 import { createLogger, createSupervisionMetrics, DEFAULT_SLO_TARGETS, freePort, startMetricsServer, startRedisServer, Supervisor, SUPERVISOR_PID_ENV } from '@pdserve/common';
@@ -117,11 +118,38 @@ export function pinWorkers(flag: boolean | undefined, roles: ReadonlyArray<reado
   return workers <= cores && roles.every(([role, count]) => role === 'unified' || count === 0);
 }
 
-/** The taskset core list of worker i of n: a block of cores / n of its own, or core i mod cores when n > cores. */
-export function workerCores(i: number, n: number, cores: number): string {
-  const k = Math.floor(cores / n);
-  if (k < 1) return String(i % cores);
-  return k === 1 ? String(i) : `${i * k}-${i * k + k - 1}`;
+/**
+ * The CPUs this process may run on, by number: Linux's Cpus_allowed_list (a container or a
+ * `taskset` around `up` may allow CPUs 4-7 only, and pinning a worker to CPU 0 there fails), else
+ * 0..availableParallelism-1.
+ */
+export function allowedCpus(status = readProcStatus()): number[] {
+  const list = /^Cpus_allowed_list:\s*(\S+)/m.exec(status ?? '')?.[1];
+  const cpus: number[] = [];
+  for (const part of list?.split(',') ?? []) {
+    const m = /^(\d+)(?:-(\d+))?$/.exec(part);
+    if (!m) return fallbackCpus();
+    const lo = Number(m[1]);
+    const hi = m[2] === undefined ? lo : Number(m[2]);
+    if (!(hi >= lo) || hi - lo > 4096) return fallbackCpus();
+    for (let c = lo; c <= hi; c++) cpus.push(c);
+  }
+  return cpus.length > 0 ? cpus : fallbackCpus();
+}
+
+function readProcStatus(): string | undefined {
+  try { return readFileSync('/proc/self/status', 'utf8'); } catch { return undefined; }
+}
+
+function fallbackCpus(): number[] {
+  return Array.from({ length: availableParallelism() }, (_, i) => i);
+}
+
+/** The taskset CPU list of worker i of n: a block of cpus / n of its own, or one CPU round robin when n > cpus. */
+export function workerCores(i: number, n: number, cpus: readonly number[]): string {
+  const k = Math.floor(cpus.length / n);
+  if (k < 1) return String(cpus[i % cpus.length]);
+  return cpus.slice(i * k, i * k + k).join(',');
 }
 
 /** Polls `url`/ready until it answers 2xx; each probe is bounded, so a hung router cannot stall `up`. */
@@ -209,7 +237,8 @@ export function register(program: Command): void {
       void redis?.exited.then(({ code, signal }) => {
         if (!stopping) failure ??= `redis-server (the cluster's registry) exited unexpectedly (code ${code}, signal ${signal})`;
       });
-      const cores = availableParallelism();
+      const cpus = allowedCpus();
+      const cores = cpus.length;
       let nextCore = 0;
       // Secrets reach the children by environment, not argv (`ps` shows argv to every local user):
       // the cluster token ($PDSERVE_CLUSTER_TOKEN if set, to join a cluster, else a fresh random one
@@ -222,7 +251,7 @@ export function register(program: Command): void {
       const node = (name: string, args: string[], pinToCores = false) => {
         const argv = [process.execPath, '--import', 'tsx', MAIN, ...args];
         // taskset execs the program: same process, so signals and the IPC channel still reach it.
-        const pinned = pinToCores ? ['taskset', '-c', workerCores(nextCore++, workerCount, cores), ...argv] : argv;
+        const pinned = pinToCores ? ['taskset', '-c', workerCores(nextCore++, workerCount, cpus), ...argv] : argv;
         return () => supervisor.spawn({ name, command: pinned[0], args: pinned.slice(1), env: { [SUPERVISOR_PID_ENV]: String(process.pid), ...secrets } });
       };
       // Unpinned, every worker may use every core (one thread per core); pinned, its own share.
