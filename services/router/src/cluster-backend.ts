@@ -19,7 +19,7 @@ import type { Logger } from 'pino';
 import { judgeAdmission, type AdmissionConfig } from './admission.ts';
 import { BackendError, type Backend, type GenerateRequest, type GenerationEvent, type WorkerSummary } from './backend.ts';
 import { LoadLedger } from './load-ledger.ts';
-import { TtftCalibration } from './ttft-calibration.ts';
+import { EstimateCalibration } from './estimate-calibration.ts';
 import { InFlightByWorker } from './lost-workers.ts';
 import { decidePlacement, decodeScore, decodeStepMs, localShareWindowMs, type Placement, type PlacementConfig } from './placement.ts';
 import { continuation, decideMigration, DEFAULT_MAX_MIGRATIONS, type FailedPhase, type MigrationReason } from './migration.ts';
@@ -48,12 +48,14 @@ export interface ClusterBackendOptions {
   placement?: PlacementConfig;
   /** SLO admission (default on: requests with an SLO are judged against the estimates). */
   admission?: AdmissionConfig;
-  /** Admission scales TTFT estimates by their measured error (default true; false: as estimated). */
-  ttftCorrection?: boolean;
+  /** Admission scales TTFT and TPOT estimates by their measured error (default true; false: as estimated). */
+  estimateCorrection?: boolean;
   /** Every placement decision of an admitted request (for pdserve_prefill_placement_total). */
   onPlacement?(p: Placement): void;
   /** An admitted request's first token came `actualMs` after it arrived; placement had estimated `p.ttftMs`. */
   onFirstToken?(p: Placement, actualMs: number): void;
+  /** An admitted request decoded at `tpotMs` per token after its first; placement had estimated `p.tpotMs`. */
+  onDecoded?(p: Placement, tpotMs: number): void;
   /** Times a request may be re-placed after a worker failure (default 3; 0 = never: migration.ts). */
   maxMigrations?: number;
   /** Every migration (for pdserve_request_migrations_total). */
@@ -84,8 +86,9 @@ export class ClusterBackend implements Backend {
   private readonly clients = new Map<string, Clients>();
   /** Load this router sent each worker since its last report, and the measured transfer cost. */
   readonly ledger = new LoadLedger();
-  /** How far the TTFT estimates of admitted requests were off: admission corrects new ones by it. */
-  readonly ttftCalibration = new TtftCalibration();
+  /** How far the TTFT and TPOT estimates of admitted requests were off: admission corrects new ones by it. */
+  readonly ttftCalibration = new EstimateCalibration();
+  readonly tpotCalibration = new EstimateCalibration();
   private readonly health: WorkerHealth;
   /** Which worker holds which prompt prefix (a hint fed from Redis); undefined with prefix routing off. */
   readonly prefixes?: PrefixIndexFeed;
@@ -232,7 +235,8 @@ export class ClusterBackend implements Backend {
       queuedPrefillTokens: placement.where === 'local' ? dv.queuedPrefillTokens : this.ledger.view(prefill).queuedPrefillTokens,
       decodeBatch: dv.batch,
       decodeSeats: decode.load.max_sequences,
-      ttftCorrection: this.opts.ttftCorrection === false ? 1 : this.ttftCalibration.factor(placement.where),
+      ttftCorrection: this.opts.estimateCorrection === false ? 1 : this.ttftCalibration.factor(placement.where),
+      tpotCorrection: this.opts.estimateCorrection === false ? 1 : this.tpotCalibration.factor(placement.where),
     }, this.opts.admission ?? { sloAdmission: true });
     if (refusal && admit) throw new BackendError(refusal.message, 503, refusal.code, refusal.retryAfterS);
     this.opts.onPlacement?.(placement);
@@ -399,6 +403,7 @@ export class ClusterBackend implements Backend {
     const timings: Record<string, number> = {};
     let first = true;
     let finished = false;
+    let attemptTokens = 0;
     try {
       for (;;) {
         const e = await next();
@@ -452,6 +457,7 @@ export class ClusterBackend implements Backend {
               this.opts.onFirstToken?.(placement, ttft);
             }
           }
+          attemptTokens += e.tokens!.tokens.length;
           for (const t of e.tokens!.tokens) {
             progress.generated.push(t.id);
             yield { type: 'token', id: t.id, logprob: sampling.logprobs >= 0 ? t.logprob : undefined, topLogprobs: sampling.logprobs > 0 ? t.top_logprobs : undefined, ...(cachedTokens !== undefined ? { cachedTokens } : {}) };
@@ -460,6 +466,11 @@ export class ClusterBackend implements Backend {
         } else if (e.event === 'finished') {
           const f = e.finished!;
           finished = true;
+          if (!cont.migrated && attemptTokens >= 2 && transferClock.firstAt !== undefined) {
+            const tpot = (performance.now() - transferClock.firstAt) / (attemptTokens - 1);
+            if (placement.tpotMs !== undefined) this.tpotCalibration.observe(placement.where, placement.tpotMs, tpot);
+            this.opts.onDecoded?.(placement, tpot);
+          }
           // Over for placement and the load ledger now, not when the consumer lets this generator
           // finish (a consumer that stops at the finish event leaves it suspended below).
           held.ended(progress.generated.length);

@@ -37,8 +37,8 @@ export interface RouterOptions {
   prefixRouting?: boolean;
   /** 'slo' (default): refuse requests whose SLO the estimates say cannot be met; 'off': never. */
   admission?: 'slo' | 'off';
-  /** Admission corrects TTFT estimates by their measured error (default on: ttft-calibration.ts). */
-  ttftCorrection?: 'on' | 'off';
+  /** Admission corrects TTFT and TPOT estimates by their measured error (default on: estimate-calibration.ts). */
+  estimateCorrection?: 'on' | 'off';
   logger?: Logger;
   /** Re-placements of a request after worker failures (default 3: migration.ts). */
   maxMigrations?: number;
@@ -65,7 +65,7 @@ export async function startRouter(o: RouterOptions): Promise<RunningRouter> {
     generateTimeoutMs: o.generateTimeoutMs, prefillTimeoutMs: o.prefillTimeoutMs, tokenIdleTimeoutMs: o.tokenIdleTimeoutMs,
     placement: { mode: o.prefillPlacement ?? 'auto', localMaxTokens: o.localPrefillMaxTokens },
     admission: { sloAdmission: (o.admission ?? 'slo') === 'slo' },
-    ttftCorrection: (o.ttftCorrection ?? 'on') === 'on',
+    estimateCorrection: (o.estimateCorrection ?? 'on') === 'on',
     onPlacement: (p) => {
       metrics.prefillPlacement.inc({ where: p.where, reason: p.reason });
       const hit = p.expectedCachedTokens ?? 0;
@@ -76,6 +76,10 @@ export async function startRouter(o: RouterOptions): Promise<RunningRouter> {
       if (p.ttftMs === undefined || !(p.ttftMs > 0)) return;
       metrics.ttftEstimateRatio.observe({ where: p.where }, actualMs / p.ttftMs);
       log.debug({ where: p.where, reason: p.reason, ttft_estimate_ms: Math.round(p.ttftMs), ttft_ms: Math.round(actualMs) }, 'first token against its estimate');
+    },
+    onDecoded: (p, tpotMs) => {
+      if (p.tpotMs === undefined || !(p.tpotMs > 0)) return;
+      metrics.tpotEstimateRatio.observe({ where: p.where }, tpotMs / p.tpotMs);
     },
     prefixRouting: o.prefixRouting ?? true,
   });
@@ -111,7 +115,7 @@ export async function startRouter(o: RouterOptions): Promise<RunningRouter> {
   const url = `http://${o.host === '0.0.0.0' ? '127.0.0.1' : o.host}:${port}`;
   log.info({
     url, model: config.name, router_instance: backend.instanceId, prefill_placement: o.prefillPlacement ?? 'auto', local_prefill_max_tokens: o.localPrefillMaxTokens ?? null,
-    admission: o.admission ?? 'slo', ttft_correction: o.ttftCorrection ?? 'on', slo_ttft_ms: o.sloTtftMs ?? null, slo_tpot_ms: o.sloTpotMs ?? null,
+    admission: o.admission ?? 'slo', estimate_correction: o.estimateCorrection ?? 'on', slo_ttft_ms: o.sloTtftMs ?? null, slo_tpot_ms: o.sloTpotMs ?? null,
   }, 'router listening');
   return {
     url, port,

@@ -4,7 +4,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { decidePlacement, decodeStepMs, LOCAL_SHARE_WINDOW_MS, localShareWindowMs, MAX_LOCAL_SHARE_WINDOW_MS, stepMsAt, type PlacementInput, type WorkerView } from '../src/placement.ts';
 import { judgeAdmission, type AdmissionInput } from '../src/admission.ts';
-import { CALIBRATION_BOUNDS, CALIBRATION_SAMPLES, MIN_CALIBRATION_SAMPLES, TtftCalibration } from '../src/ttft-calibration.ts';
+import { CALIBRATION_BOUNDS, CALIBRATION_SAMPLES, MIN_CALIBRATION_SAMPLES, EstimateCalibration } from '../src/estimate-calibration.ts';
 import { LoadLedger } from '../src/load-ledger.ts';
 import type { WorkerInfo } from '@pdserve/common';
 
@@ -209,6 +209,15 @@ describe('admission policy', () => {
     assert.match(r.message, /predicted time to first token 1200 ms \(.*the estimate times 1\.50, its measured error\)/);
   });
 
+  test('the TPOT estimate is judged times its measured error', () => {
+    const at = (tpotMs: number, tpotCorrection: number) => judgeAdmission(base({ placement: { where: 'local', prefillWorker: 'd', reason: 'unified', ttftMs: 100, tpotMs }, tpotCorrection }), on);
+    assert.equal(at(100, 0.8), undefined, 'estimates running 20% high: 100 ms is 80 ms');
+    assert.equal(at(100, 1)?.code, 'slo_tpot');
+    const r = at(80, 1.5)!;
+    assert.equal(r.code, 'slo_tpot', 'estimates running 50% low: 80 ms is 120 ms');
+    assert.match(r.message, /predicted time per output token 120 ms at a batch of 4, stalled by the prompts it prefills, \(the estimate times 1\.50, its measured error\)/);
+  });
+
   test('refuses a predicted TPOT miss with slo_tpot', () => {
     const r = judgeAdmission(base({ placement: { where: 'local', prefillWorker: 'd', reason: 'faster', ttftMs: 100, tpotMs: 95 } }), on)!;
     assert.equal(r.code, 'slo_tpot');
@@ -314,21 +323,21 @@ describe('load ledger', () => {
   });
 });
 
-describe('TTFT calibration', () => {
+describe('estimate calibration', () => {
   test('no correction until enough admitted requests were measured, then measured over estimated, bounded', () => {
-    const c = new TtftCalibration();
+    const c = new EstimateCalibration();
     for (let i = 0; i < MIN_CALIBRATION_SAMPLES - 1; i++) c.observe('local', 1000, 800);
     assert.equal(c.factor('local'), 1, 'too few samples');
     c.observe('local', 1000, 800);
     assert.ok(Math.abs(c.factor('local') - 0.8) < 1e-9);
     assert.equal(c.factor('remote'), 1, 'each placement kind on its own');
     // The long waits weigh the most: a 100 ms estimate that took 300 ms barely moves it.
-    const d = new TtftCalibration();
+    const d = new EstimateCalibration();
     for (let i = 0; i < 7; i++) d.observe('local', 2000, 1800);
     d.observe('local', 100, 300);
     assert.ok(d.factor('local') > 0.9 && d.factor('local') < 0.92, String(d.factor('local')));
     // Bounded both ways, and one wild sample counts as at most 4x its estimate.
-    const e = new TtftCalibration();
+    const e = new EstimateCalibration();
     for (let i = 0; i < 8; i++) e.observe('remote', 100, 10_000);
     assert.equal(e.factor('remote'), CALIBRATION_BOUNDS[1]);
     for (let i = 0; i < CALIBRATION_SAMPLES; i++) e.observe('remote', 1000, 1);

@@ -80,6 +80,7 @@ export interface RouterMetrics {
   admissionRejected: Counter<'reason'>;
   prefillPlacement: Counter<'where' | 'reason'>;
   ttftEstimateRatio: Histogram<'where'>;
+  tpotEstimateRatio: Histogram<'where'>;
   prefixRouting: Counter<'result'>;
   prefixRoutingHitTokens: Histogram<string>;
   promptCachedTokens: Counter<string>;
@@ -179,6 +180,14 @@ export function createRouterMetrics(registry: Registry = new Registry(), options
     registers,
   });
 
+  const tpotEstimateRatio = new Histogram({
+    name: 'pdserve_tpot_estimate_ratio',
+    help: 'Measured time per output token over the estimate placement made for it (1 = exact), per admitted request with at least two output tokens and an estimate, by where its prompt was prefilled.',
+    labelNames: ['where'] as const,
+    buckets: [0.25, 0.5, 0.67, 0.8, 0.9, 1, 1.1, 1.25, 1.5, 2, 4],
+    registers,
+  });
+
   const prefixRouting = new Counter({
     name: 'pdserve_prefix_routing_total',
     help: 'Routing decisions by whether the chosen prefilling worker was expected to hold a prefix of the prompt (result=hit|miss).',
@@ -255,6 +264,7 @@ export function createRouterMetrics(registry: Registry = new Registry(), options
     admissionRejected,
     prefillPlacement,
     ttftEstimateRatio,
+    tpotEstimateRatio,
     prefixRouting,
     prefixRoutingHitTokens,
     promptCachedTokens,
