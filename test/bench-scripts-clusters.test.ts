@@ -64,7 +64,7 @@ test('bench-slo: the default mode swept on chat, the summary, and the overload r
   if (!m) return;
   const out = join(dir, 'slo');
   const stdout = script('bench-slo.ts', ['--model', m, '--workload', 'chat', '--systems', 'default', '--rates', '4', '--requests', '3', '--out', out]);
-  const sys = 'default: 1P+1D, placement auto + SLO admission';
+  const sys = 'default: starts 2U pinned, planner + placement auto + SLO admission';
   const line = stdout.split('\n').find((l) => l.startsWith(`| chat | ${sys} | 4 |`));
   assert.ok(line, `sweep row:\n${stdout}`);
   const c = cells(line);
