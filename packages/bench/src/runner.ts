@@ -220,14 +220,22 @@ export async function prepareBenchmark(options: BenchmarkOptions): Promise<Bench
   };
 }
 
-/** The seeded requests of a run (contentSeed: the prompts' token content, default the seed). */
-export function workloadRequests(options: BenchmarkOptions, ctx: { vocabSize: number; maxModelLen: number | null; endpoint: 'completions' | 'chat' }, contentSeed?: number): BenchRequest[] {
+/**
+ * The seeded requests of a run. `draw` picks others from the same options: contentSeed (the
+ * prompts' token content, default the seed), or n requests from another stream (the warmup's).
+ */
+export function workloadRequests(
+  options: BenchmarkOptions, ctx: { vocabSize: number; maxModelLen: number | null; endpoint: 'completions' | 'chat' },
+  draw: { contentSeed?: number; n?: number; stream?: number } = {},
+): BenchRequest[] {
   return generateRequests({
     workload: options.workload,
-    phases: options.phases,
-    n: options.requests,
+    // The warmup's few requests come from one mix (its own stream), not the run's phases.
+    phases: draw.stream === undefined ? options.phases : undefined,
+    n: draw.n ?? options.requests,
     seed: options.seed ?? 0,
-    contentSeed,
+    stream: draw.stream,
+    contentSeed: draw.contentSeed,
     inputLenScale: options.inputLenScale,
     outputLenScale: options.outputLenScale,
     inputLen: options.inputLen,
@@ -260,23 +268,8 @@ export async function runWarmup(plan: BenchmarkPlan): Promise<void> {
   const n = o.warmup ?? 1;
   if (n <= 0) return;
   const log = o.log ?? (() => {});
-  const reqs = generateRequests({
-    workload: o.workload,
-    n,
-    seed: o.seed ?? 0,
-    stream: STREAM.warmup,
-    inputLenScale: o.inputLenScale,
-    outputLenScale: o.outputLenScale,
-    inputLen: o.inputLen,
-    outputLen: o.outputLen,
-    prefixLen: o.prefixLen,
-    prefixGroups: o.prefixGroups,
-    turns: o.turns,
-    maxModelLen: plan.maxModelLen ?? undefined,
-    endpoint: plan.endpoint,
-    vocabSize: plan.vocabSize,
-    minTokenId: o.minTokenId ?? 3,
-  });
+  const reqs = workloadRequests(o, plan, { n, stream: STREAM.warmup });
+
   const copts = clientOptions(plan, o.signal);
   let unreachable = 0;
   let lastError = '';

@@ -102,7 +102,7 @@ export async function runSweep(options: SweepOptions): Promise<SweepResult> {
   for (let k = 0; k < rates.length; k++) {
     if (options.signal?.aborted) break;
     onRateStart?.(rates[k], k, rates.length);
-    const requests = k === 0 ? plan.requests : workloadRequests(plan.options, plan, (base.seed ?? 0) + k);
+    const requests = k === 0 ? plan.requests : workloadRequests(plan.options, plan, { contentSeed: (base.seed ?? 0) + k });
     const p = { ...plan, requests, options: { ...plan.options, rate: rates[k] } };
     results.push(buildResult(p, rates[k], await runLoad(p, rates[k])));
   }

@@ -172,21 +172,13 @@ export function createRouterMetrics(registry: Registry = new Registry(), options
     registers,
   });
 
-  const ttftEstimateRatio = new Histogram({
-    name: 'pdserve_ttft_estimate_ratio',
-    help: 'Measured time to first token over the estimate placement made for it (1 = exact), per admitted request whose estimate rested on measurements, by where its prompt was prefilled.',
-    labelNames: ['where'] as const,
-    buckets: [0.25, 0.5, 0.67, 0.8, 0.9, 1, 1.1, 1.25, 1.5, 2, 4],
-    registers,
+  // Measured over estimated latency of admitted requests (estimate-calibration.ts corrects by it).
+  const estimateRatio = (name: string, what: string) => new Histogram({
+    name, help: `Measured ${what} over the estimate placement made for it (1 = exact), per admitted request with an estimate, by where its prompt was prefilled.`,
+    labelNames: ['where'] as const, buckets: [0.25, 0.5, 0.67, 0.8, 0.9, 1, 1.1, 1.25, 1.5, 2, 4], registers,
   });
-
-  const tpotEstimateRatio = new Histogram({
-    name: 'pdserve_tpot_estimate_ratio',
-    help: 'Measured time per output token over the estimate placement made for it (1 = exact), per admitted request with at least two output tokens and an estimate, by where its prompt was prefilled.',
-    labelNames: ['where'] as const,
-    buckets: [0.25, 0.5, 0.67, 0.8, 0.9, 1, 1.1, 1.25, 1.5, 2, 4],
-    registers,
-  });
+  const ttftEstimateRatio = estimateRatio('pdserve_ttft_estimate_ratio', 'time to first token');
+  const tpotEstimateRatio = estimateRatio('pdserve_tpot_estimate_ratio', 'time per output token (requests of two or more output tokens)');
 
   const prefixRouting = new Counter({
     name: 'pdserve_prefix_routing_total',
