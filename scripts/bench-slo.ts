@@ -61,8 +61,8 @@ const systems = [
   // the default start with the workers sharing the cores, one thread per core each (spinning off);
   { key: 'default-2u-shared', name: 'default controls, starting as 2U sharing the cores', args: ['--no-pin'], admission: true, optIn: true },
   { key: 'unified2x2', name: '--unified 2 --threads 2 (spinning off)', args: ['--unified', '2', '--threads', '2', '--admission', 'off', '--planner', 'off'], admission: false, optIn: true },
-  // the default with admission judging the TTFT and TPOT estimates as they are (no correction by their measured error);
-  { key: 'default-nocorr', name: 'default, --estimate-correction off', args: ['--estimate-correction', 'off'], admission: true, optIn: true },
+  // the default with admission judging the TTFT estimates as they are (no correction by their measured error);
+  { key: 'default-nocorr', name: 'default, --ttft-correction off', args: ['--ttft-correction', 'off'], admission: true, optIn: true },
   // the default with the engine threads at the process's own priority, to measure what --engine-nice buys.
   { key: 'default-nice0', name: 'default, --engine-nice 0', args: ['--engine-nice', '0'], admission: true, optIn: true },
 ];

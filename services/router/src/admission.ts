@@ -13,8 +13,6 @@
 //   slo_ttft             the estimated TTFT, corrected by the estimates' measured error
 //                        (estimate-calibration.ts), exceeds the SLO
 //   slo_tpot             the decode worker's step time at the batch it would have exceeds the TPOT SLO
-//                        (when it prefills the prompt itself, stalled by its share of prefill work),
-//                        corrected by the estimates' measured error
 //
 // Never refuses onto an idle cluster (nothing queued, nothing running): whatever the estimate says,
 // waiting cannot make that request faster, and refusing everything would be a collapse.
@@ -41,11 +39,10 @@ export interface AdmissionInput {
   /** Sequences the decode worker can hold; undefined when it has not reported it. */
   decodeSeats?: number;
   /**
-   * Measured over estimated TTFT (TPOT) of the recent admitted requests placed the same way
+   * Measured over estimated TTFT of the recent admitted requests placed the same way
    * (estimate-calibration.ts); the estimate is judged times this. Default 1.
    */
   ttftCorrection?: number;
-  tpotCorrection?: number;
 }
 
 export interface AdmissionConfig {
@@ -100,13 +97,10 @@ export function judgeAdmission(input: AdmissionInput, config: AdmissionConfig): 
       retryAfterS: retryAfter(ttftMs - slo.ttftMs * ADMISSION_MARGIN),
     };
   }
-  const tpotCorrection = input.tpotCorrection ?? 1;
-  const tpotMs = p.tpotMs === undefined ? undefined : p.tpotMs * tpotCorrection;
-  if (slo.tpotMs !== undefined && tpotMs !== undefined && input.decodeBatch > 0 && tpotMs > slo.tpotMs * ADMISSION_MARGIN) {
-    const corrected = tpotCorrection === 1 ? '' : ` (the estimate times ${tpotCorrection.toFixed(2)}, its measured error)`;
+  if (slo.tpotMs !== undefined && p.tpotMs !== undefined && input.decodeBatch > 0 && p.tpotMs > slo.tpotMs * ADMISSION_MARGIN) {
     return {
       code: 'slo_tpot',
-      message: `predicted time per output token ${Math.round(tpotMs)} ms at a batch of ${input.decodeBatch + 1}${p.where === 'local' ? ', stalled by the prompts it prefills,' : ''}${corrected} leaves no margin within the SLO of ${slo.tpotMs} ms`,
+      message: `predicted time per output token ${Math.round(p.tpotMs)} ms at a batch of ${input.decodeBatch + 1} leaves no margin within the SLO of ${slo.tpotMs} ms`,
       retryAfterS: 1,
     };
   }

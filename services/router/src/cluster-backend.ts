@@ -48,8 +48,8 @@ export interface ClusterBackendOptions {
   placement?: PlacementConfig;
   /** SLO admission (default on: requests with an SLO are judged against the estimates). */
   admission?: AdmissionConfig;
-  /** Admission scales TTFT and TPOT estimates by their measured error (default true; false: as estimated). */
-  estimateCorrection?: boolean;
+  /** Admission scales TTFT estimates by their measured error (default true; false: as estimated). */
+  ttftCorrection?: boolean;
   /** Every placement decision of an admitted request (for pdserve_prefill_placement_total). */
   onPlacement?(p: Placement): void;
   /** An admitted request's first token came `actualMs` after it arrived; placement had estimated `p.ttftMs`. */
@@ -86,9 +86,8 @@ export class ClusterBackend implements Backend {
   private readonly clients = new Map<string, Clients>();
   /** Load this router sent each worker since its last report, and the measured transfer cost. */
   readonly ledger = new LoadLedger();
-  /** How far the TTFT and TPOT estimates of admitted requests were off: admission corrects new ones by it. */
+  /** How far the TTFT estimates of admitted requests were off: admission corrects new ones by it. */
   readonly ttftCalibration = new EstimateCalibration();
-  readonly tpotCalibration = new EstimateCalibration();
   private readonly health: WorkerHealth;
   /** Which worker holds which prompt prefix (a hint fed from Redis); undefined with prefix routing off. */
   readonly prefixes?: PrefixIndexFeed;
@@ -235,8 +234,7 @@ export class ClusterBackend implements Backend {
       queuedPrefillTokens: placement.where === 'local' ? dv.queuedPrefillTokens : this.ledger.view(prefill).queuedPrefillTokens,
       decodeBatch: dv.batch,
       decodeSeats: decode.load.max_sequences,
-      ttftCorrection: this.opts.estimateCorrection === false ? 1 : this.ttftCalibration.factor(placement.where),
-      tpotCorrection: this.opts.estimateCorrection === false ? 1 : this.tpotCalibration.factor(placement.where),
+      ttftCorrection: this.opts.ttftCorrection === false ? 1 : this.ttftCalibration.factor(placement.where),
     }, this.opts.admission ?? { sloAdmission: true });
     if (refusal && admit) throw new BackendError(refusal.message, 503, refusal.code, refusal.retryAfterS);
     this.opts.onPlacement?.(placement);
@@ -467,9 +465,7 @@ export class ClusterBackend implements Backend {
           const f = e.finished!;
           finished = true;
           if (!cont.migrated && attemptTokens >= 2 && transferClock.firstAt !== undefined) {
-            const tpot = (performance.now() - transferClock.firstAt) / (attemptTokens - 1);
-            if (placement.tpotMs !== undefined) this.tpotCalibration.observe(placement.where, placement.tpotMs, tpot);
-            this.opts.onDecoded?.(placement, tpot);
+            this.opts.onDecoded?.(placement, (performance.now() - transferClock.firstAt) / (attemptTokens - 1));
           }
           // Over for placement and the load ledger now, not when the consumer lets this generator
           // finish (a consumer that stops at the finish event leaves it suspended below).

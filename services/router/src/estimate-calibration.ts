@@ -1,15 +1,19 @@
 // How far placement's latency estimates have been off, measured on the requests admitted with them
-// (mechanism, no policy): admission scales a new TTFT or TPOT estimate by the recent ratio of
-// measured to estimated before it judges it against the SLO.
+// (mechanism, no policy): admission scales a new TTFT estimate by the recent ratio of measured to
+// estimated before it judges it against the SLO.
 //
 // Why: the estimates (placement.ts) model the queue ahead, the prefill rate, the decode step time
 // and the share of it local prefills take, not what lies around them (HTTP and tokenization, the
 // gRPC calls, a worker's engine thread finishing the pass it is in, the other worker's passes on
 // shared cores, how a stall spreads over a request's life). An error of one sign is what a
 // correction learned from the estimates' own misses removes, in both directions. Measured on chat
-// (BENCHMARKS.md, issue 8, 2026-12-07): TTFT estimates 11-15% high, and TPOT estimates 136-149 ms
-// refused requests whose admitted peers decoded at p99 104-130 ms. Dynamo's SLA planner corrects
+// (BENCHMARKS.md, issue 8, 2026-12-07): TTFT estimates 11-15% high. Dynamo's SLA planner corrects
 // its TTFT and ITL predictions the same way.
+//
+// TPOT is not corrected: a request's TPOT is measured over its whole life and includes the stalls
+// of prompts admitted after it, which no estimate at admission can know, so measured over
+// estimated ran 1.15x on chat and correcting by it refused requests that would have met the SLO
+// (pdserve_tpot_estimate_ratio still reports it).
 import type { PlacementWhere } from './placement.ts';
 
 /** Recent admitted requests the ratio is taken over, per placement kind. */

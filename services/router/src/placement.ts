@@ -12,9 +12,7 @@
 //   TTFT(remote on p) = (queued prompt tokens on p + n) / p's prefill rate + transfer(last chunk) + one decode step
 //   TTFT(local)       = (queued prompt tokens on d + n) / d's prefill rate + one decode step per chunk
 //   TPOT(d)           = d's step time at the batch it would have (its table's line, at the level
-//                       of its latest steps: decodeStepMs); for a local prefill, divided by the
-//                       share of d's time its prompts leave to decoding (their recent share over
-//                       the window below), since every chunk stalls the batch
+//                       of its latest steps: decodeStepMs)
 // and takes the faster, unless the prompt is longer than the local threshold or a local prefill
 // would push the running batch's TPOT, step / (1 - share of d's time spent prefilling locally),
 // past its SLO (the headroom check). The share of time is counted over a window about one
@@ -299,12 +297,12 @@ function localOption(input: PlacementInput): Option {
     where: 'local', prefillWorker: d.id, reason: 'faster', measured, expectedCachedTokens: cached,
     ttftMs: (ahead / rate) * 1000 + (d.batch > 0 ? chunks : 1) * (step ?? 0),
     ttftBasis: { prefillTokensPerS: rate, transferMs: 0 },
-    // The batch it joins decodes in the time the worker's prompts leave it: step / (1 - their
-    // recent share), the share at the rate prompts have been coming (this one is one of them:
-    // counting it on top counted the rate twice and refused 4 of 24 shifting requests at
-    // 0.6 req/s that two unified workers without admission all served within the SLOs). Without
-    // a running batch nothing is stalled yet.
-    tpotMs: step === undefined ? undefined : d.batch > 0 ? step / (1 - Math.min(0.95, d.localPrefillShare)) : step,
+    // This request's own prefill runs before its first token: it stalls the others, not itself
+    // (the headroom check below keeps the others' TPOT). Dividing by the share of time the
+    // worker's prompts take, as the headroom check does, made admission refuse chat requests at a
+    // predicted 136-157 ms whose admitted peers decoded at p99 99-131 ms (BENCHMARKS.md, issue 8,
+    // 2026-12-07, later): not kept.
+    tpotMs: step,
     localPrefillMs,
   };
 }

@@ -37,8 +37,8 @@ export interface RouterOptions {
   prefixRouting?: boolean;
   /** 'slo' (default): refuse requests whose SLO the estimates say cannot be met; 'off': never. */
   admission?: 'slo' | 'off';
-  /** Admission corrects TTFT and TPOT estimates by their measured error (default on: estimate-calibration.ts). */
-  estimateCorrection?: 'on' | 'off';
+  /** Admission corrects TTFT estimates by their measured error (default on: estimate-calibration.ts). */
+  ttftCorrection?: 'on' | 'off';
   logger?: Logger;
   /** Re-placements of a request after worker failures (default 3: migration.ts). */
   maxMigrations?: number;
@@ -65,7 +65,7 @@ export async function startRouter(o: RouterOptions): Promise<RunningRouter> {
     generateTimeoutMs: o.generateTimeoutMs, prefillTimeoutMs: o.prefillTimeoutMs, tokenIdleTimeoutMs: o.tokenIdleTimeoutMs,
     placement: { mode: o.prefillPlacement ?? 'auto', localMaxTokens: o.localPrefillMaxTokens },
     admission: { sloAdmission: (o.admission ?? 'slo') === 'slo' },
-    estimateCorrection: (o.estimateCorrection ?? 'on') === 'on',
+    ttftCorrection: (o.ttftCorrection ?? 'on') === 'on',
     onPlacement: (p) => {
       metrics.prefillPlacement.inc({ where: p.where, reason: p.reason });
       const hit = p.expectedCachedTokens ?? 0;
@@ -115,7 +115,7 @@ export async function startRouter(o: RouterOptions): Promise<RunningRouter> {
   const url = `http://${o.host === '0.0.0.0' ? '127.0.0.1' : o.host}:${port}`;
   log.info({
     url, model: config.name, router_instance: backend.instanceId, prefill_placement: o.prefillPlacement ?? 'auto', local_prefill_max_tokens: o.localPrefillMaxTokens ?? null,
-    admission: o.admission ?? 'slo', estimate_correction: o.estimateCorrection ?? 'on', slo_ttft_ms: o.sloTtftMs ?? null, slo_tpot_ms: o.sloTpotMs ?? null,
+    admission: o.admission ?? 'slo', ttft_correction: o.ttftCorrection ?? 'on', slo_ttft_ms: o.sloTtftMs ?? null, slo_tpot_ms: o.sloTpotMs ?? null,
   }, 'router listening');
   return {
     url, port,

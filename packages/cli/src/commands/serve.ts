@@ -86,7 +86,7 @@ export function register(program: Command): void {
     .option('--slo-ttft-ms <ms>', 'default time-to-first-token SLO for admission and metrics', positiveInt)
     .option('--slo-tpot-ms <ms>', 'default time-per-output-token SLO for admission and metrics', positiveInt)
     .option('--admission <mode>', "slo: refuse (503) requests the estimates say would miss their SLO; off: never", oneOf('--admission', ['slo', 'off'] as const), 'slo')
-    .option('--estimate-correction <on|off>', "on: admission scales each TTFT (TPOT) estimate by the measured/estimated TTFT (TPOT) of the recent admitted requests; off: the estimates as they are", oneOf('--estimate-correction', ['on', 'off'] as const), 'on')
+    .option('--ttft-correction <on|off>', "on: admission scales each TTFT estimate by the measured/estimated TTFT of the recent admitted requests; off: the estimate as it is", oneOf('--ttft-correction', ['on', 'off'] as const), 'on')
     .option('--prefill-placement <mode>', 'auto: decide per request; remote: always a prefill worker; local: always the decode worker', oneOf('--prefill-placement', PLACEMENT_MODES), 'auto')
     .option('--local-prefill-max-tokens <n>', 'auto placement: prompts longer than this always go to a prefill worker', positiveInt)
     .option('--max-migrations <n>', 'times a request is moved to other workers after its worker fails mid-request (0 = never)', positiveInt, 3)

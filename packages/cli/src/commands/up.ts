@@ -59,7 +59,7 @@ interface UpFlags {
   sloTtftMs: number;
   sloTpotMs: number;
   admission: 'slo' | 'off';
-  estimateCorrection: 'on' | 'off';
+  ttftCorrection: 'on' | 'off';
   prefillPlacement: string;
   localPrefillMaxTokens?: number;
   maxMigrations: number;
@@ -208,7 +208,7 @@ export function register(program: Command): void {
     .option('--slo-ttft-ms <ms>', 'default TTFT SLO (admission and metrics; a request\'s `slo` overrides it; 0 = none)', positiveInt, DEFAULT_SLO_TARGETS.ttftSeconds * 1000)
     .option('--slo-tpot-ms <ms>', 'default TPOT SLO (admission and metrics; 0 = none)', positiveInt, DEFAULT_SLO_TARGETS.tpotSeconds * 1000)
     .option('--admission <mode>', 'slo: refuse (503) what the estimates say would miss its SLO; off: never', oneOf('--admission', ['slo', 'off'] as const), 'slo')
-    .option('--estimate-correction <on|off>', "passed to the router: admission scales each TTFT and TPOT estimate by the estimates' measured error (off: as estimated)", oneOf('--estimate-correction', ['on', 'off'] as const), 'on')
+    .option('--ttft-correction <on|off>', "passed to the router: admission scales each TTFT estimate by the estimates' measured error (off: as estimated)", oneOf('--ttft-correction', ['on', 'off'] as const), 'on')
     .option('--prefill-placement <mode>', 'auto: decide per request; remote: always a prefill worker; local: always the decode worker', oneOf('--prefill-placement', PLACEMENT_MODES), 'auto')
     .option('--local-prefill-max-tokens <n>', 'auto placement: prompts longer than this always go to a prefill worker', positiveInt)
     .option('--max-migrations <n>', "passed to the router: times a request is moved to other workers after its worker fails mid-request (0 = never)", positiveInt, 3)
@@ -268,7 +268,7 @@ export function register(program: Command): void {
       for (const [role, count] of roles) for (let i = 0; i < count; i++) restarting.add(`${role}-${i}`, role, node(`${role}-${i}`, ['worker', '--role', role, ...common, ...pinRole], pin));
       if (o.planner === 'on') restarting.add('planner', 'planner', node('planner', ['planner']));
       const port = o.port || (await freePort());
-      const routing = ['--admission', o.admission, '--estimate-correction', o.estimateCorrection, '--prefill-placement', o.prefillPlacement, '--prefix-routing', o.prefixRouting, '--max-migrations', String(o.maxMigrations)];
+      const routing = ['--admission', o.admission, '--ttft-correction', o.ttftCorrection, '--prefill-placement', o.prefillPlacement, '--prefix-routing', o.prefixRouting, '--max-migrations', String(o.maxMigrations)];
       if (o.sloTtftMs > 0) routing.push('--slo-ttft-ms', String(o.sloTtftMs));
       if (o.sloTpotMs > 0) routing.push('--slo-tpot-ms', String(o.sloTpotMs));
       if (o.localPrefillMaxTokens !== undefined) routing.push('--local-prefill-max-tokens', String(o.localPrefillMaxTokens));
