@@ -369,12 +369,14 @@ export interface WorkerDirectoryOptions {
   forgetLostAfterMs?: number;
 }
 
+// Returns the ids it removed: those still listed with no record, i.e. whose heartbeat expired. A
+// worker that deregistered (stop(): DEL and SREM in one MULTI) is no longer listed by then.
 const PRUNE_SCRIPT = `
-local n = 0
+local removed = {}
 for i, id in ipairs(ARGV) do
-  if redis.call('EXISTS', KEYS[i + 1]) == 0 then n = n + redis.call('SREM', KEYS[1], id) end
+  if redis.call('EXISTS', KEYS[i + 1]) == 0 and redis.call('SREM', KEYS[1], id) == 1 then removed[#removed + 1] = id end
 end
-return n`;
+return removed`;
 
 export class WorkerDirectory {
   readonly keys: ClusterKeys;
@@ -570,12 +572,15 @@ export class WorkerDirectory {
         .sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
 
       if (expired.length) {
-        await redis
+        const pruned = await redis
           .eval(PRUNE_SCRIPT, 1 + expired.length, this.keys.workers, ...expired.map((id) => this.keys.worker(id)), ...expired)
           .catch((err: unknown) => this.#logger.debug({ err: errorMessage(err) }, 'pruning expired workers failed'));
+        // Unknown (the script failed): say expired, the conservative reading.
+        const expiredIds = new Set(Array.isArray(pruned) ? pruned.map(String) : expired);
         for (const id of expired) {
           if (previous.get(id)?.lost_since === undefined && previous.has(id)) {
-            this.#logger.warn({ worker: id }, 'worker heartbeat expired; marking lost');
+            if (expiredIds.has(id)) this.#logger.warn({ worker: id }, 'worker heartbeat expired; marking lost');
+            else this.#logger.info({ worker: id }, 'worker deregistered; marking gone');
           }
         }
       }
