@@ -12,7 +12,9 @@
 //                        taken: it would wait for one with no bound on its TTFT
 //   slo_ttft             the estimated TTFT, corrected by the estimates' measured error
 //                        (estimate-calibration.ts), exceeds the SLO
-//   slo_tpot             the decode worker's step time at the batch it would have exceeds the TPOT SLO
+//   slo_tpot             the decode worker's step time at the batch it would have exceeds the TPOT SLO,
+//                        or prefilling the prompt there would stall a request already decoding past
+//                        its own TPOT SLO (its slack: decode-budget.ts)
 //
 // Never refuses onto an idle cluster (nothing queued, nothing running): whatever the estimate says,
 // waiting cannot make that request faster, and refusing everything would be a collapse.
@@ -43,6 +45,13 @@ export interface AdmissionInput {
    * (estimate-calibration.ts); the estimate is judged times this. Default 1.
    */
   ttftCorrection?: number;
+  /**
+   * The tightest TPOT slack of the requests on the decode worker (decode-budget.ts: ms of stall the
+   * most constrained one can still take within ADMISSION_MARGIN of its SLO) and how many it was
+   * taken over; undefined when none there has a TPOT SLO. A local placement's prefill
+   * (placement.localPrefillMs) stalls all of them.
+   */
+  decodeSlack?: { slackMs: number; requests: number };
 }
 
 export interface AdmissionConfig {
@@ -95,6 +104,15 @@ export function judgeAdmission(input: AdmissionInput, config: AdmissionConfig): 
       code: 'slo_ttft',
       message: `predicted time to first token ${Math.round(ttftMs)} ms (${input.queuedPrefillTokens} prompt tokens ahead on the ${p.where} prefill${basis(p)}${corrected}) leaves no margin within the SLO of ${slo.ttftMs} ms`,
       retryAfterS: retryAfter(ttftMs - slo.ttftMs * ADMISSION_MARGIN),
+    };
+  }
+  const stallMs = p.where === 'local' ? p.localPrefillMs ?? 0 : 0;
+  const slack = input.decodeSlack;
+  if (slack && stallMs > 0 && stallMs > slack.slackMs) {
+    return {
+      code: 'slo_tpot',
+      message: `prefilling this prompt (${Math.round(stallMs)} ms) on the worker that would decode it stalls its ${slack.requests} running requests, and the tightest of them has ${Math.max(0, Math.round(slack.slackMs))} ms left within its TPOT SLO`,
+      retryAfterS: retryAfter(stallMs - slack.slackMs),
     };
   }
   if (slo.tpotMs !== undefined && p.tpotMs !== undefined && input.decodeBatch > 0 && p.tpotMs > slo.tpotMs * ADMISSION_MARGIN) {

@@ -16,7 +16,8 @@
 import { randomBytes } from 'node:crypto';
 import { canDecode, canPrefill, decodeClient, grpc, prefillClient, requestMetadata, WorkerDirectory, type GenerateEventMsg, type PrefillResponseMsg, type SamplingParamsMsg, type WorkerInfo } from '@pdserve/common';
 import type { Logger } from 'pino';
-import { judgeAdmission, type AdmissionConfig } from './admission.ts';
+import { ADMISSION_MARGIN, judgeAdmission, type AdmissionConfig, type Refusal } from './admission.ts';
+import { DecodeBudgets, expectedOutputTokens } from './decode-budget.ts';
 import { BackendError, type Backend, type GenerateRequest, type GenerationEvent, type WorkerSummary } from './backend.ts';
 import { LoadLedger } from './load-ledger.ts';
 import { EstimateCalibration } from './estimate-calibration.ts';
@@ -88,6 +89,8 @@ export class ClusterBackend implements Backend {
   readonly ledger = new LoadLedger();
   /** How far the TTFT estimates of admitted requests were off: admission corrects new ones by it. */
   readonly ttftCalibration = new EstimateCalibration();
+  /** The TPOT budgets of the requests this router has decoding on each worker. */
+  readonly budgets = new DecodeBudgets();
   private readonly health: WorkerHealth;
   /** Which worker holds which prompt prefix (a hint fed from Redis); undefined with prefix routing off. */
   readonly prefixes?: PrefixIndexFeed;
@@ -131,8 +134,8 @@ export class ClusterBackend implements Backend {
   }
 
   /** Sizes of the per-worker bookkeeping (they must follow the registry, not grow forever). */
-  bookkeeping(): { clients: number; inflight: number; suspects: number } {
-    return { clients: this.clients.size, inflight: this.ledger.inflightWorkers, suspects: this.health.size };
+  bookkeeping(): { clients: number; inflight: number; suspects: number; budgets: number } {
+    return { clients: this.clients.size, inflight: this.ledger.inflightWorkers, suspects: this.health.size, budgets: this.budgets.workers };
   }
 
   private acquire(address: string): Clients {
@@ -214,13 +217,35 @@ export class ClusterBackend implements Backend {
       .map((w) => ({ w, score: decodeScore({ role: w.role, load: w.load, inflight: this.ledger.inflightOn(w.id), cachedTokens: cached.get(w.id) ?? 0, heldBlocks: this.prefixes?.index.heldBlocks(w.id), mayPrefillLocally }, n) }))
       .sort((a, b) => a.score - b.score);
     if (scored.length === 0) throw new BackendError('no decode worker is available', 503, 'no_capacity', 2);
-    const decode = scored[0].w;
     const prefillers = healthy.filter((w) => w.role === 'prefill');
+    // The best-scored decode worker unless admission refuses there: then the next one it admits on
+    // (an SLO missed on one worker may be met on another); refused everywhere, the first refusal.
+    let firstRefusal: Refusal | undefined;
+    for (const { w: decode } of scored) {
+      const choice = this.place(req, decode, prefillers, cached);
+      if (!choice.refusal || !admit) {
+        this.opts.onPlacement?.(choice.placement);
+        return { prefill: choice.prefill, decode, placement: choice.placement };
+      }
+      firstRefusal ??= choice.refusal;
+    }
+    throw new BackendError(firstRefusal!.message, 503, firstRefusal!.code, firstRefusal!.retryAfterS);
+  }
+
+  /** Placement of the prompt for `decode` as its decode worker, and admission's verdict on it. */
+  private place(req: GenerateRequest, decode: WorkerInfo, prefillers: WorkerInfo[], cached: ReadonlyMap<string, number>): { prefill: WorkerInfo; placement: Placement; refusal?: Refusal } {
+    const n = req.promptIds.length;
     const dv = { ...this.ledger.view(decode), cachedTokens: cached.get(decode.id) ?? 0 };
     // A local prefill's stall is weighed over about one decode lifetime of the requests it stalls
     // (placement.ts): the recent requests' mean output, or before any finished, this one's limit.
-    dv.localShareWindowMs = localShareWindowMs(this.ledger.meanOutputTokens() ?? req.sampling.maxTokens, decodeStepMs(dv, dv.batch + 1));
+    const step = decodeStepMs(dv, dv.batch + 1);
+    dv.localShareWindowMs = localShareWindowMs(this.ledger.meanOutputTokens() ?? req.sampling.maxTokens, step);
     dv.localPrefillShare = this.ledger.localShare(decode.id, dv.localShareWindowMs);
+    // The running requests' TPOT budgets; the prompts already queued there stall them too.
+    const rate = dv.prefillTokensPerS;
+    const committedStallMs = rate && rate > 0 ? (dv.queuedPrefillTokens / rate) * 1000 : 0;
+    const slack = step === undefined ? undefined : this.budgets.slack(decode.id, step, committedStallMs, ADMISSION_MARGIN);
+    dv.tpotSlackMs = slack?.slackMs;
     const placement = decidePlacement({
       promptTokens: n,
       decode: dv,
@@ -235,10 +260,9 @@ export class ClusterBackend implements Backend {
       decodeBatch: dv.batch,
       decodeSeats: decode.load.max_sequences,
       ttftCorrection: this.opts.ttftCorrection === false ? 1 : this.ttftCalibration.factor(placement.where),
+      decodeSlack: slack,
     }, this.opts.admission ?? { sloAdmission: true });
-    if (refusal && admit) throw new BackendError(refusal.message, 503, refusal.code, refusal.retryAfterS);
-    this.opts.onPlacement?.(placement);
-    return { prefill, decode, placement };
+    return { prefill, placement, refusal };
   }
 
   generate(req: GenerateRequest): AsyncIterable<GenerationEvent> {
@@ -312,6 +336,8 @@ export class ClusterBackend implements Backend {
     };
 
     const held = this.ledger.begin(decode.id, prefill.id, n, placement.localPrefillMs);
+    const budget = req.slo?.tpotMs === undefined ? undefined
+      : this.budgets.track(decode.id, req.slo.tpotMs, expectedOutputTokens(req.sampling.maxTokens, req.sampling.ignoreEos, this.ledger.meanOutputTokens()));
     const decodeClients = this.acquire(decode.grpc_address);
     let prefillClients: Clients | undefined;
     const stream = decodeClients.decode.Generate(
@@ -456,6 +482,7 @@ export class ClusterBackend implements Backend {
             }
           }
           attemptTokens += e.tokens!.tokens.length;
+          budget?.tokens(e.tokens!.tokens.length);
           for (const t of e.tokens!.tokens) {
             progress.generated.push(t.id);
             yield { type: 'token', id: t.id, logprob: sampling.logprobs >= 0 ? t.logprob : undefined, topLogprobs: sampling.logprobs > 0 ? t.top_logprobs : undefined, ...(cachedTokens !== undefined ? { cachedTokens } : {}) };
@@ -470,6 +497,7 @@ export class ClusterBackend implements Backend {
           // Over for placement and the load ledger now, not when the consumer lets this generator
           // finish (a consumer that stops at the finish event leaves it suspended below).
           held.ended(progress.generated.length);
+          budget?.ended();
           // The prefill's reply (its share of the TTFT) may land just after the last token: the
           // response goes out now, the metrics get the full breakdown when it arrives.
           const complete = (): Record<string, number> => {
@@ -495,6 +523,7 @@ export class ClusterBackend implements Backend {
       // it after the reply's grace above).
       if (!finished) prefillCall?.cancel();
       held.ended();
+      budget?.ended();
       this.release(decode.grpc_address);
       if (prefillClients) this.release(prefill.grpc_address);
     }

@@ -15,7 +15,9 @@
 //                       of its latest steps: decodeStepMs)
 // and takes the faster, unless the prompt is longer than the local threshold or a local prefill
 // would push the running batch's TPOT, step / (1 - share of d's time spent prefilling locally),
-// past its SLO (the headroom check). The share of time is counted over a window about one
+// past its SLO (the headroom check: where this router follows requests with a TPOT SLO on d,
+// whether every one of them can take this prompt's stall within its SLO, decode-budget.ts; else
+// the share below). The share of time is counted over a window about one
 // request's decode lifetime long (localShareWindowMs: its output tokens at the step time, within
 // LOCAL_SHARE_WINDOW_MS..MAX_LOCAL_SHARE_WINDOW_MS), since TPOT is an average over that lifetime.
 //
@@ -94,6 +96,11 @@ export interface WorkerView {
   localShareWindowMs?: number;
   /** Leading prompt tokens this worker's prefix cache is expected to hold for this request (0 unknown). */
   cachedTokens?: number;
+  /**
+   * Ms of stall the most constrained request decoding here can still take within its TPOT SLO
+   * (decode-budget.ts); undefined when no request here has a TPOT SLO.
+   */
+  tpotSlackMs?: number;
 }
 
 export interface PlacementInput {
@@ -314,6 +321,8 @@ function localOption(input: PlacementInput): Option {
 function fitsTpotHeadroom(input: PlacementInput, local: Option): boolean {
   const d = input.decode;
   if (d.batch === 0) return true; // nothing running to stall
+  // The running requests' own budgets, where known: the exact test (admission refuses on it).
+  if (d.tpotSlackMs !== undefined) return (local.localPrefillMs ?? 0) <= d.tpotSlackMs;
   const share = localShareWith(input, local.localPrefillMs ?? 0);
   const step = decodeStepMs(d, d.batch + 1);
   if (input.tpotSloMs === undefined || step === undefined) return share <= MAX_LOCAL_SHARE_WITHOUT_SLO;

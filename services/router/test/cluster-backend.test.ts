@@ -161,27 +161,30 @@ describe('ClusterBackend', () => {
         prefill: () => { /* still computing: never answers */ },
       },
     }]);
-    const it = backend.generate(request())[Symbol.asyncIterator]();
+    const it = backend.generate({ ...request(), slo: { tpotMs: 100 } })[Symbol.asyncIterator]();
     const first = await it.next();
     assert.equal((first.value as GenerationEvent).type, 'token');
+    assert.equal(backend.budgets.count('u-early'), 1, 'a request with a TPOT SLO is followed while it decodes');
     await until(() => w!.prefillCalls.length === 1, 5000);
     await it.return!(undefined);
     await until(() => w!.cancelledGenerate === 1, 5000);
     await until(() => w!.cancelledPrefill === 1, 5000);
     await until(() => backend.bookkeeping().inflight === 0, 5000);
+    assert.equal(backend.bookkeeping().budgets, 0, 'and forgotten once it is cancelled');
   });
 
   test('a request stops counting as in flight at its finish event, even if the consumer never resumes the generator', T, async () => {
     // The router's own consumer stops at the finish event; the in-flight count steers placement,
     // so a leak there made an idle worker that had served requests look busy (and lose its prefix hits).
     const { backend } = await cluster([{ id: 'u-finish' }]);
-    const it = backend.generate(request())[Symbol.asyncIterator]();
+    const it = backend.generate({ ...request(), slo: { tpotMs: 100 } })[Symbol.asyncIterator]();
     for (;;) {
       const r = await it.next();
       assert.equal(r.done, false);
       if ((r.value as GenerationEvent).type === 'finish') break;
     }
     assert.equal(backend.bookkeeping().inflight, 0);
+    assert.equal(backend.bookkeeping().budgets, 0);
     await it.return!(undefined);
   });
 
@@ -281,7 +284,24 @@ describe('ClusterBackend', () => {
     // Gone (deregistered) or lost (expired): either way nothing of theirs is kept.
     await until(() => backend.workers().every((w) => !w.healthy), 5000);
     await until(() => backend.bookkeeping().clients === 0, 5000);
-    assert.deepEqual(backend.bookkeeping(), { clients: 0, inflight: 0, suspects: 0 });
+    assert.deepEqual(backend.bookkeeping(), { clients: 0, inflight: 0, suspects: 0, budgets: 0 });
+  });
+
+  test('a request admission refuses on the best-scored worker goes to the next that meets its SLO; refused everywhere, the first refusal', T, async () => {
+    const { backend, workers: [a, b] } = await cluster([{ id: 'u-swamped' }, { id: 'u-roomy' }]);
+    // a scores better (fewer requests) but has 4000 prompt tokens queued at 100 tokens/s.
+    a!.load = { ...a!.load, queued_prefill_tokens: 4000, prefill_tokens_per_s: 100 };
+    b!.load = { ...b!.load, running: 2, queued_prefill_tokens: 0, prefill_tokens_per_s: 1000, decode_step_ms_by_batch: { 1: 20, 3: 30 } };
+    await until(() => backend.workers().every((w) => w.load.prefill_tokens_per_s !== undefined), 5000);
+    const slo = { ttftMs: 1000 };
+    await collect(backend.generate({ ...request('fits-b'), slo }));
+    assert.deepEqual([a!.generateCalls.length, b!.generateCalls.length], [0, 1]);
+    b!.load = { ...b!.load, queued_prefill_tokens: 3000 };
+    await until(() => backend.workers().find((w) => w.id === b!.id)?.load.queued_prefill_tokens === 3000, 5000);
+    const err = await rejection(collect(backend.generate({ ...request('fits-none'), slo })));
+    assert.equal(err.status, 503);
+    assert.equal(err.code, 'slo_ttft');
+    assert.match(err.message, /4000 prompt tokens ahead on the local prefill, prefilling at 100 tokens\/s/, "the best-scored worker's refusal");
   });
 
   test('defect 16: a worker serving another model gets no requests', T, async () => {

@@ -50,6 +50,14 @@ describe('placement policy', () => {
     assert.deepEqual([loose.where, loose.reason], ['remote', 'faster']);
   });
 
+  test("the running requests' TPOT slack, where known, decides the headroom", () => {
+    // 100 tokens at 400 tok/s: 250 ms of stall.
+    const roomy = decidePlacement(input({ decode: decodeWorker({ batch: 8, localPrefillShare: 0.45, tpotSlackMs: 300 }) }), { mode: 'auto' });
+    assert.equal(roomy.where, 'local', 'slack for the stall: the share alone would have sent it remote');
+    const tight = decidePlacement(input({ decode: decodeWorker({ batch: 2, tpotSlackMs: 200 }) }), { mode: 'auto' });
+    assert.deepEqual([tight.where, tight.reason], ['remote', 'tpot_headroom']);
+  });
+
   test('recent local prefills use up the headroom', () => {
     const tired = decodeWorker({ batch: 8, localPrefillShare: 0.45 });
     const p = decidePlacement(input({ decode: tired, promptTokens: 64 }), { mode: 'auto' });
@@ -195,6 +203,18 @@ describe('admission policy', () => {
     const r = judgeAdmission(base({ placement: { where: 'local', prefillWorker: 'd', reason: 'faster', ttftMs: 100, tpotMs: 95 } }), on)!;
     assert.equal(r.code, 'slo_tpot');
     assert.equal(r.retryAfterS, 1);
+  });
+
+  test("refuses a local prefill that would stall a running request past its TPOT SLO (slo_tpot), not a remote one", () => {
+    const local = { where: 'local' as const, prefillWorker: 'd', reason: 'faster' as const, ttftMs: 300, tpotMs: 60, localPrefillMs: 400 };
+    assert.equal(judgeAdmission(base({ placement: local, decodeSlack: { slackMs: 900, requests: 3 } }), on), undefined, '400 ms of stall fits 900 ms of slack');
+    const r = judgeAdmission(base({ placement: local, decodeSlack: { slackMs: 250, requests: 3 } }), on)!;
+    assert.equal(r.code, 'slo_tpot');
+    assert.match(r.message, /prefilling this prompt \(400 ms\).*its 3 running requests.*250 ms left within its TPOT SLO/);
+    assert.equal(r.retryAfterS, 1);
+    const remote = { ...local, where: 'remote' as const, prefillWorker: 'p', localPrefillMs: undefined };
+    assert.equal(judgeAdmission(base({ placement: remote, decodeSlack: { slackMs: -50, requests: 3 } }), on), undefined, 'a remote prefill stalls nobody');
+    assert.equal(judgeAdmission(base({ placement: local, decodeSlack: { slackMs: 0, requests: 3 }, queuedPrefillTokens: 0, decodeBatch: 0 }), on), undefined, 'never onto an idle worker');
   });
 
   test('refuses with overloaded when every decode slot is taken and the request has an SLO', () => {

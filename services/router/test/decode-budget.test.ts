@@ -1,0 +1,55 @@
+// The TPOT budgets the router keeps per worker (decode-budget.ts), on a fake clock.
+import { describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { DecodeBudgets, expectedOutputTokens } from '../src/decode-budget.ts';
+
+describe('decode budgets', () => {
+  test("a running request's slack: its SLO over its expected tokens, less what it spent and what its remaining steps will take", () => {
+    let now = 0;
+    const b = new DecodeBudgets(() => now);
+    const r = b.track('w', 100, 11); // 10 gaps of at most 100 ms (x 0.9 margin = 900 ms)
+    assert.equal(b.slack('w', 50, 0, 0.9)!.slackMs, 900 - 10 * 50, 'not started: its 10 gaps at the step time');
+    r.tokens(1); // first token at t = 0
+    now = 200;
+    r.tokens(2); // 3 of 11 after 200 ms (a stall of ~100 ms among them)
+    const s = b.slack('w', 50, 0, 0.9)!;
+    assert.deepEqual(s, { slackMs: 900 - 200 - 8 * 50, requests: 1 });
+    // Prompts already queued there stall it before this one would.
+    assert.equal(b.slack('w', 50, 120, 0.9)!.slackMs, s.slackMs - 120);
+    assert.equal(b.slack('other', 50, 0, 0.9), undefined, 'nothing followed there');
+  });
+
+  test('the tightest request sets the slack; a queued one does not pay for the prompts ahead of it', () => {
+    let now = 0;
+    const b = new DecodeBudgets(() => now);
+    const old = b.track('w', 100, 11);
+    old.tokens(1);
+    now = 600;
+    old.tokens(5); // 6 of 11 after 600 ms: 300 ms left of 900 for 5 more
+    b.track('w', 100, 101); // queued, long: plenty
+    const s = b.slack('w', 50, 200, 0.9)!;
+    assert.deepEqual(s, { slackMs: 900 - 600 - 5 * 50 - 200, requests: 2 });
+  });
+
+  test('a request running past its expected length expects one more token; ended requests are forgotten', () => {
+    let now = 0;
+    const b = new DecodeBudgets(() => now);
+    const r = b.track('w', 100, 4);
+    r.tokens(1);
+    now = 300;
+    r.tokens(5); // 6 tokens, 4 expected
+    assert.equal(b.slack('w', 50, 0, 1)!.slackMs, 100 * 6 - 300 - 1 * 50);
+    r.ended();
+    r.ended();
+    assert.equal(b.count('w'), 0);
+    assert.equal(b.workers, 0);
+  });
+
+  test('expected output: the limit when EOS is ignored, else capped by the typical length', () => {
+    assert.equal(expectedOutputTokens(256, true, 40), 256);
+    assert.equal(expectedOutputTokens(4000, false, 40), 40);
+    assert.equal(expectedOutputTokens(16, false, 40), 16);
+    assert.equal(expectedOutputTokens(4000, false, undefined), 4000);
+    assert.equal(expectedOutputTokens(0, true, undefined), 2);
+  });
+});
