@@ -10,6 +10,7 @@
 // already running: request i, `elapsed` ms after its first token with `done` tokens of `expected`,
 // meets its SLO if
 //   elapsed + (stalls to come) + (expected - done) x step <= slo x (expected - 1)
+// (the estimated terms, the stalls and the steps to come, judged with a margin for their error)
 // so a new prompt that would stall the worker for `stall` ms fits if stall <= that slack for every
 // request there (DistServe's and Sarathi's stall budget, judged per request). The slack is large
 // at sustainable load (a chat request decoding at 80 ms per token against 150 ms has seconds of it)
@@ -75,9 +76,9 @@ export class DecodeBudgets {
   }
 
   /**
-   * The least stall (ms) any request on `workerId` can still take and meet `margin` x its TPOT SLO,
-   * if every remaining token costs `stepMs` and `committedStallMs` of prompts already queued there
-   * stall the requests already decoding. A request whose prompt is still queued has not started
+   * The least stall (ms) any request on `workerId` can still take and meet its TPOT SLO, if every
+   * remaining token costs `stepMs` / `margin` and `committedStallMs` / `margin` of prompts already
+   * queued there stall the requests already decoding (the margin is for the estimates' error). A request whose prompt is still queued has not started
    * its TPOT clock: the prompts ahead of it count towards its TTFT, not its TPOT. undefined: no
    * request with a TPOT SLO is followed there.
    */
@@ -87,11 +88,13 @@ export class DecodeBudgets {
     const now = this.now();
     let slackMs = Infinity;
     for (const t of set) {
-      const budget = margin * t.sloMs * (t.expected - 1);
       const started = t.firstAt !== undefined;
       const elapsed = started ? now - t.firstAt! : 0;
       const remaining = started ? t.expected - t.done : t.expected - 1;
-      const s = budget - elapsed - remaining * stepMs - (started ? committedStallMs : 0);
+      // The time already spent is measured; only what is still to come is an estimate, so only it
+      // is judged with the margin (a request near its end has little left to be wrong about).
+      const toCome = remaining * stepMs + (started ? committedStallMs : 0);
+      const s = t.sloMs * (t.expected - 1) - elapsed - toCome / margin;
       if (s < slackMs) slackMs = s;
     }
     return { slackMs, requests: set.size };
