@@ -337,7 +337,7 @@ export class ClusterBackend implements Backend {
 
     const held = this.ledger.begin(decode.id, prefill.id, n, placement.localPrefillMs);
     const budget = req.slo?.tpotMs === undefined ? undefined
-      : this.budgets.track(decode.id, req.slo.tpotMs, expectedOutputTokens(req.sampling.maxTokens, req.sampling.ignoreEos, this.ledger.meanOutputTokens()));
+      : this.budgets.track(decode.id, req.slo.tpotMs, expectedOutputTokens(req.sampling.maxTokens, req.sampling.ignoreEos, this.ledger.meanOutputTokens()), placement.where === 'local' ? placement.localPrefillMs : 0);
     const decodeClients = this.acquire(decode.grpc_address);
     let prefillClients: Clients | undefined;
     const stream = decodeClients.decode.Generate(

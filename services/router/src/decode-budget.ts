@@ -29,6 +29,10 @@ interface Tracked {
   firstAt?: number;
   /** Output tokens received so far. */
   done: number;
+  /** Ms its own prompt stalls the worker's batch (a local prefill; 0 when prefilled elsewhere). */
+  stallMs: number;
+  /** Admission order on this router (a worker prefills its queue first come, first served). */
+  seq: number;
 }
 
 /** The tightest slack on one worker, ms, and how many requests it was taken over. */
@@ -39,6 +43,7 @@ export interface WorkerSlack {
 
 export class DecodeBudgets {
   private readonly byWorker = new Map<string, Set<Tracked>>();
+  private seq = 0;
 
   constructor(private readonly now: () => number = () => performance.now()) {}
 
@@ -46,8 +51,8 @@ export class DecodeBudgets {
    * Follows a request admitted onto `workerId`'s batch. Returns the hooks its stream calls: tokens
    * received (the first one starts its TPOT clock) and its end (any way out).
    */
-  track(workerId: string, sloMs: number, expected: number): { tokens(n: number): void; ended(): void } {
-    const t: Tracked = { sloMs, expected: Math.max(2, expected), done: 0 };
+  track(workerId: string, sloMs: number, expected: number, stallMs = 0): { tokens(n: number): void; ended(): void } {
+    const t: Tracked = { sloMs, expected: Math.max(2, expected), done: 0, stallMs: Math.max(0, stallMs), seq: ++this.seq };
     const set = this.byWorker.get(workerId) ?? new Set<Tracked>();
     set.add(t);
     this.byWorker.set(workerId, set);
@@ -77,15 +82,28 @@ export class DecodeBudgets {
 
   /**
    * The least stall (ms) any request on `workerId` can still take and meet its TPOT SLO, if every
-   * remaining token costs `stepMs` / `margin` and `committedStallMs` / `margin` of prompts already
-   * queued there stall the requests already decoding (the margin is for the estimates' error). A request whose prompt is still queued has not started
-   * its TPOT clock: the prompts ahead of it count towards its TTFT, not its TPOT. undefined: no
-   * request with a TPOT SLO is followed there.
+   * remaining token costs `stepMs` and the prompts queued there stall the batch for their prefill
+   * time; the time still to come is judged with `margin` for the estimates' error.
+   *
+   * Which queued prompts stall whom: a request decoding now pays for every prompt queued there (at
+   * least `committedStallMs`, the worker's queued prompt tokens at its prefill rate, which also
+   * counts requests this router does not follow). A request whose prompt is still queued has not
+   * started its TPOT clock: the prompts ahead of it count towards its TTFT, and only those admitted
+   * after it stall it. undefined: no request with a TPOT SLO is followed there.
    */
   slack(workerId: string, stepMs: number, committedStallMs: number, margin: number): WorkerSlack | undefined {
     const set = this.byWorker.get(workerId);
     if (!set || set.size === 0) return undefined;
     const now = this.now();
+    // Prompts not started yet, in admission order, and the stall of those admitted after each.
+    const queued = [...set].filter((t) => t.firstAt === undefined).sort((a, b) => a.seq - b.seq);
+    const behind = new Map<Tracked, number>();
+    let after = 0;
+    for (let i = queued.length - 1; i >= 0; i--) {
+      behind.set(queued[i]!, after);
+      after += queued[i]!.stallMs;
+    }
+    const committed = Math.max(committedStallMs, after);
     let slackMs = Infinity;
     for (const t of set) {
       const started = t.firstAt !== undefined;
@@ -93,7 +111,7 @@ export class DecodeBudgets {
       const remaining = started ? t.expected - t.done : t.expected - 1;
       // The time already spent is measured; only what is still to come is an estimate, so only it
       // is judged with the margin (a request near its end has little left to be wrong about).
-      const toCome = remaining * stepMs + (started ? committedStallMs : 0);
+      const toCome = remaining * stepMs + (started ? committed : behind.get(t)!);
       const s = t.sloMs * (t.expected - 1) - elapsed - toCome / margin;
       if (s < slackMs) slackMs = s;
     }

@@ -33,6 +33,21 @@ describe('decode budgets', () => {
     assert.deepEqual(s, { slackMs: 1000 - 600 - 5 * 50 - 200, requests: 2 });
   });
 
+  test('a burst: each queued prompt stalls the requests admitted before it, and all of them stall the one decoding', () => {
+    let now = 0;
+    const b = new DecodeBudgets(() => now);
+    const running = b.track('w', 100, 11, 0);
+    running.tokens(1);
+    const q = [b.track('w', 100, 11, 300), b.track('w', 100, 11, 300), b.track('w', 100, 11, 300)];
+    // Step 0 to isolate the stalls: the running request pays 900 ms (all three prompts), more
+    // than the 100 ms the worker reports queued; the first queued one pays 600, the last none.
+    assert.equal(b.slack('w', 0, 100, 1)!.slackMs, 1000 - 900);
+    q[0]!.tokens(1); // the first queued prompt is done: it now pays for the two behind it
+    running.ended();
+    assert.equal(b.slack('w', 0, 0, 1)!.slackMs, 1000 - 600);
+    for (const r of q) r.ended();
+  });
+
   test('a request running past its expected length expects one more token; ended requests are forgotten', () => {
     let now = 0;
     const b = new DecodeBudgets(() => now);
