@@ -47,7 +47,7 @@ export interface AdmissionInput {
   ttftCorrection?: number;
   /**
    * The tightest TPOT slack of the requests on the decode worker (decode-budget.ts: ms of stall the
-   * most constrained one can still take within ADMISSION_MARGIN of its SLO) and how many it was
+   * most constrained one can still take within its SLO, SLACK_MARGIN on the time to come) and how many it was
    * taken over; undefined when none there has a TPOT SLO. A local placement's prefill
    * (placement.localPrefillMs) stalls all of them.
    */
@@ -66,6 +66,13 @@ const MAX_RETRY_AFTER_S = 30;
  * admitted after it, which grow the batch it decodes in).
  */
 export const ADMISSION_MARGIN = 0.9;
+/**
+ * The same margin for the time still to come in a running request's TPOT slack (decode-budget.ts).
+ * Looser than ADMISSION_MARGIN because it multiplies a request's whole remaining decode (100 steps
+ * of 100 ms: 0.9 holds back 1.1 s, more than the stall of any chat prompt, so a batch stepping at
+ * 87% of the SLO could take no prompt at all) and because the time already spent is measured.
+ */
+export const SLACK_MARGIN = 0.95;
 
 /** Seconds a client should wait: about how much longer than the SLO the queue ahead would take. */
 function retryAfter(excessMs: number): number {

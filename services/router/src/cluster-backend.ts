@@ -16,7 +16,7 @@
 import { randomBytes } from 'node:crypto';
 import { canDecode, canPrefill, decodeClient, grpc, prefillClient, requestMetadata, WorkerDirectory, type GenerateEventMsg, type PrefillResponseMsg, type SamplingParamsMsg, type WorkerInfo } from '@pdserve/common';
 import type { Logger } from 'pino';
-import { ADMISSION_MARGIN, judgeAdmission, type AdmissionConfig, type Refusal } from './admission.ts';
+import { SLACK_MARGIN, judgeAdmission, type AdmissionConfig, type Refusal } from './admission.ts';
 import { DecodeBudgets, expectedOutputTokens } from './decode-budget.ts';
 import { BackendError, type Backend, type GenerateRequest, type GenerationEvent, type WorkerSummary } from './backend.ts';
 import { LoadLedger } from './load-ledger.ts';
@@ -244,7 +244,7 @@ export class ClusterBackend implements Backend {
     // The running requests' TPOT budgets; the prompts already queued there stall them too.
     const rate = dv.prefillTokensPerS;
     const committedStallMs = rate && rate > 0 ? (dv.queuedPrefillTokens / rate) * 1000 : 0;
-    const slack = step === undefined ? undefined : this.budgets.slack(decode.id, step, committedStallMs, ADMISSION_MARGIN);
+    const slack = step === undefined ? undefined : this.budgets.slack(decode.id, step, committedStallMs, SLACK_MARGIN);
     dv.tpotSlackMs = slack?.slackMs;
     const placement = decidePlacement({
       promptTokens: n,
