@@ -14,9 +14,7 @@
 //                        (estimate-calibration.ts), exceeds the SLO
 //   slo_tpot             the decode worker's step time at the batch it would have exceeds the TPOT SLO,
 //                        or prefilling the prompt there would stall a request already decoding past
-//                        its own TPOT SLO (its slack: decode-budget.ts), or the batch would grow
-//                        more than MAX_UNMEASURED_GROWTH past the largest the worker has measured
-//                        while the extrapolated step is within UNMEASURED_ERROR of the SLO
+//                        its own TPOT SLO (its slack: decode-budget.ts)
 //
 // Never refuses onto an idle cluster (nothing queued, nothing running): whatever the estimate says,
 // waiting cannot make that request faster, and refusing everything would be a collapse.
@@ -42,8 +40,6 @@ export interface AdmissionInput {
   decodeBatch: number;
   /** Sequences the decode worker can hold; undefined when it has not reported it. */
   decodeSeats?: number;
-  /** The largest batch the decode worker has measured a decode step at (0: none). */
-  decodeMeasuredBatch?: number;
   /**
    * Measured over estimated TTFT of the recent admitted requests placed the same way
    * (estimate-calibration.ts); the estimate is judged times this. Default 1.
@@ -77,21 +73,6 @@ export const ADMISSION_MARGIN = 0.9;
  * 87% of the SLO could take no prompt at all) and because the time already spent is measured.
  */
 export const SLACK_MARGIN = 0.95;
-/**
- * How far past the largest batch its decode worker has measured a request may grow that batch.
- * The TPOT estimates beyond it are a line extrapolated from smaller batches on a machine whose
- * load grows with the batch (the router, the clients and the workers' I/O share the cores): in a
- * 9 req/s burst onto a fresh cluster that had measured batch 1-2, admission took batches of 7-8
- * that then decoded at 160-220 ms per token against 150 ms. Each step at a new size reaches the
- * router with the next load report (within about a second), so a batch still grows by this much
- * per second while every estimate it grows on has been measured near where it is used.
- */
-export const MAX_UNMEASURED_GROWTH = 2;
-/**
- * An extrapolated step time is trusted where even this many times it stays within the TPOT SLO
- * (a small model far from its SLO grows its batch freely).
- */
-export const UNMEASURED_ERROR = 2;
 
 /** Seconds a client should wait: about how much longer than the SLO the queue ahead would take. */
 function retryAfter(excessMs: number): number {
@@ -122,15 +103,6 @@ export function judgeAdmission(input: AdmissionInput, config: AdmissionConfig): 
     return { code: 'overloaded', message: `every one of the decode worker's ${input.decodeSeats} sequence slots is taken (${input.decodeBatch} sequences decoding or about to)`, retryAfterS: 1 };
   }
   const p = input.placement;
-  const measured = input.decodeMeasuredBatch;
-  const guessed = measured !== undefined && measured > 0 && input.decodeBatch > 0 && input.decodeBatch + 1 > measured + MAX_UNMEASURED_GROWTH;
-  if (guessed && slo.tpotMs !== undefined && p.tpotMs !== undefined && p.tpotMs * UNMEASURED_ERROR > slo.tpotMs * ADMISSION_MARGIN) {
-    return {
-      code: 'slo_tpot',
-      message: `the decode worker has measured its step time up to a batch of ${measured}; at a batch of ${input.decodeBatch + 1} its ${Math.round(p.tpotMs)} ms is an extrapolation too close to the SLO of ${slo.tpotMs} ms`,
-      retryAfterS: 1,
-    };
-  }
   const correction = input.ttftCorrection ?? 1;
   const ttftMs = p.ttftMs === undefined ? undefined : p.ttftMs * correction;
   if (slo.ttftMs !== undefined && ttftMs !== undefined && ttftMs > slo.ttftMs * ADMISSION_MARGIN) {

@@ -259,7 +259,6 @@ export class ClusterBackend implements Backend {
       queuedPrefillTokens: placement.where === 'local' ? dv.queuedPrefillTokens : this.ledger.view(prefill).queuedPrefillTokens,
       decodeBatch: dv.batch,
       decodeSeats: decode.load.max_sequences,
-      decodeMeasuredBatch: Math.max(0, ...dv.decodeStepMsByBatch.keys()),
       ttftCorrection: this.opts.ttftCorrection === false ? 1 : this.ttftCalibration.factor(placement.where),
       decodeSlack: slack,
     }, this.opts.admission ?? { sloAdmission: true });

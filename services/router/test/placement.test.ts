@@ -217,18 +217,6 @@ describe('admission policy', () => {
     assert.equal(judgeAdmission(base({ placement: local, decodeSlack: { slackMs: 0, requests: 3 }, queuedPrefillTokens: 0, decodeBatch: 0 }), on), undefined, 'never onto an idle worker');
   });
 
-  test('a batch grows at most 2 past the largest the worker measured while its extrapolated step is near the SLO', () => {
-    const local = (tpotMs: number) => ({ where: 'local' as const, prefillWorker: 'd', reason: 'faster' as const, ttftMs: 300, tpotMs });
-    // Measured up to batch 2; a 5th sequence would make a batch of 5.
-    const r = judgeAdmission(base({ placement: local(60), decodeBatch: 4, decodeMeasuredBatch: 2 }), on)!;
-    assert.equal(r.code, 'slo_tpot');
-    assert.match(r.message, /measured its step time up to a batch of 2; at a batch of 5 its 60 ms is an extrapolation/);
-    assert.equal(judgeAdmission(base({ placement: local(60), decodeBatch: 4, decodeMeasuredBatch: 3 }), on), undefined, 'batch 5 is within 2 of 3');
-    assert.equal(judgeAdmission(base({ placement: local(40), decodeBatch: 4, decodeMeasuredBatch: 1 }), on), undefined, 'twice 40 ms is within 90 ms');
-    assert.equal(judgeAdmission(base({ placement: local(60), decodeBatch: 4, decodeMeasuredBatch: 0 }), on), undefined, 'nothing measured: never refused on a guess');
-    assert.equal(judgeAdmission(base({ placement: local(60), decodeBatch: 4, decodeMeasuredBatch: 2, slo: { ttftMs: 1000 } }), on), undefined, 'no TPOT SLO');
-  });
-
   test('refuses with overloaded when every decode slot is taken and the request has an SLO', () => {
     assert.equal(judgeAdmission(base({ decodeBatch: 16 }), on)!.code, 'overloaded');
     assert.equal(judgeAdmission(base({ decodeBatch: 16, slo: { tpotMs: 500 } }), on)!.code, 'overloaded');
