@@ -48,6 +48,23 @@ test('a request joins the running batch between two steps, and one that finishes
   assert.deepEqual(engine.steps.map((s) => s.length), [1, 2, 1, 1, 1], 'a: first token + 2 steps; b: first token + 4 steps');
 });
 
+test('local prompts queued behind a running batch: one decode step runs between two prompts, not after the queue', async () => {
+  // A unified worker under a burst: every local prompt that completes makes its request ready. The
+  // running batch must still step after each prompt (and the new request joins it), or it waits
+  // for the whole queue: measured before the fix, a 9 req/s burst held running requests 4-6 s
+  // between their first and second token.
+  const { engine, local, decode } = make({ maxSequences: 8, prefillChunk: 8 });
+  engine.gated = true;
+  const a = decode('a', { ready: true, sampling: { max_tokens: 50 } });
+  await engine.stepWaiting(); // a is decoding; the prompts below queue behind its step
+  const [b, c, d] = ['b', 'c', 'd'].map((id) => local(id, 6, { max_tokens: 50 }));
+  engine.ungate();
+  await until(() => engine.steps.length >= 6, 'six decode steps');
+  assert.deepEqual(engine.passes.slice(0, 7), ['step:a', 'prefill:b', 'step:a,b', 'prefill:c', 'step:a,b,c', 'prefill:d', 'step:a,b,c,d']);
+  for (const r of [b, c, d]) assert.equal(r.out.tokens[0], 10, 'the first token, from its prefill, went out as it joined');
+  assert.equal(a.out.ends, 0);
+});
+
 test('decodeStepMean: the mean step time and batch of the decode steps of the last 10 s', async () => {
   const { sched, decode } = make();
   assert.equal(sched.decodeStepMean(), undefined, 'no step yet');

@@ -6,6 +6,7 @@ import { checksumBlocks, type Engine, type KvSequence, type KvShape, type Sample
 import type { KvChunkMsg, SamplingParamsMsg } from '../../../../packages/common/src/index.ts';
 import { Scheduler, samplerFor, type SchedulerOptions } from '../../src/scheduler.ts';
 import type { DecodeRequest, KvSink, PrefillJob } from '../../src/requests.ts';
+import { LocalKvSink } from '../../src/kv-sinks.ts';
 
 export const VOCAB = 32;
 export const EOS = 2;
@@ -32,6 +33,8 @@ export class FakeEngine {
   readonly steps: string[][] = [];
   /** Every prefill forward pass: request ids and chunk lengths. */
   readonly prefills: Array<Array<{ id: string; tokens: number }>> = [];
+  /** Prefill passes and decode steps in the order they ran: `prefill:ID,...` and `step:ID,...`. */
+  readonly passes: string[] = [];
   /** Every writeBlocks call. */
   readonly writes: Array<{ id: string; first: number; count: number; tokenCount: number }> = [];
   /** When set, each decode step waits for release() (one step per call). */
@@ -60,6 +63,7 @@ export class FakeEngine {
       },
       async forward(items: Array<{ seq: KvSequence; tokens: number[] }>): Promise<Float32Array> {
         self.prefills.push(items.map((i) => ({ id: i.seq.id, tokens: i.tokens.length })));
+        self.passes.push(`prefill:${items.map((i) => i.seq.id).join(',')}`);
         for (const i of items) i.seq.length += i.tokens.length;
         return self.logits(items.map((i) => self.scriptFor(i.seq.id)(0)));
       },
@@ -106,6 +110,7 @@ export class FakeEngine {
 
   async decode(batch: Array<{ seq: KvSequence; token: number }>): Promise<Float32Array> {
     this.steps.push(batch.map((b) => b.seq.id));
+    this.passes.push(`step:${batch.map((b) => b.seq.id).join(',')}`);
     if (this.gated) {
       await new Promise<void>((resolve) => { this.gate.push(resolve); for (const w of this.waiting.splice(0)) w(); });
     }
@@ -155,6 +160,11 @@ export interface Harness {
   sched: Scheduler;
   /** A decode request, registered with a slot of its own; `ready` gives it its KV and first token at once. */
   decode(id: string, opts?: { promptLen?: number; sampling?: Partial<SamplingParamsMsg>; ready?: boolean; firstToken?: number; seq?: KvSequence }): { req: DecodeRequest; out: DecodeOutcome };
+  /**
+   * A unified worker's request: its decode side (slot reserved, waiting for its KV) and its prompt,
+   * prefilled locally into the same sequence (LocalKvSink makes it ready with its first token).
+   */
+  local(id: string, promptLen: number, sampling?: Partial<SamplingParamsMsg>): { req: DecodeRequest; out: DecodeOutcome };
   /** A prefill job towards a recording sink. */
   prefill(id: string, promptLen: number): { job: PrefillJob; sent: Array<{ first: number; count: number; tokenCount: number }>; result: Promise<{ firstToken: SampledToken }> };
   stop(): Promise<void>;
@@ -164,7 +174,7 @@ export function harness(engineOpts: ConstructorParameters<typeof FakeEngine>[0] 
   const engine = new FakeEngine(engineOpts);
   const sched = new Scheduler(engine as unknown as Engine, { maxPrefillQueue: 8, maxReserveQueue: 2, reserveTimeoutMs: 5_000, ...opts });
   sched.start();
-  return {
+  const h: Harness = {
     engine, sched,
     decode(id, o = {}) {
       const seq = o.seq ?? engine.reserveSequence(id);
@@ -187,6 +197,17 @@ export function harness(engineOpts: ConstructorParameters<typeof FakeEngine>[0] 
       sched.addDecode(req);
       return { req, out };
     },
+    local(id, promptLen, sampling) {
+      const d = h.decode(id, { promptLen, sampling });
+      const s = d.req.sampling;
+      const job: PrefillJob = {
+        requestId: id, promptIds: Array.from({ length: promptLen }, (_, i) => 3 + (i % 20)), sampling: s, sampler: samplerFor(s),
+        sink: new LocalKvSink(d.req, () => sched.notify()), local: true,
+        enqueuedAt: performance.now(), computeMs: 0, cachedTokens: 0, sentBlocks: 0, cancelled: false, done: () => {}, fail: () => {},
+      };
+      sched.enqueuePrefill(job);
+      return d;
+    },
     prefill(id, promptLen) {
       const sent: Array<{ first: number; count: number; tokenCount: number }> = [];
       let done!: (r: { firstToken: SampledToken }) => void;
@@ -208,6 +229,7 @@ export function harness(engineOpts: ConstructorParameters<typeof FakeEngine>[0] 
     },
     stop: () => sched.stop(),
   };
+  return h;
 }
 
 /** A KV chunk of blocks [first, first + count) of a promptLen-token prompt, zero-valued, with good checksums. */
