@@ -22,7 +22,8 @@ import type { Admission } from '@pdserve/common';
 import type { LatencySlo } from './backend.ts';
 import type { Placement } from './placement.ts';
 
-export type RefusalCode = 'admission_closed' | 'admission_throttled' | 'overloaded' | 'slo_ttft' | 'slo_tpot';
+export const REFUSAL_CODES = ['admission_closed', 'admission_throttled', 'overloaded', 'slo_ttft', 'slo_tpot'] as const;
+export type RefusalCode = (typeof REFUSAL_CODES)[number];
 
 export interface Refusal {
   code: RefusalCode;

@@ -3,6 +3,9 @@
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { BackendError } from './backend.ts';
 import type { SafeObserver } from './observer.ts';
+import { REFUSAL_CODES } from './admission.ts';
+
+const refusalCodes: ReadonlySet<string> = new Set(REFUSAL_CODES);
 
 export interface OpenAIErrorBody {
   error: { message: string; type: string; param: string | null; code: string | null };
@@ -126,7 +129,10 @@ export function installErrorHandlers(
 ): void {
   app.setErrorHandler((err, req, reply) => {
     const e = toApiError(err);
-    if (e.status >= 500) req.log.error({ err }, 'request failed');
+    // Admission's refusals are the cluster working as meant (an overload refuses most requests):
+    // one info line each, without the stack an error line carries.
+    if (e.status === 503 && e.code !== null && refusalCodes.has(e.code)) req.log.info({ status: e.status, code: e.code, error: e.message }, 'request refused');
+    else if (e.status >= 500) req.log.error({ err }, 'request failed');
     else req.log.info({ status: e.status, code: e.code, error: e.message }, 'request rejected');
     observer.call('onError', e.status, e.metricCode, { requestId: req.id, started: failed(req), message: e.message });
     if (reply.sent || reply.raw.headersSent) return;

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import type { FastifyInstance } from 'fastify';
+import pino from 'pino';
 import { BackendError } from '../src/backend.ts';
 import { FakeBackend, FakeTokenizer, MODEL, makeApp, noCapacity, parseSse, recordingObserver, type Script } from './fakes.ts';
 
@@ -143,6 +144,31 @@ describe('errors', () => {
     }
     assert.equal((await app.inject({ method: 'GET', url: '/metrics' })).body, 'metrics 1\n');
     await stillServes();
+  });
+
+  test('an admission refusal is logged as one info line without a stack; a worker failure stays an error', async () => {
+    const lines: any[] = [];
+    const logger = pino({ level: 'info' }, { write: (s: string) => { lines.push(JSON.parse(s)); } });
+    const logged = makeApp(backend, { logger });
+    await logged.ready();
+    try {
+      script = { ids: [], errorBefore: new BackendError('predicted time to first token 2500 ms leaves no margin within the SLO of 2000 ms', 503, 'slo_ttft', 1) };
+      assertError(await logged.inject({ method: 'POST', url: '/v1/completions', payload: { model: MODEL, prompt: 'x' } }), 503, { code: 'slo_ttft' });
+      script = { ids: [], errorBefore: new BackendError('worker lost', 503, 'worker_failed', 1) };
+      assertError(await logged.inject({ method: 'POST', url: '/v1/completions', payload: { model: MODEL, prompt: 'x' } }), 503, { code: 'worker_failed' });
+    } finally {
+      await logged.close();
+    }
+    const refused = lines.filter((l) => l.msg === 'request refused');
+    assert.equal(refused.length, 1);
+    assert.equal(refused[0].level, 30);
+    assert.equal(refused[0].code, 'slo_ttft');
+    assert.match(refused[0].error, /leaves no margin/);
+    assert.ok(!JSON.stringify(refused[0]).includes(' at '), 'no stack');
+    const failed = lines.filter((l) => l.msg === 'request failed');
+    assert.equal(failed.length, 1);
+    assert.equal(failed[0].level, 50);
+    assert.equal(failed[0].err.message, 'worker lost');
   });
 
   test('BackendError 503 before the first token: 503 with Retry-After, observer told', async () => {
