@@ -84,6 +84,31 @@ test('batched decode of different prompt lengths equals each sequence alone', as
   prompts.forEach((_, i) => assert.deepEqual(got[i], alone[i].slice(0, got[i].length)));
 });
 
+test('a batch in any order: each sequence runs in its slot\'s row and its logits come back in the order asked', async (t) => {
+  const engines = await stories(t);
+  if (!engines) return;
+  const engine = engines[1];
+  const prompts = ['Once upon a time', 'The cat sat on the mat', 'Lily', 'Tom and Sue went to the park'];
+  const alone: number[][] = [];
+  for (const p of prompts) alone.push((await generate(engine, engine.tokenizer.encode(p), { ...greedy, maxTokens: 12, stopTokenIds: [] })).ids);
+  const seqs = [];
+  const got: number[][] = [];
+  for (const [i, p] of prompts.entries()) {
+    const seq = engine.newSequence(`o${i}`);
+    const logits = await engine.prefill(seq, engine.tokenizer.encode(p));
+    seqs.push(seq);
+    got.push([argmax(logits.subarray(0, engine.vocabSize))]);
+  }
+  const orders = [[3, 1, 0, 2], [2, 3, 1, 0], [1, 0, 3, 2]];
+  for (let step = 0; step < 11; step++) {
+    const order = orders[step % orders.length];
+    const logits = await engine.decode(order.map((i) => ({ seq: seqs[i], token: got[i][got[i].length - 1] })));
+    order.forEach((i, row) => got[i].push(argmax(logits.subarray(row * engine.vocabSize, (row + 1) * engine.vocabSize))));
+  }
+  prompts.forEach((_, i) => assert.deepEqual(got[i], alone[i]));
+  for (const seq of seqs) engine.release(seq);
+});
+
 test('prompts prefilled together in one padded pass continue exactly as prompts prefilled alone', async (t) => {
   const engines = await stories(t);
   if (!engines) return;

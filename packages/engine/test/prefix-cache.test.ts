@@ -246,7 +246,7 @@ test('a retained prefix survives the arena growing, shrinking and compacting a b
   const y = pc.start('y', range(5, 700))!;
   compute(cache, x.seq, long); // stride grows past 90
   compute(cache, y.seq, range(5, 700));
-  cache.compact([y.seq, x.seq]); // y and x into slots 0 and 1: the retained prefix moves out of the way
+  cache.gather([y.seq, x.seq]); // y and x into slots 0 and 1: the retained prefix trades places with y (no empty slot)
   pc.release(x.seq);
   pc.release(y.seq); // stride may shrink
   const again = pc.start('a2', [...p, 5])!;
@@ -337,4 +337,40 @@ test('remember: a reservation filled by a KV transfer becomes a reusable prefix 
   assert.equal(hit.cachedTokens, 12, 'three full blocks: the prompt and the start of the answer');
   assertHolds(cache, hit.seq, next, 12);
   assert.throws(() => pc.remember(pc.reserve('short')!, p), /holds 0 positions, not the 10/);
+});
+
+test('gathering a batch into slots 0..n-1 moves only the sequences outside that range', () => {
+  const cache = arena(6, 64);
+  const seqs = ['a', 'b', 'c', 'd', 'e'].map((id) => cache.allocate(id)!);
+  seqs.forEach((s, i) => compute(cache, s, range(5 + i, 10 * (i + 1))));
+  cache.free(seqs[1]); // b finished: a, c, d, e decode on
+  const batch = [seqs[0], seqs[2], seqs[3], seqs[4]];
+  assert.equal(cache.gather(batch), 1, 'only e (slot 4) moves, into b\'s old slot 1; the batch order is not kept');
+  assert.deepEqual(batch.map((s) => s.slot).sort(), [0, 1, 2, 3]);
+  assert.equal(seqs[4].slot, 1);
+  batch.forEach((s) => assertHolds(cache, s, range(5 + ['a', 'b', 'c', 'd', 'e'].indexOf(s.id), 10 * (['a', 'b', 'c', 'd', 'e'].indexOf(s.id) + 1))));
+  assert.equal(cache.gather([...batch].reverse()), 0, 'already gathered: nothing moves, whatever the order asked');
+  // A holder that is not in the batch moves out to an empty slot rather than trading places.
+  const pc = new PrefixCache(cache, { model: 'm' });
+  const x = pc.start('x', range(8, 500))!;
+  compute(cache, x.seq, range(8, 500)); // slot 4
+  pc.release(x.seq); // retained in slot 4
+  const f = cache.allocate('f')!; // slot 5
+  compute(cache, f, range(6, 600));
+  const [a, c, d, e] = batch; // slots 0, 2, 3, 1
+  cache.free(d); // slot 3 empty
+  assert.equal(cache.gather([a, c, f]), 1, 'f fills slot 1; e, not in this step, moves out of its way');
+  assert.deepEqual([a.slot, c.slot, f.slot, e.slot], [0, 2, 1, 3]);
+  assertHolds(cache, f, range(6, 600));
+  assertHolds(cache, e, range(9, 50));
+  // No empty slot left: the holder in the way trades places (slots: a0 f1 c2 e3 x4, and g5).
+  const g = cache.allocate('g')!;
+  compute(cache, g, range(7, 700));
+  assert.equal(cache.gather([a, c, g]), 1);
+  assert.deepEqual([a.slot, c.slot, g.slot, f.slot], [0, 2, 1, 5]);
+  assertHolds(cache, g, range(7, 700));
+  assertHolds(cache, f, range(6, 600));
+  const again = pc.start('x2', [...range(8, 500), 1])!;
+  assert.equal(again.cachedTokens, 8, 'the retained prefix is intact');
+  assertHolds(cache, again.seq, range(8, 500), 8);
 });

@@ -50,18 +50,20 @@ export class LlamaRunner implements ModelRunner {
   }
 
   /**
-   * One forward pass over a batch. A batch of several sequences is first moved into slots 0..n-1
-   * (usually nothing moves: running sequences stay put). Returns [items.length, vocab] logits.
+   * One forward pass over a batch. A batch of several sequences is first gathered into slots 0..n-1
+   * (usually nothing moves: running sequences stay put). Each sequence runs in the row of its slot;
+   * the logits come back in `items` order: [items.length, vocab].
    */
   async forward(items: ForwardItem[]): Promise<Float32Array> {
     const t0 = performance.now();
     const n = items.length;
-    if (n > 1) this.cache.compact(items.map((it) => it.seq));
-    const s0 = items[0].seq.slot;
-    items.forEach((it, i) => {
-      if (it.seq.slot !== s0 + i) throw new Error('forward() needs its sequences in consecutive slots; compact the batch first');
-      if (it.tokens.length === 0) throw new Error(`sequence ${it.seq.id}: nothing to run`);
-    });
+    if (n > 1) this.cache.gather(items.map((it) => it.seq));
+    const s0 = Math.min(...items.map((it) => it.seq.slot));
+    // Row of the batch window each item runs in.
+    const rowOf = items.map((it) => it.seq.slot - s0);
+    const seen = new Set(rowOf);
+    if (seen.size !== n || rowOf.some((r) => r >= n)) throw new Error('forward() needs its sequences in consecutive slots; gather the batch first');
+    for (const it of items) if (it.tokens.length === 0) throw new Error(`sequence ${it.seq.id}: nothing to run`);
     const S = Math.max(...items.map((it) => it.tokens.length));
     // The past window only needs the positions already cached; room for the new ones is made after
     // the run. (Reserving first would make a fresh prompt attend over its own length of masked
@@ -76,13 +78,15 @@ export class LlamaRunner implements ModelRunner {
     const positions = new BigInt64Array(n * S);
     const biasPast = new Float32Array(n * P).fill(MASKED);
     const rows = new BigInt64Array(n);
-    items.forEach((it, b) => {
-      for (let i = 0; i < it.tokens.length; i++) {
-        ids[b * S + i] = BigInt(it.tokens[i]);
-        positions[b * S + i] = BigInt(it.seq.length + i);
+    items.forEach((it, i) => {
+      const b = rowOf[i];
+      for (let j = 0; j < it.tokens.length; j++) {
+        ids[b * S + j] = BigInt(it.tokens[j]);
+        positions[b * S + j] = BigInt(it.seq.length + j);
       }
       biasPast.fill(0, b * P, b * P + it.seq.length);
-      rows[b] = BigInt(b * S + it.tokens.length - 1);
+      // The classifier's rows, in items order: logits row i is item i's last position.
+      rows[i] = BigInt(b * S + it.tokens.length - 1);
     });
     const biasNew = new Float32Array(S * S);
     for (let i = 0; i < S; i++) biasNew.fill(MASKED, i * S + i + 1, (i + 1) * S);
@@ -107,7 +111,7 @@ export class LlamaRunner implements ModelRunner {
     for (let l = 0; l < layers; l++) {
       const k = out[`new_key.${l}`].data as Float32Array;
       const v = out[`new_value.${l}`].data as Float32Array;
-      items.forEach((it, b) => this.cache.writeNew(it.seq, l, k, v, S, it.tokens.length, b));
+      items.forEach((it, i) => this.cache.writeNew(it.seq, l, k, v, S, it.tokens.length, rowOf[i]));
     }
     for (const it of items) it.seq.length += it.tokens.length;
     const t3 = performance.now();
