@@ -14,7 +14,8 @@
 //                        (estimate-calibration.ts), exceeds the SLO
 //   slo_tpot             the decode worker's step time at the batch it would have exceeds the TPOT SLO,
 //                        or prefilling the prompt there would stall a request already decoding past
-//                        its own TPOT SLO (its slack: decode-budget.ts)
+//                        its own TPOT SLO (its slack: decode-budget.ts), or that batch is more than
+//                        MAX_BATCH_PAST_MEASURED past the largest the worker has measured a step at
 //
 // Never refuses onto an idle cluster (nothing queued, nothing running): whatever the estimate says,
 // waiting cannot make that request faster, and refusing everything would be a collapse.
@@ -53,6 +54,11 @@ export interface AdmissionInput {
    * (placement.localPrefillMs) stalls all of them.
    */
   decodeSlack?: { slackMs: number; requests: number };
+  /**
+   * The largest batch the decode worker has measured a step at (0: none yet); undefined when it
+   * does not report its steps by batch size.
+   */
+  largestMeasuredBatch?: number;
 }
 
 export interface AdmissionConfig {
@@ -74,6 +80,15 @@ export const ADMISSION_MARGIN = 0.9;
  * 87% of the SLO could take no prompt at all) and because the time already spent is measured.
  */
 export const SLACK_MARGIN = 0.95;
+/**
+ * How far past the largest batch its worker has measured a step at admission lets a batch grow.
+ * A step's time at a size never run there is an extrapolation, and on a busy machine the cost per
+ * sequence is steeper than at the sizes measured while it was quiet: a burst onto a fresh cluster
+ * was admitted to batch 7-10 per worker within 2 s, on a line through the warmup's batch of 1 (40-60
+ * ms predicted), and those requests then stepped at 100-200 ms. Each prompt a worker prefills is
+ * followed by a step at its new batch, so the limit rises as fast as the worker takes prompts.
+ */
+export const MAX_BATCH_PAST_MEASURED = 2;
 
 /** Seconds a client should wait: about how much longer than the SLO the queue ahead would take. */
 function retryAfter(excessMs: number): number {
@@ -121,6 +136,14 @@ export function judgeAdmission(input: AdmissionInput, config: AdmissionConfig): 
       code: 'slo_tpot',
       message: `prefilling this prompt (${Math.round(stallMs)} ms) on the worker that would decode it stalls its ${slack.requests} running requests, and the tightest of them has ${Math.max(0, Math.round(slack.slackMs))} ms left within its TPOT SLO`,
       retryAfterS: retryAfter(stallMs - slack.slackMs),
+    };
+  }
+  const measured = input.largestMeasuredBatch;
+  if (slo.tpotMs !== undefined && input.decodeBatch > 0 && measured !== undefined && input.decodeBatch + 1 > measured + MAX_BATCH_PAST_MEASURED) {
+    return {
+      code: 'slo_tpot',
+      message: `a batch of ${input.decodeBatch + 1} on the worker that would decode it is ${input.decodeBatch + 1 - measured} past the largest it has measured a step at (${measured}): its time per output token there is unknown`,
+      retryAfterS: 1,
     };
   }
   if (slo.tpotMs !== undefined && p.tpotMs !== undefined && input.decodeBatch > 0 && p.tpotMs > slo.tpotMs * ADMISSION_MARGIN) {

@@ -261,6 +261,7 @@ export class ClusterBackend implements Backend {
       decodeSeats: decode.load.max_sequences,
       ttftCorrection: this.opts.ttftCorrection === false ? 1 : this.ttftCalibration.factor(placement.where),
       decodeSlack: slack,
+      largestMeasuredBatch: decode.load.decode_step_ms_by_batch === undefined ? undefined : Math.max(0, ...dv.decodeStepMsByBatch.keys()),
     }, this.opts.admission ?? { sloAdmission: true });
     return { prefill, placement, refusal };
   }
@@ -564,3 +565,4 @@ function scrub(message: string, w: WorkerInfo): string {
     .replace(/\b(?:\d{1,3}\.){3}\d{1,3}(?::\d+)?\b/g, 'a worker')
     .replace(/\[[0-9a-f:]+\](?::\d+)?/gi, 'a worker');
 }
+

@@ -15,6 +15,11 @@ import { LOCAL_SHARE_WINDOW_MS, MAX_LOCAL_SHARE_WINDOW_MS, theilSen, type Worker
  */
 function recentDecodeStep(l: WorkerInfo['load']): { batch: number; ms: number } | undefined {
   if (l.decode_step_ms_window !== undefined && l.decode_batch_window !== undefined) return { batch: l.decode_batch_window, ms: l.decode_step_ms_window };
+  return latestDecodeStep(l);
+}
+
+/** The worker's last 16 decode steps: their median time and mean batch. */
+function latestDecodeStep(l: WorkerInfo['load']): { batch: number; ms: number } | undefined {
   if (l.decode_step_ms !== undefined && l.decode_batch !== undefined) return { batch: l.decode_batch, ms: l.decode_step_ms };
   return undefined;
 }
@@ -191,6 +196,7 @@ export class LoadLedger {
       batch: Math.max(l.running + l.waiting - since.decodes, this.decoding.get(w.id) ?? 0),
       decodeStepMsByBatch: byBatch,
       recentDecodeStep: recentDecodeStep(l),
+      latestDecodeStep: latestDecodeStep(l),
       prefillChunkTokens: l.prefill_chunk_tokens ?? DEFAULT_PREFILL_CHUNK,
       localPrefillShare: this.localShare(w.id),
     };

@@ -89,6 +89,12 @@ export interface WorkerView {
    * moves while the batch is that size (decodeStepMs).
    */
   recentDecodeStep?: { batch: number; ms: number };
+  /**
+   * Its last 16 decode steps: their median time and mean batch. A second anchor for decodeStepMs,
+   * seconds fresher than recentDecodeStep when a burst starts (the 10 s window then still holds the
+   * quiet steps before it).
+   */
+  latestDecodeStep?: { batch: number; ms: number };
   prefillChunkTokens: number;
   /** Share (0..1) of this worker's recent time taken by local prefills this router placed on it, over `localShareWindowMs`. */
   localPrefillShare: number;
@@ -185,11 +191,24 @@ export function decodeScore(c: DecodeCandidate, promptTokens: number): number {
  * Not the table's own entry at that size: one slow reading (a step that shared its core with a
  * prefill, a first run of a new shape) would make that size look slow for as long as admission,
  * refusing on it, kept the batch from reaching that size again. A negative slope (noise between
- * neighbouring small sizes) is not extrapolated into bigger batches looking faster.
+ * neighbouring small sizes) is not extrapolated into bigger batches looking faster, and no slope is
+ * taken below `minSlope` (minStepSlopeMs).
  */
-export function stepMsAt(table: ReadonlyMap<number, number>, batch: number): number | undefined {
-  const line = theilSen([...table].filter(([b, ms]) => b >= 1 && ms > 0));
+export function stepMsAt(table: ReadonlyMap<number, number>, batch: number, minSlope = 0): number | undefined {
+  const line = theilSen([...table].filter(([b, ms]) => b >= 1 && ms > 0), minSlope);
   return line && Math.max(0, line.intercept + line.slope * batch);
+}
+
+/**
+ * The least a decode step can grow per sequence, ms: one more sequence in a step computes one more
+ * token, and a prefill pass (many tokens through the same weights at once) is the cheapest way this
+ * worker computes a token, so its measured per-token time is a floor (0 before it prefilled). It
+ * matters where the table cannot say: a fresh worker's table holds the warmup's batch of 1, whose
+ * flat line priced a burst's batch of 8 at the batch-1 step (measured: 40 ms predicted, 85-105 ms
+ * between tokens).
+ */
+export function minStepSlopeMs(prefillTokensPerS: number | undefined): number {
+  return prefillTokensPerS !== undefined && prefillTokensPerS > 0 ? 1000 / prefillTokensPerS : 0;
 }
 
 /**
@@ -197,7 +216,7 @@ export function stepMsAt(table: ReadonlyMap<number, number>, batch: number): num
  * negative), the intercept the median of y - slope * x. One wild point moves neither, where a
  * least-squares fit over a handful of noisy points can take any slope. undefined without points.
  */
-export function theilSen(points: ReadonlyArray<readonly [number, number]>): { slope: number; intercept: number } | undefined {
+export function theilSen(points: ReadonlyArray<readonly [number, number]>, minSlope = 0): { slope: number; intercept: number } | undefined {
   if (points.length === 0) return undefined;
   const slopes: number[] = [];
   for (let i = 0; i < points.length; i++) {
@@ -207,31 +226,41 @@ export function theilSen(points: ReadonlyArray<readonly [number, number]>): { sl
       if (xi !== xj) slopes.push((yj - yi) / (xj - xi));
     }
   }
-  const slope = slopes.length ? Math.max(0, median(slopes)) : 0;
+  const slope = Math.max(minSlope, 0, slopes.length ? median(slopes) : 0);
   return { slope, intercept: median(points.map(([x, y]) => y - slope * x)) };
 }
 
-/** How far the recent steps may rescale the table (a guard against a report of one odd step). */
+/** How far the recent steps may move the level from the table's line (a guard against a report of one odd step). */
 const ANCHOR_SCALE_BOUNDS = [0.25, 4] as const;
 
 /**
- * The worker's decode step time at `batch`: the shape of stepMsAt's line through its table, at the
- * level of its most recent steps. The table's entry for a batch size changes only while the batch
- * is that size, so an entry measured while the machine was slower (a first pass at a new shape, a
- * burst of other work on the core) stays until the batch returns to that size, and admission,
- * refusing on it, keeps the batch from ever returning (measured: 144 ms predicted at batch 6 while
- * the admitted requests decoded at 67 ms per token). Scaling the line so that it passes through
- * the recent steps ages such entries out within a few steps, in both directions.
+ * The worker's decode step time at `batch`: the level of its recent steps, plus the slope of
+ * stepMsAt's line through its table for each sequence more (or less) than they ran with. The
+ * table's entry for a batch size changes only while the batch is that size, so an entry measured
+ * while the machine was slower (a first pass at a new shape, a burst of other work on the core)
+ * stays until the batch returns to that size, and admission, refusing on it, keeps the batch from
+ * ever returning (measured: 144 ms predicted at batch 6 while the admitted requests decoded at
+ * 67 ms per token). Taking the level from the recent steps ages such entries out within a few
+ * steps, in both directions. (Scaling the whole line by recent / line instead multiplied a line
+ * that a few slow readings had tilted by a level they had raised: 1025 ms predicted at batch 7.)
+ *
+ * Two sets of recent steps give a level, and the slower wins: the last ~10 s (what a request's
+ * TPOT averages over) and the last 16 steps. When a burst starts, the 10 s window is still mostly
+ * the quiet steps before it (measured: batch 1.25 at 38 ms while the batch stood at 10 and its
+ * steps took 100-130 ms), and admission priced the burst's batches at that level.
  */
-export function decodeStepMs(w: Pick<WorkerView, 'decodeStepMsByBatch' | 'recentDecodeStep'>, batch: number): number | undefined {
-  const line = stepMsAt(w.decodeStepMsByBatch, batch);
-  const recent = w.recentDecodeStep;
-  if (!recent || !(recent.ms > 0) || !(recent.batch >= 1)) return line;
-  if (line === undefined) return recent.ms; // no table yet (an older worker): the recent level, flat
-  const atRecent = stepMsAt(w.decodeStepMsByBatch, recent.batch);
-  if (!atRecent || !(atRecent > 0)) return line;
-  const scale = Math.min(ANCHOR_SCALE_BOUNDS[1], Math.max(ANCHOR_SCALE_BOUNDS[0], recent.ms / atRecent));
-  return line * scale;
+export function decodeStepMs(w: Pick<WorkerView, 'decodeStepMsByBatch' | 'recentDecodeStep' | 'latestDecodeStep' | 'prefillTokensPerS'>, batch: number): number | undefined {
+  const minSlope = minStepSlopeMs(w.prefillTokensPerS);
+  const fit = theilSen([...w.decodeStepMsByBatch].filter(([b, ms]) => b >= 1 && ms > 0), minSlope);
+  const slope = fit?.slope ?? minSlope;
+  const anchors = [w.recentDecodeStep, w.latestDecodeStep].filter((a): a is { batch: number; ms: number } => !!a && a.ms > 0 && a.batch >= 1);
+  if (anchors.length === 0) return fit && Math.max(0, fit.intercept + fit.slope * batch);
+  return Math.max(...anchors.map((a) => {
+    // One odd report cannot move the level by more than ANCHOR_SCALE_BOUNDS of the table's line.
+    const onLine = fit && fit.intercept + fit.slope * a.batch;
+    const level = onLine && onLine > 0 ? Math.min(ANCHOR_SCALE_BOUNDS[1] * onLine, Math.max(ANCHOR_SCALE_BOUNDS[0] * onLine, a.ms)) : a.ms;
+    return Math.max(0, level + slope * (batch - a.batch));
+  }));
 }
 
 function median(xs: number[]): number {

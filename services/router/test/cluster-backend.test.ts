@@ -304,6 +304,22 @@ describe('ClusterBackend', () => {
     assert.match(err.message, /4000 prompt tokens ahead on the local prefill, prefilling at 100 tokens\/s/, "the best-scored worker's refusal");
   });
 
+  test('a worker takes a batch at most 2 past the largest it has measured a step at', T, async () => {
+    const { backend, workers: [w] } = await cluster([{ id: 'u-fresh' }]);
+    // Its warmup measured batch 1; 3 requests run there.
+    w!.load = { ...w!.load, running: 3, queued_prefill_tokens: 0, prefill_tokens_per_s: 1000, decode_step_ms_by_batch: { 1: 20 } };
+    await until(() => backend.workers().every((x) => x.load.running === 3), 5000);
+    const slo = { ttftMs: 5000, tpotMs: 500 };
+    const err = await rejection(collect(backend.generate({ ...request('past-measured'), slo })));
+    assert.equal(err.status, 503);
+    assert.equal(err.code, 'slo_tpot');
+    assert.match(err.message, /a batch of 4 .* past the largest it has measured a step at \(1\)/);
+    w!.load = { ...w!.load, decode_step_ms_by_batch: { 1: 20, 3: 26 } };
+    await until(() => backend.workers().every((x) => x.load.decode_step_ms_by_batch?.['3'] === 26), 5000);
+    await collect(backend.generate({ ...request('within-reach'), slo }));
+    assert.equal(w!.generateCalls.length, 1);
+  });
+
   test('defect 16: a worker serving another model gets no requests', T, async () => {
     const { backend, workers: [w] } = await cluster([{ id: 'u-other-model', model: 'another-model' }]);
     assert.equal(backend.ready(), false);

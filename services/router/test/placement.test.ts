@@ -2,8 +2,8 @@
 // functions of measured numbers; test/slo.test.ts runs them through a real cluster).
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { decidePlacement, decodeStepMs, LOCAL_SHARE_WINDOW_MS, localShareWindowMs, MAX_LOCAL_SHARE_WINDOW_MS, stepMsAt, type PlacementInput, type WorkerView } from '../src/placement.ts';
-import { judgeAdmission, type AdmissionInput } from '../src/admission.ts';
+import { decidePlacement, decodeStepMs, LOCAL_SHARE_WINDOW_MS, localShareWindowMs, MAX_LOCAL_SHARE_WINDOW_MS, minStepSlopeMs, stepMsAt, type PlacementInput, type WorkerView } from '../src/placement.ts';
+import { judgeAdmission, MAX_BATCH_PAST_MEASURED, type AdmissionInput } from '../src/admission.ts';
 import { CALIBRATION_BOUNDS, CALIBRATION_SAMPLES, MIN_CALIBRATION_SAMPLES, EstimateCalibration } from '../src/estimate-calibration.ts';
 import { LoadLedger } from '../src/load-ledger.ts';
 import type { WorkerInfo } from '@pdserve/common';
@@ -131,6 +131,25 @@ describe('placement policy', () => {
     assert.equal(stepMsAt(new Map(), 3), undefined);
   });
 
+  test('a table that cannot give a slope takes the prefill rate\'s cost per token as the least a sequence adds', () => {
+    // A fresh worker: the warmup measured batch 1 only. Flat, a burst's batch of 8 looked as cheap
+    // as batch 1 (40 ms) where its steps took 85-105 ms.
+    const fresh = new Map([[1, 40]]);
+    assert.equal(stepMsAt(fresh, 8), 40);
+    assert.equal(minStepSlopeMs(400), 2.5);
+    assert.equal(minStepSlopeMs(undefined), 0);
+    assert.equal(stepMsAt(fresh, 8, 2.5), 57.5);
+    assert.equal(decodeStepMs({ decodeStepMsByBatch: fresh, prefillTokensPerS: 400 }, 8), 57.5);
+    // The recent level, growing by the floor: recent steps at batch 2 running at 60 ms.
+    assert.equal(decodeStepMs({ decodeStepMsByBatch: fresh, prefillTokensPerS: 400, recentDecodeStep: { batch: 2, ms: 60 } }, 8), 60 + 6 * 2.5);
+    // A measured slope steeper than the floor is kept; no prefill measured: no floor.
+    const t = new Map([[1, 40], [8, 70], [16, 100]]);
+    assert.equal(stepMsAt(t, 12, 2.5), stepMsAt(t, 12));
+    assert.equal(decodeStepMs({ decodeStepMsByBatch: fresh }, 8), 40);
+    // An older worker with no table: its recent level, growing by the floor past its batch.
+    assert.equal(decodeStepMs({ decodeStepMsByBatch: new Map(), prefillTokensPerS: 400, recentDecodeStep: { batch: 3, ms: 50 } }, 6), 57.5);
+  });
+
   test('step time at the level of the latest steps: a stale table ages out within a few steps', () => {
     // A decode worker's table from a chat run here (12 of 16 requests refused at 4 req/s): its
     // entries were measured while another process held the cores, then admission, refusing at a
@@ -145,8 +164,21 @@ describe('placement policy', () => {
     // No recent steps, or a worker with no table yet: the table alone, or the recent level flat.
     assert.equal(decodeStepMs({ decodeStepMsByBatch: stale }, 6), stepMsAt(stale, 6));
     assert.equal(decodeStepMs({ decodeStepMsByBatch: new Map(), recentDecodeStep: { batch: 3, ms: 50 } }, 6), 50);
-    // One odd report cannot scale the table by more than 4x either way.
+    // One odd report cannot move the level by more than 4x from the table's line either way.
     assert.equal(decodeStepMs({ decodeStepMsByBatch: new Map([[4, 50]]), recentDecodeStep: { batch: 4, ms: 1 } }, 4), 12.5);
+  });
+
+  test('when a burst starts, the last 16 steps lift the level the 10 s window still holds down', () => {
+    // Measured at a 9 req/s burst on a fresh worker: its 10 s window said batch 1.25 at 38 ms while
+    // the batch stood at 10 and its last steps took ~115 ms.
+    const w = { decodeStepMsByBatch: new Map([[1, 33]]), prefillTokensPerS: 300, recentDecodeStep: { batch: 1.25, ms: 38 } };
+    const windowOnly = decodeStepMs(w, 11)!;
+    assert.ok(windowOnly < 80, `the window alone: ${windowOnly}`);
+    const both = decodeStepMs({ ...w, latestDecodeStep: { batch: 10, ms: 115 } }, 11)!;
+    assert.ok(both > 115 && both < 130, `with the last 16 steps: ${both}`);
+    // The slower anchor wins both ways: a quiet last 16 steps do not lower a busy window's level.
+    const quietLatest = decodeStepMs({ ...w, recentDecodeStep: { batch: 10, ms: 115 }, latestDecodeStep: { batch: 2, ms: 36 } }, 11)!;
+    assert.ok(Math.abs(quietLatest - both) < 1e-9, `${quietLatest} vs ${both}`);
   });
 
   test('placement and admission price the batch at the recent level', () => {
@@ -215,6 +247,20 @@ describe('admission policy', () => {
     const remote = { ...local, where: 'remote' as const, prefillWorker: 'p', localPrefillMs: undefined };
     assert.equal(judgeAdmission(base({ placement: remote, decodeSlack: { slackMs: -50, requests: 3 } }), on), undefined, 'a remote prefill stalls nobody');
     assert.equal(judgeAdmission(base({ placement: local, decodeSlack: { slackMs: 0, requests: 3 }, queuedPrefillTokens: 0, decodeBatch: 0 }), on), undefined, 'never onto an idle worker');
+  });
+
+  test('refuses a batch more than MAX_BATCH_PAST_MEASURED past the largest the worker has measured (slo_tpot)', () => {
+    // A fresh worker measured batch 1 (its warmup); it may grow to 1 + 2 = 3, then only as it measures.
+    assert.equal(judgeAdmission(base({ decodeBatch: 2, largestMeasuredBatch: 1 }), on), undefined, 'batch 3: admitted');
+    const r = judgeAdmission(base({ decodeBatch: 3, largestMeasuredBatch: 1 }), on)!;
+    assert.equal(r.code, 'slo_tpot');
+    assert.match(r.message, /a batch of 4 .* 3 past the largest it has measured a step at \(1\)/);
+    assert.equal(r.retryAfterS, 1);
+    assert.equal(MAX_BATCH_PAST_MEASURED, 2);
+    assert.equal(judgeAdmission(base({ decodeBatch: 9, largestMeasuredBatch: 8 }), on), undefined, 'within reach of what it measured');
+    assert.equal(judgeAdmission(base({ decodeBatch: 3, largestMeasuredBatch: 1, slo: { ttftMs: 1000 } }), on), undefined, 'no TPOT target: nothing to protect');
+    assert.equal(judgeAdmission(base({ decodeBatch: 0, queuedPrefillTokens: 0, largestMeasuredBatch: 0 }), on), undefined, 'never onto an idle worker');
+    assert.equal(judgeAdmission(base({ decodeBatch: 5 }), on), undefined, 'a worker that reports no table: no limit');
   });
 
   test('refuses with overloaded when every decode slot is taken and the request has an SLO', () => {
