@@ -91,7 +91,7 @@ test('a batch in any order: each sequence runs in its slot\'s row and its logits
   const prompts = ['Once upon a time', 'The cat sat on the mat', 'Lily', 'Tom and Sue went to the park'];
   const alone: number[][] = [];
   for (const p of prompts) alone.push((await generate(engine, engine.tokenizer.encode(p), { ...greedy, maxTokens: 12, stopTokenIds: [] })).ids);
-  const seqs = [];
+  const seqs: Array<ReturnType<typeof engine.newSequence>> = [];
   const got: number[][] = [];
   for (const [i, p] of prompts.entries()) {
     const seq = engine.newSequence(`o${i}`);

@@ -254,7 +254,7 @@ export function decodeStepMs(w: Pick<WorkerView, 'decodeStepMsByBatch' | 'recent
   const fit = theilSen([...w.decodeStepMsByBatch].filter(([b, ms]) => b >= 1 && ms > 0), minSlope);
   const slope = fit?.slope ?? minSlope;
   const anchors = [w.recentDecodeStep, w.latestDecodeStep].filter((a): a is { batch: number; ms: number } => !!a && a.ms > 0 && a.batch >= 1);
-  if (anchors.length === 0) return fit && Math.max(0, fit.intercept + fit.slope * batch);
+  if (anchors.length === 0) return stepMsAt(w.decodeStepMsByBatch, batch, minSlope);
   return Math.max(...anchors.map((a) => {
     // One odd report cannot move the level by more than ANCHOR_SCALE_BOUNDS of the table's line.
     const onLine = fit && fit.intercept + fit.slope * a.batch;

@@ -315,7 +315,7 @@ describe('ClusterBackend', () => {
     assert.equal(err.code, 'slo_tpot');
     assert.match(err.message, /a batch of 4 .* past the largest it has measured a step at \(1\)/);
     w!.load = { ...w!.load, decode_step_ms_by_batch: { 1: 20, 3: 26 } };
-    await until(() => backend.workers().every((x) => x.load.decode_step_ms_by_batch?.['3'] === 26), 5000);
+    await until(() => backend.workers().every((x) => (x.load.decode_step_ms_by_batch as Record<string, number> | undefined)?.['3'] === 26), 5000);
     await collect(backend.generate({ ...request('within-reach'), slo }));
     assert.equal(w!.generateCalls.length, 1);
   });
