@@ -16,6 +16,7 @@
 //                        or prefilling the prompt there would stall a request already decoding past
 //                        its own TPOT SLO (its slack: decode-budget.ts), or that batch is more than
 //                        MAX_BATCH_PAST_MEASURED past the largest the worker has measured a step at
+//                        and its estimated step is over BATCH_LIMIT_FROM_SLO_SHARE of the SLO
 //
 // Never refuses onto an idle cluster (nothing queued, nothing running): whatever the estimate says,
 // waiting cannot make that request faster, and refusing everything would be a collapse.
@@ -89,6 +90,14 @@ export const SLACK_MARGIN = 0.95;
  * followed by a step at its new batch, so the limit rises as fast as the worker takes prompts.
  */
 export const MAX_BATCH_PAST_MEASURED = 2;
+/**
+ * The limit above acts only where the extrapolation could break the SLO: when the estimated step
+ * at the new batch is more than this share of the TPOT SLO. Under that burst the steps ran 2-4x
+ * their estimates; an estimate under a quarter of the SLO stays within it even 4x off (a small or
+ * fast model, whose steps are a few ms against a 150-200 ms SLO, is never limited). Without an
+ * estimate (nothing measured yet) it does not act either: admission never refuses on nothing.
+ */
+export const BATCH_LIMIT_FROM_SLO_SHARE = 0.25;
 
 /** Seconds a client should wait: about how much longer than the SLO the queue ahead would take. */
 function retryAfter(excessMs: number): number {
@@ -139,7 +148,8 @@ export function judgeAdmission(input: AdmissionInput, config: AdmissionConfig): 
     };
   }
   const measured = input.largestMeasuredBatch;
-  if (slo.tpotMs !== undefined && input.decodeBatch > 0 && measured !== undefined && input.decodeBatch + 1 > measured + MAX_BATCH_PAST_MEASURED) {
+  const extrapolationMatters = slo.tpotMs !== undefined && p.tpotMs !== undefined && p.tpotMs > slo.tpotMs * BATCH_LIMIT_FROM_SLO_SHARE;
+  if (extrapolationMatters && input.decodeBatch > 0 && measured !== undefined && input.decodeBatch + 1 > measured + MAX_BATCH_PAST_MEASURED) {
     return {
       code: 'slo_tpot',
       message: `a batch of ${input.decodeBatch + 1} on the worker that would decode it is ${input.decodeBatch + 1 - measured} past the largest it has measured a step at (${measured}): its time per output token there is unknown`,

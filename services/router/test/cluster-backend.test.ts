@@ -304,12 +304,13 @@ describe('ClusterBackend', () => {
     assert.match(err.message, /4000 prompt tokens ahead on the local prefill, prefilling at 100 tokens\/s/, "the best-scored worker's refusal");
   });
 
-  test('a worker takes a batch at most 2 past the largest it has measured a step at', T, async () => {
+  test('a worker takes a batch at most 2 past the largest it has measured a step at, where its step is a quarter of the SLO or more', T, async () => {
     const { backend, workers: [w] } = await cluster([{ id: 'u-fresh' }]);
     // Its warmup measured batch 1; 3 requests run there.
     w!.load = { ...w!.load, running: 3, queued_prefill_tokens: 0, prefill_tokens_per_s: 1000, decode_step_ms_by_batch: { 1: 20 } };
     await until(() => backend.workers().every((x) => x.load.running === 3), 5000);
-    const slo = { ttftMs: 5000, tpotMs: 500 };
+    // Its step at batch 4 is estimated at ~23 ms: over a quarter of an 80 ms SLO, so the limit acts.
+    const slo = { ttftMs: 5000, tpotMs: 80 };
     const err = await rejection(collect(backend.generate({ ...request('past-measured'), slo })));
     assert.equal(err.status, 503);
     assert.equal(err.code, 'slo_tpot');
@@ -318,6 +319,11 @@ describe('ClusterBackend', () => {
     await until(() => backend.workers().every((x) => (x.load.decode_step_ms_by_batch as Record<string, number> | undefined)?.['3'] === 26), 5000);
     await collect(backend.generate({ ...request('within-reach'), slo }));
     assert.equal(w!.generateCalls.length, 1);
+    // Against a 500 ms SLO the same extrapolation could be 4x off and still fit: no limit.
+    w!.load = { ...w!.load, running: 5 };
+    await until(() => backend.workers().every((x) => x.load.running === 5), 5000);
+    await collect(backend.generate({ ...request('fast-enough'), slo: { ttftMs: 5000, tpotMs: 500 } }));
+    assert.equal(w!.generateCalls.length, 2);
   });
 
   test('defect 16: a worker serving another model gets no requests', T, async () => {

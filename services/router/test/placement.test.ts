@@ -3,7 +3,7 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { decidePlacement, decodeStepMs, LOCAL_SHARE_WINDOW_MS, localShareWindowMs, MAX_LOCAL_SHARE_WINDOW_MS, minStepSlopeMs, stepMsAt, type PlacementInput, type WorkerView } from '../src/placement.ts';
-import { judgeAdmission, MAX_BATCH_PAST_MEASURED, type AdmissionInput } from '../src/admission.ts';
+import { BATCH_LIMIT_FROM_SLO_SHARE, judgeAdmission, MAX_BATCH_PAST_MEASURED, type AdmissionInput } from '../src/admission.ts';
 import { CALIBRATION_BOUNDS, CALIBRATION_SAMPLES, MIN_CALIBRATION_SAMPLES, EstimateCalibration } from '../src/estimate-calibration.ts';
 import { LoadLedger } from '../src/load-ledger.ts';
 import type { WorkerInfo } from '@pdserve/common';
@@ -250,7 +250,8 @@ describe('admission policy', () => {
   });
 
   test('refuses a batch more than MAX_BATCH_PAST_MEASURED past the largest the worker has measured (slo_tpot)', () => {
-    // A fresh worker measured batch 1 (its warmup); it may grow to 1 + 2 = 3, then only as it measures.
+    // A fresh worker measured batch 1 (its warmup); it may grow to 1 + 2 = 3, then only as it measures
+    // (the estimated step, 60 ms, is over a quarter of the 100 ms SLO).
     assert.equal(judgeAdmission(base({ decodeBatch: 2, largestMeasuredBatch: 1 }), on), undefined, 'batch 3: admitted');
     const r = judgeAdmission(base({ decodeBatch: 3, largestMeasuredBatch: 1 }), on)!;
     assert.equal(r.code, 'slo_tpot');
@@ -261,6 +262,11 @@ describe('admission policy', () => {
     assert.equal(judgeAdmission(base({ decodeBatch: 3, largestMeasuredBatch: 1, slo: { ttftMs: 1000 } }), on), undefined, 'no TPOT target: nothing to protect');
     assert.equal(judgeAdmission(base({ decodeBatch: 0, queuedPrefillTokens: 0, largestMeasuredBatch: 0 }), on), undefined, 'never onto an idle worker');
     assert.equal(judgeAdmission(base({ decodeBatch: 5 }), on), undefined, 'a worker that reports no table: no limit');
+    assert.equal(BATCH_LIMIT_FROM_SLO_SHARE, 0.25);
+    const fast = { where: 'remote' as const, prefillWorker: 'p', reason: 'faster' as const, ttftMs: 100, tpotMs: 20 };
+    assert.equal(judgeAdmission(base({ placement: fast, decodeBatch: 9, largestMeasuredBatch: 1 }), on), undefined, 'a 20 ms step against 100 ms: even 4x off it fits');
+    const unmeasured = { ...fast, tpotMs: undefined };
+    assert.equal(judgeAdmission(base({ placement: unmeasured, decodeBatch: 5, largestMeasuredBatch: 0 }), on), undefined, 'nothing measured: no estimate, no refusal');
   });
 
   test('refuses with overloaded when every decode slot is taken and the request has an SLO', () => {
