@@ -63,6 +63,8 @@ const systems = [
   { key: 'unified2x2', name: '--unified 2 --threads 2 (spinning off)', args: ['--unified', '2', '--threads', '2', '--admission', 'off', '--planner', 'off'], admission: false, optIn: true },
   // the default with admission judging the TTFT estimates as they are (no correction by their measured error);
   { key: 'default-nocorr', name: 'default, --ttft-correction off', args: ['--ttft-correction', 'off'], admission: true, optIn: true },
+  // the default with the split kept (placement and admission as the default): what the planner's moves do;
+  { key: 'default-noplanner', name: 'default, --planner off', args: ['--planner', 'off'], admission: true, optIn: true },
   // the default with the engine threads at the process's own priority, to measure what --engine-nice buys.
   { key: 'default-nice0', name: 'default, --engine-nice 0', args: ['--engine-nice', '0'], admission: true, optIn: true },
 ];
