@@ -565,4 +565,3 @@ function scrub(message: string, w: WorkerInfo): string {
     .replace(/\b(?:\d{1,3}\.){3}\d{1,3}(?::\d+)?\b/g, 'a worker')
     .replace(/\[[0-9a-f:]+\](?::\d+)?/gi, 'a worker');
 }
-

@@ -195,7 +195,15 @@ export function decodeScore(c: DecodeCandidate, promptTokens: number): number {
  * taken below `minSlope` (minStepSlopeMs).
  */
 export function stepMsAt(table: ReadonlyMap<number, number>, batch: number, minSlope = 0): number | undefined {
-  const line = theilSen([...table].filter(([b, ms]) => b >= 1 && ms > 0), minSlope);
+  return atBatch(stepLine(table, minSlope), batch);
+}
+
+/** stepMsAt's line: Theil-Sen through the table's measured sizes, its slope at least `minSlope`. */
+function stepLine(table: ReadonlyMap<number, number>, minSlope: number): { slope: number; intercept: number } | undefined {
+  return theilSen([...table].filter(([b, ms]) => b >= 1 && ms > 0), minSlope);
+}
+
+function atBatch(line: { slope: number; intercept: number } | undefined, batch: number): number | undefined {
   return line && Math.max(0, line.intercept + line.slope * batch);
 }
 
@@ -251,10 +259,10 @@ const ANCHOR_SCALE_BOUNDS = [0.25, 4] as const;
  */
 export function decodeStepMs(w: Pick<WorkerView, 'decodeStepMsByBatch' | 'recentDecodeStep' | 'latestDecodeStep' | 'prefillTokensPerS'>, batch: number): number | undefined {
   const minSlope = minStepSlopeMs(w.prefillTokensPerS);
-  const fit = theilSen([...w.decodeStepMsByBatch].filter(([b, ms]) => b >= 1 && ms > 0), minSlope);
+  const fit = stepLine(w.decodeStepMsByBatch, minSlope);
   const slope = fit?.slope ?? minSlope;
   const anchors = [w.recentDecodeStep, w.latestDecodeStep].filter((a): a is { batch: number; ms: number } => !!a && a.ms > 0 && a.batch >= 1);
-  if (anchors.length === 0) return stepMsAt(w.decodeStepMsByBatch, batch, minSlope);
+  if (anchors.length === 0) return atBatch(fit, batch);
   return Math.max(...anchors.map((a) => {
     // One odd report cannot move the level by more than ANCHOR_SCALE_BOUNDS of the table's line.
     const onLine = fit && fit.intercept + fit.slope * a.batch;

@@ -292,7 +292,7 @@ export class SlotKvCache {
    * forward pass takes its rows in slot order (LlamaRunner maps them back), so the batch's own order
    * costs nothing. `compact` kept that order instead, so a request that finished early in a batch of
    * n shifted every later one down a slot; on a unified worker under a burst such steps spent
-   * 70-630 ms copying KV before the forward pass. Returns how many sequences moved.
+   * 35-630 ms copying KV before the forward pass. Returns how many sequences moved.
    */
   gather(batch: KvSequence[]): number {
     const n = batch.length;

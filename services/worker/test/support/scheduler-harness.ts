@@ -201,7 +201,7 @@ export function harness(engineOpts: ConstructorParameters<typeof FakeEngine>[0] 
       const d = h.decode(id, { promptLen, sampling });
       const s = d.req.sampling;
       const job: PrefillJob = {
-        requestId: id, promptIds: Array.from({ length: promptLen }, (_, i) => 3 + (i % 20)), sampling: s, sampler: samplerFor(s),
+        requestId: id, promptIds: promptOf(promptLen), sampling: s, sampler: samplerFor(s),
         sink: new LocalKvSink(d.req, () => sched.notify()), local: true,
         enqueuedAt: performance.now(), computeMs: 0, cachedTokens: 0, sentBlocks: 0, cancelled: false, done: () => {}, fail: () => {},
       };
@@ -221,7 +221,7 @@ export function harness(engineOpts: ConstructorParameters<typeof FakeEngine>[0] 
       };
       const s = sampling();
       const job: PrefillJob = {
-        requestId: id, promptIds: Array.from({ length: promptLen }, (_, i) => 3 + (i % 20)), sampling: s, sampler: samplerFor(s), sink, local: false,
+        requestId: id, promptIds: promptOf(promptLen), sampling: s, sampler: samplerFor(s), sink, local: false,
         enqueuedAt: performance.now(), computeMs: 0, cachedTokens: 0, sentBlocks: 0, cancelled: false, done, fail: failed,
       };
       sched.enqueuePrefill(job);
@@ -230,6 +230,11 @@ export function harness(engineOpts: ConstructorParameters<typeof FakeEngine>[0] 
     stop: () => sched.stop(),
   };
   return h;
+}
+
+/** A prompt of `promptLen` token ids, all in the fake vocabulary and none of them EOS. */
+function promptOf(promptLen: number): number[] {
+  return Array.from({ length: promptLen }, (_, i) => 3 + (i % 20));
 }
 
 /** A KV chunk of blocks [first, first + count) of a promptLen-token prompt, zero-valued, with good checksums. */
