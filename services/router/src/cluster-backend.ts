@@ -376,8 +376,12 @@ export class ClusterBackend implements Backend {
     stream.on('data', (e: GenerateEventMsg) => push(e));
     stream.on('error', (err: grpc.ServiceError) => {
       if (err.code === grpc.status.CANCELLED) return push(null);
-      progress.phase ??= 'decode';
-      progress.worker ??= decode.id;
+      // DATA_LOSS: the decode worker refused a KV block that failed its checksum. The sender is at
+      // fault, so the prefill worker is the one not tried again, whichever of the two calls reports
+      // the refusal first (the prefill call fails with it too, in a race with this stream).
+      const corruptTransfer = err.code === grpc.status.DATA_LOSS && placement.where === 'remote';
+      progress.phase ??= corruptTransfer ? 'prefill' : 'decode';
+      progress.worker ??= corruptTransfer ? prefill.id : decode.id;
       onUnavailable(decode, err);
       push(toBackendError(err, 'decode', decode, log, req.requestId));
     });

@@ -402,6 +402,33 @@ describe('ClusterBackend', () => {
     assert.equal(events.at(-1)!.type, 'finish');
   });
 
+  test('a KV block refused for its checksum (DATA_LOSS) blames the prefill worker, whichever call reports it first: the request finishes on the decode worker', T, async () => {
+    for (const first of ['decode', 'prefill'] as const) {
+      const reasons: string[] = [];
+      let attempts = 0;
+      const lost = { code: grpc.status.DATA_LOSS, details: 'KV block 1 failed its checksum' };
+      const { backend, workers: [p, d] } = await cluster([
+        { id: `p-crc-${first}`, role: 'prefill', script: { prefill: (_c, cb) => setTimeout(() => cb(lost as never), first === 'prefill' ? 5 : 60) } },
+        {
+          id: `d-crc-${first}`, role: 'decode',
+          script: {
+            generate: (call, w) => {
+              if (attempts++ > 0) return defaultGenerate(call, w);
+              call.write({ event: 'reserved', reserved: true });
+              setTimeout(() => call.emit('error', lost), first === 'decode' ? 20 : 120);
+            },
+          },
+        },
+      ], { onMigration: (r) => reasons.push(r), placement: { mode: 'remote' } });
+      const events = await collect(backend.generate(request(`r-crc-${first}`)));
+      assert.deepEqual(events.filter((e) => e.type === 'token').map((e) => (e as { id: number }).id), [5, 6, 7], first);
+      assert.deepEqual(reasons, ['prefill_failed'], first);
+      // The second attempt prefilled on the decode worker itself: the sender was not tried again.
+      assert.equal(p!.prefillCalls.length, 1, first);
+      assert.equal(d!.prefillCalls.length, 1, first);
+    }
+  });
+
   test('issue 10: --max-migrations 0 ends a broken request with the worker error', T, async () => {
     const { backend } = await cluster([
       { id: 'u-nomig-a', script: { generate: (call) => call.emit('error', { code: grpc.status.UNAVAILABLE, details: 'gone' }) } },
