@@ -2,7 +2,7 @@
 // lengths 128, 512 and 2048 on a disaggregated cluster (1 prefill + 1 decode, pinned to their own
 // cores), side by side with raw loopback TCP and memcpy measured in the same run.
 //
-//   node --import tsx scripts/bench-kv-transfer.ts [--model DIR] [--reps 3] [--lengths 128,512,2048]
+//   node --import tsx scripts/bench-kv-transfer.ts [--model DIR] [--reps 3] [--warmup 8] [--lengths 128,512,2048]
 //       [--wire-dtypes fp32,fp16,bf16,int8] [--transports tcp,grpc] [--shm on,off] [--shared-cores] [--unified]
 //       [--up-args '--engine-nice 0']
 //
@@ -30,7 +30,7 @@ import { parseArgs } from 'node:util';
 import { writeDummyModel } from '../packages/engine/src/index.ts';
 import { bindServer, createGrpcServer, decodeClient, decodeService, freePort, type grpc } from '../packages/common/src/index.ts';
 
-const { values } = parseArgs({ options: { model: { type: 'string' }, reps: { type: 'string', default: '3' }, lengths: { type: 'string', default: '128,512,2048' }, 'wire-dtypes': { type: 'string', default: 'fp32' }, transports: { type: 'string', default: 'tcp,grpc' }, 'up-args': { type: 'string', default: '' }, shm: { type: 'string', default: 'on' }, 'shared-cores': { type: 'boolean', default: false }, unified: { type: 'boolean', default: false }, 'grpc-sink': { type: 'string' } } });
+const { values } = parseArgs({ options: { model: { type: 'string' }, reps: { type: 'string', default: '3' }, warmup: { type: 'string', default: '8' }, lengths: { type: 'string', default: '128,512,2048' }, 'wire-dtypes': { type: 'string', default: 'fp32' }, transports: { type: 'string', default: 'tcp,grpc' }, 'up-args': { type: 'string', default: '' }, shm: { type: 'string', default: 'on' }, 'shared-cores': { type: 'boolean', default: false }, unified: { type: 'boolean', default: false }, 'grpc-sink': { type: 'string' } } });
 const traceFile = join(mkdtempSync(join(tmpdir(), 'pdserve-kv-trace-')), 'trace.jsonl');
 writeFileSync(traceFile, '');
 const dtypes = values['wire-dtypes']!.split(',');
@@ -55,6 +55,7 @@ function traceStages(clientFirstTokenAt: number): Record<string, number> {
 }
 const root = new URL('..', import.meta.url).pathname;
 const reps = Number(values.reps);
+const warmup = Number(values.warmup);
 const lengths = values.lengths!.split(',').map(Number);
 
 function median(xs: number[]): number {
@@ -189,6 +190,13 @@ async function measure(config: string, model: string, args: string[]): Promise<R
     const prefill = workers.find((w) => w.role !== 'decode');
     const rows: Row[] = [];
     await ttftStream(url, name, Array.from({ length: 32 }, (_, i) => 100 + i)); // warm-up
+    // Steady state, as a server that has run a while: every length a few times (prompts unlike the
+    // measured ones), so the shared-memory ring has wrapped once and the buffer pools and the decode
+    // slots' arena pages have been written. On this VM a page written for the first time costs up to
+    // ~0.1 ms (the host backs it then): cold transfers measured 20-70 ms where warm ones took 7-10.
+    for (let w = 0; w < warmup; w++) {
+      for (const L of lengths) await ttftStream(url, name, Array.from({ length: L }, (_, j) => idBase + ((j * 104723 + (w + 1) * 15485863) % idSpan)));
+    }
     await new Promise((res) => setTimeout(res, 300));
     traceStages(0);
     for (const L of lengths) {
@@ -236,14 +244,16 @@ async function main(): Promise<void> {
   const rows: Row[] = [];
   for (const dtype of dtypes) {
     for (const transport of values.transports!.split(',')) {
-      const base = ['--prefill', '1', '--decode', '1', '--prefill-placement', 'remote', '--kv-wire-dtype', dtype, '--kv-transport', transport];
+      // --planner off: the planner would turn the pair into unified workers once it sees load (the
+      // warm-up is enough), and the prompts would then be prefilled where they decode.
+      const base = ['--prefill', '1', '--decode', '1', '--prefill-placement', 'remote', '--planner', 'off', '--kv-wire-dtype', dtype, '--kv-transport', transport];
       if (transport !== 'tcp') { rows.push(...await measure(`disaggregated ${dtype} ${transport}`, model, base)); continue; }
       for (const shm of values.shm!.split(',')) {
         rows.push(...await measure(`disaggregated ${dtype} tcp${shm === 'on' ? '+shm' : ''}`, model, [...base, '--kv-shm-mib', shm === 'on' ? '32' : '0']));
       }
     }
   }
-  if (values.unified) rows.push(...await measure('unified', model, ['--unified', '1']));
+  if (values.unified) rows.push(...await measure('unified', model, ['--unified', '1', '--planner', 'off']));
   const memcpyAgain = memcpyGBs();
   console.log(`memcpy ${(memcpy / 1.073741824).toFixed(2)} GiB/s (${(memcpyAgain / 1.073741824).toFixed(2)} after the clusters), loopback TCP ${(tcp / 1.073741824).toFixed(2)} GiB/s (one stream, 4 MiB writes)`);
   console.log(`gRPC alone (Decode.PushKv of ${(kv128 / 2 ** 20).toFixed(2)} MiB to a process acknowledging at the end of the stream, median of 10): ${[...grpcAlone].map(([m, ms]) => `${m / 1024} KiB messages ${ms.toFixed(1)} ms = ${(kv128 / (ms / 1000) / 2 ** 30).toFixed(2)} GiB/s`).join(', ')}`);

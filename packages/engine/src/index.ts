@@ -10,6 +10,8 @@ export { DUMMY_PRESETS, writeDummyModel } from './model/dummy.ts';
 export { DEFAULT_QUANT_BLOCK_SIZE, parseWeightDtype, QUANT_BLOCK_SIZES, WEIGHT_DTYPES, WeightDtypeError, type WeightDtype, type WeightFormat } from './model/weight-storage.ts';
 export * from './kv/layout.ts';
 export * from './kv/codec.ts';
+export { crc32, crc32Implementation } from './kv/crc32.ts';
+export { finiteScanner, scanMemory, type FiniteScanner } from './kv/finite-scan.ts';
 export * from './kv/wire.ts';
 export type { KvSequence } from './kv/slot-cache.ts';
 export { PrefixCache, type PrefixCacheStats, type PrefixEvent, type PrefixHit } from './kv/prefix-cache.ts';

@@ -11,8 +11,11 @@
 // buffer, as before. Giving one back early would let it be overwritten while still read, so only
 // its current owner may.
 
+import { finiteScanner, scanMemory, type FiniteScanner } from '@pdserve/engine';
+
 export interface SharedSlotsHandle {
-  data: SharedArrayBuffer;
+  /** The slots' bytes: a shared WebAssembly memory, so the wasm NaN/Inf scan reads them in place. */
+  memory: WebAssembly.Memory;
   state: SharedArrayBuffer;
   slotBytes: number;
 }
@@ -20,18 +23,32 @@ export interface SharedSlotsHandle {
 export class SharedSlots {
   readonly count: number;
   readonly slotBytes: number;
+  private readonly data: SharedArrayBuffer;
   private readonly state: Int32Array;
+  private scanner?: FiniteScanner;
 
   constructor(readonly handle: SharedSlotsHandle) {
     this.slotBytes = handle.slotBytes;
-    this.count = Math.floor(handle.data.byteLength / handle.slotBytes);
+    this.data = handle.memory.buffer as unknown as SharedArrayBuffer;
     this.state = new Int32Array(handle.state);
+    // One state per slot; the memory is whole 64 KiB pages, so it may hold more bytes than slots.
+    this.count = Math.min(this.state.length, Math.floor(this.data.byteLength / handle.slotBytes));
   }
 
   static create(slotBytes: number, count: number): SharedSlots {
     // 4 KiB-aligned slots: float views need 4-byte alignment, and pages are not shared by two slots.
     const bytes = Math.ceil(slotBytes / 4096) * 4096;
-    return new SharedSlots({ data: new SharedArrayBuffer(bytes * count), state: new SharedArrayBuffer(4 * count), slotBytes: bytes });
+    return new SharedSlots({ memory: scanMemory(bytes * count), state: new SharedArrayBuffer(4 * count), slotBytes: bytes });
+  }
+
+  /**
+   * Whether a view of a slot holds a float32 NaN or infinity (WebAssembly SIMD, in place). Only for
+   * views this pool's take() handed out.
+   */
+  hasNonFinite(view: Uint8Array): boolean {
+    if (view.buffer !== this.data) throw new Error('hasNonFinite: the view is not of this pool');
+    this.scanner ??= finiteScanner(this.handle.memory);
+    return this.scanner(view.byteOffset, view.byteLength);
   }
 
   /**
@@ -43,7 +60,7 @@ export class SharedSlots {
   take(bytes: number): { slot: number; view: Uint8Array } | undefined {
     if (bytes > this.slotBytes || bytes === 0) return undefined;
     for (let i = 0; i < this.count; i++) {
-      if (Atomics.compareExchange(this.state, i, 0, 1) === 0) return { slot: i, view: new Uint8Array(this.handle.data, i * this.slotBytes, bytes) };
+      if (Atomics.compareExchange(this.state, i, 0, 1) === 0) return { slot: i, view: new Uint8Array(this.data, i * this.slotBytes, bytes) };
     }
     return undefined;
   }

@@ -144,3 +144,28 @@ test('readBlocks into a reused buffer gives the same bytes as into a new one: th
   assert.ok(new Float32Array(fresh.buffer).some((x) => x === 0), 'the padding is there, as zeros');
   assert.throws(() => cache.readBlocks(seq, 0, 2, stale.subarray(1)), /aligned/);
 });
+
+test('a payload in a receive-pool slot is scanned in place by the pool (WebAssembly): NaN/Inf found at its index as the bytes arrive', () => {
+  const pool = SharedSlots.create(BLOCK * BLOCKS, 2);
+  const n = (BLOCK * BLOCKS) / 4;
+  let scans = 0;
+  for (const at of [-1, 0, 5, 1023, n - 1]) {
+    const f = randomFloats(n, 9);
+    if (at >= 0) f[at] = at % 2 ? NaN : -Infinity;
+    const taken = pool.take(n * 4)!;
+    const v = new VerifyingPayload(taken.view, BLOCK, true, () => pool.give(taken.slot), taken.slot, (part) => { scans++; return pool.hasNonFinite(part); });
+    feed(v, new Uint8Array(f.buffer), 3000);
+    assert.ok(v.complete);
+    assert.equal(v.firstNonFinite, at, `at ${at}`);
+    assert.deepEqual(v.crcs, checksumBlocks(new Uint8Array(f.buffer), BLOCK));
+    v.release();
+  }
+  assert.ok(scans > 0, 'the pool scanned');
+  assert.equal(pool.free(), 2);
+  // The other thread's pool (the same handle) scans the same memory.
+  const other = new SharedSlots(pool.handle);
+  const t = other.take(64)!;
+  new Float32Array(t.view.buffer, t.view.byteOffset, 16).fill(1)[9] = Infinity;
+  assert.equal(pool.hasNonFinite(new Uint8Array(t.view.buffer, t.view.byteOffset, 64)), true);
+  assert.throws(() => pool.hasNonFinite(new Uint8Array(64)), /not of this pool/);
+});

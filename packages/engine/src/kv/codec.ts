@@ -1,6 +1,6 @@
 // Checksummed serialization of a range of KV blocks. Each block carries its own CRC-32 so a
 // receiver can reject exactly the corrupted block and never feed it to the model.
-import { crc32 } from 'node:zlib';
+import { crc32 } from './crc32.ts';
 
 export class KvChecksumError extends Error {
   constructor(readonly block: number, expected: number, actual: number) {

@@ -71,7 +71,10 @@ function incomingPayload(engine: EngineHost, type: FrameTypeName, meta: unknown,
   const fp32 = m.w === 'fp32' || m.w === '';
   const taken = engine.receivePool.take(payloadLen);
   const bytes = taken?.view ?? new Uint8Array(new ArrayBuffer(payloadLen));
-  return new VerifyingPayload(bytes, payloadLen / m.bc, fp32 && payloadLen % 4 === 0, taken ? () => engine.receivePool.give(taken.slot) : undefined, taken?.slot);
+  return new VerifyingPayload(
+    bytes, payloadLen / m.bc, fp32 && payloadLen % 4 === 0, taken ? () => engine.receivePool.give(taken.slot) : undefined, taken?.slot,
+    taken ? (part) => engine.receivePool.hasNonFinite(part) : undefined,
+  );
 }
 
 function serveConnection(socket: Socket, o: KvDataServerOptions, maxPayload: number): void {

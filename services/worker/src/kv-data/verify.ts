@@ -1,10 +1,10 @@
 // The decode side's checks of a KV chunk's payload, made while its bytes arrive on the data channel
 // (the main thread otherwise waits on the socket): the CRC-32 of each block, extended piece by piece
-// with zlib's crc32(data, running) (the same checksum as checksumBlocks over the whole block), and,
-// for fp32 payloads, the scan for NaN/Inf (firstNonFiniteIn). EngineHost.pushKv compares the
+// (crc32(data, running), the same checksum as checksumBlocks over the whole block), and, for fp32
+// payloads, the scan for NaN/Inf: in WebAssembly SIMD where the payload is in a receive-pool slot
+// (kv-buffers.ts), firstNonFiniteIn otherwise and to find the index. EngineHost.pushKv compares the
 // results with the chunk's checksums once the frame is complete, so the engine thread only scatters.
-import { crc32 } from 'node:zlib';
-import { firstNonFiniteIn } from '@pdserve/engine';
+import { crc32, firstNonFiniteIn } from '@pdserve/engine';
 import type { IncomingPayload } from './frames.ts';
 
 export class VerifyingPayload implements IncomingPayload {
@@ -23,8 +23,13 @@ export class VerifyingPayload implements IncomingPayload {
    * @param checkFinite scan for NaN/Inf as well (fp32 payloads)
    * @param onRelease gives the buffer back if the frame is never completed
    * @param slot the receive-pool slot `bytes` is a view of, if any
+   * @param hasNonFinite a fast test of a part of `bytes` for NaN/Inf (the pool's); without one, every
+   *   range is scanned in JavaScript
    */
-  constructor(readonly bytes: Uint8Array, private readonly blockBytes: number, checkFinite: boolean, private onRelease?: () => void, readonly slot?: number) {
+  constructor(
+    readonly bytes: Uint8Array, private readonly blockBytes: number, checkFinite: boolean, private onRelease?: () => void, readonly slot?: number,
+    private readonly hasNonFinite?: (part: Uint8Array) => boolean,
+  ) {
     if (!(blockBytes > 0) || bytes.byteLength % blockBytes !== 0) throw new Error(`a payload of ${bytes.byteLength} bytes is not a whole number of ${blockBytes}-byte blocks`);
     if (checkFinite) this.floats = new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength >>> 2);
   }
@@ -43,7 +48,9 @@ export class VerifyingPayload implements IncomingPayload {
     }
     if (this.floats) {
       const upTo = filled >>> 2;
-      if (this.firstNonFinite < 0 && upTo > this.floatsAt) this.firstNonFinite = firstNonFiniteIn(this.floats, this.floatsAt, upTo);
+      if (this.firstNonFinite < 0 && upTo > this.floatsAt && (this.hasNonFinite?.(this.bytes.subarray(this.floatsAt * 4, upTo * 4)) ?? true)) {
+        this.firstNonFinite = firstNonFiniteIn(this.floats, this.floatsAt, upTo);
+      }
       this.floatsAt = upTo;
     }
   }
