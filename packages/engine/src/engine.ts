@@ -35,6 +35,8 @@ export interface EngineOptions {
    * still hold, so it takes no memory beyond the KV budget. Models on the external runner have none.
    */
   prefixCache?: boolean;
+  /** Drop the resident pages of the weight file ONNX Runtime mapped, once loaded (default true; runtime/mapped-pages.ts). */
+  releaseMappedWeights?: boolean;
 }
 
 export class EngineCapacityError extends Error {}
@@ -57,7 +59,7 @@ export class Engine {
   ) {}
 
   static async load(dir: string, opts: EngineOptions = {}): Promise<Engine> {
-    const model = await loadModel(dir, { device: opts.device, threads: opts.threads, spinning: opts.spinning });
+    const model = await loadModel(dir, { device: opts.device, threads: opts.threads, spinning: opts.spinning, releaseMappedWeights: opts.releaseMappedWeights });
     const config = model.config;
     try {
       const tokenizer = loadTokenizer(dir, { kind: config.tokenizer.kind, vocabSize: config.vocab_size });

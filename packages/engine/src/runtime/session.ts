@@ -1,6 +1,8 @@
 // ONNX Runtime session creation: the execution provider (cpu by default, webgpu or cuda on request)
 // and the intra-op thread count, so a worker can be pinned to one core.
+import { dirname } from 'node:path';
 import * as ort from 'onnxruntime-node';
+import { releaseMappedPages } from './mapped-pages.ts';
 
 export type Device = 'cpu' | 'webgpu' | 'cuda';
 export const DEVICES: readonly Device[] = ['cpu', 'webgpu', 'cuda'];
@@ -22,6 +24,12 @@ export interface SessionOptions {
    * For tests and diagnosis: it records every node of every run.
    */
   profileFilePrefix?: string;
+  /**
+   * Once the session is built, drop this process's resident pages of the model directory's files
+   * that ONNX Runtime memory-mapped (runtime/mapped-pages.ts; default true). They are clean pages a
+   * later read faults back in; on x86-64 they are mostly MatMulNBits scales no kernel reads again.
+   */
+  releaseMappedWeights?: boolean;
 }
 
 /** ONNX Runtime's session options for `opts` (device checked by createSession). */
@@ -43,11 +51,14 @@ export function ortSessionOptions(opts: SessionOptions = {}): ort.InferenceSessi
 export async function createSession(modelPath: string, opts: SessionOptions = {}): Promise<ort.InferenceSession> {
   const device = opts.device ?? 'cpu';
   if (!DEVICES.includes(device)) throw new Error(`unknown device ${JSON.stringify(device)} (expected one of ${DEVICES.join(', ')})`);
+  let session: ort.InferenceSession;
   try {
-    return await ort.InferenceSession.create(modelPath, ortSessionOptions(opts));
+    session = await ort.InferenceSession.create(modelPath, ortSessionOptions(opts));
   } catch (err) {
     throw new Error(`cannot load ${modelPath} on ${device}: ${(err as Error).message}`);
   }
+  if (opts.releaseMappedWeights !== false) releaseMappedPages(dirname(modelPath));
+  return session;
 }
 
 export { ort };

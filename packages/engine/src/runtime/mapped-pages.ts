@@ -1,0 +1,73 @@
+// Gives back the resident pages of a model's files that ONNX Runtime memory-mapped, once its session
+// is built. ORT maps every external-data initializer of model.onnx.data. Those a kernel repacks lose
+// their mapping, but on x86-64 MatMulNBits also copies its scales into the packed buffer and keeps
+// the scales' mapping, with every page the packing read still resident: 147-150 MiB per llama-1b q4
+// worker that no kernel reads again (BENCHMARKS.md, "The llama-1b shape at q4: memory").
+//
+// madvise(MADV_DONTNEED) takes those pages out of this process. They are clean pages of a read-only
+// mapping, so this is what the kernel itself does to them under memory pressure: a later read (the
+// embedding table's rows, the norms) faults the same bytes back in from the page cache or the file.
+// Node has no madvise; koffi (a prebuilt FFI) calls libc's. Linux only; elsewhere, or where koffi
+// cannot load, nothing is released and the session works as before.
+import { readFileSync, realpathSync } from 'node:fs';
+import { createRequire } from 'node:module';
+
+const MADV_DONTNEED = 4;
+
+type Madvise = (addr: bigint, len: bigint, advice: number) => number;
+let madvise: Madvise | null | undefined;
+
+function loadMadvise(): Madvise | null {
+  if (process.platform !== 'linux') return null;
+  try {
+    const koffi = createRequire(import.meta.url)('koffi') as { load(lib: string): { func(decl: string): Madvise } };
+    return koffi.load('libc.so.6').func('int madvise(uintptr_t addr, size_t len, int advice)');
+  } catch {
+    return null;
+  }
+}
+
+export interface ReleasedPages {
+  /** Read-only mappings of the files that were advised. */
+  mappings: number;
+  /** Their resident bytes before the advice (from /proc/self/smaps). */
+  residentBytes: number;
+}
+
+/**
+ * Drops this process's resident pages of read-only mappings of files under `dir` (the model
+ * directory). Returns what was advised, or undefined where it cannot be done (not Linux, no koffi).
+ */
+export function releaseMappedPages(dir: string): ReleasedPages | undefined {
+  madvise ??= loadMadvise();
+  if (!madvise) return undefined;
+  const prefix = `${realpathSync(dir)}/`;
+  const out: ReleasedPages = { mappings: 0, residentBytes: 0 };
+  let current: { start: bigint; len: bigint; rss: number; copied: number } | null = null;
+  const flush = () => {
+    // A page of a private mapping that something wrote is an anonymous copy (smaps' Anonymous); the
+    // advice would throw the change away, so such a mapping is left alone.
+    if (current && current.copied === 0 && madvise!(current.start, current.len, MADV_DONTNEED) === 0) {
+      out.mappings++;
+      out.residentBytes += current.rss;
+    }
+    current = null;
+  };
+  for (const line of readFileSync('/proc/self/smaps', 'utf8').split('\n')) {
+    const head = /^([0-9a-f]+)-([0-9a-f]+) (\S{4}) [0-9a-f]+ \S+ \d+\s+(.*)$/.exec(line);
+    if (head) {
+      flush();
+      // Private mappings only (ORT maps with MAP_PRIVATE, read-write): a shared one's pages are the file's.
+      if (head[4].startsWith(prefix) && head[3][3] === 'p') {
+        const start = BigInt(`0x${head[1]}`);
+        current = { start, len: BigInt(`0x${head[2]}`) - start, rss: 0, copied: -1 };
+      }
+    } else if (current && line.startsWith('Rss:')) {
+      current.rss = Number(line.split(/\s+/)[1]) * 1024;
+    } else if (current && line.startsWith('Anonymous:')) {
+      current.copied = Number(line.split(/\s+/)[1]) * 1024;
+    }
+  }
+  flush();
+  return out;
+}
