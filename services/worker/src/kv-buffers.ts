@@ -1,8 +1,9 @@
 // Reusable KV message buffers shared by a worker's main thread and its engine thread, so a KV block
 // is neither allocated afresh (a new 0.7 MiB buffer cost more than the gather into it: page faults
 // and zeroing, measured in BENCHMARKS.md, "KV transfer at wire speed") nor copied between the threads.
-// One SharedArrayBuffer holds `count` slots of `slotBytes`; a shared Int32Array holds each slot's
-// state (0 free, 1 taken). Exactly one side takes a slot and exactly one side gives it back:
+// One shared WebAssembly memory holds `count` slots of `slotBytes` (so the wasm NaN/Inf scan reads a
+// slot in place); a shared Int32Array holds each slot's state (0 free, 1 taken). Exactly one side
+// takes a slot and exactly one side gives it back:
 //  - prefill: the engine thread takes a slot, gathers and checksums blocks into it and posts a view;
 //    the main thread gives it back once the socket has the bytes (or the push is dropped).
 //  - decode: the main thread takes a slot for an arriving frame's payload, verifies it as it

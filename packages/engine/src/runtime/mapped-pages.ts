@@ -4,9 +4,10 @@
 // the scales' mapping, with every page the packing read still resident: 147-150 MiB per llama-1b q4
 // worker that no kernel reads again (BENCHMARKS.md, "The llama-1b shape at q4: memory").
 //
-// madvise(MADV_DONTNEED) takes those pages out of this process. They are clean pages of a read-only
-// mapping, so this is what the kernel itself does to them under memory pressure: a later read (the
-// embedding table's rows, the norms) faults the same bytes back in from the page cache or the file.
+// madvise(MADV_DONTNEED) takes those pages out of this process. Only private mappings that nothing
+// wrote are advised, so the pages are clean copies of the file: this is what the kernel itself does
+// to them under memory pressure, and a later read (the embedding table's rows, the norms) faults the
+// same bytes back in from the page cache or the file.
 // Node has no madvise; koffi (a prebuilt FFI) calls libc's. Linux only; elsewhere, or where koffi
 // cannot load, nothing is released and the session works as before.
 import { readFileSync, realpathSync } from 'node:fs';
@@ -28,14 +29,14 @@ function loadMadvise(): Madvise | null {
 }
 
 export interface ReleasedPages {
-  /** Read-only mappings of the files that were advised. */
+  /** Mappings of the files that were advised. */
   mappings: number;
   /** Their resident bytes before the advice (from /proc/self/smaps). */
   residentBytes: number;
 }
 
 /**
- * Drops this process's resident pages of read-only mappings of files under `dir` (the model
+ * Drops this process's resident pages of unwritten private mappings of files under `dir` (the model
  * directory). Returns what was advised, or undefined where it cannot be done (not Linux, no koffi).
  */
 export function releaseMappedPages(dir: string): ReleasedPages | undefined {
