@@ -8,12 +8,12 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { Engine, generate } from '../packages/engine/src/index.ts';
+import { checksumBlocks, Engine, generate } from '../packages/engine/src/index.ts';
 import { clusterSecurity, decodeClient, grpc } from '../packages/common/src/index.ts';
 import { postJson, startCluster, stories260K, waitFor, type TestCluster } from './support/cluster.ts';
 import { sharedPath } from './support/shared.ts';
 import { connect } from 'node:net';
-import { encodeHeader } from '../services/worker/src/kv-data/frames.ts';
+import { chunkMeta, encodeHeader } from '../services/worker/src/kv-data/frames.ts';
 
 function haveShared(): boolean {
   if (process.env.CI === 'true') return true;
@@ -180,6 +180,46 @@ describe('KV transfer between workers', { skip: !haveShared() && 'no ../shared m
       // The worker is still up and serving.
       const r = await postJson(`${cluster.url}/v1/completions`, { model: cluster.modelName, prompt: 'Sam', max_tokens: 4, temperature: 0 });
       assert.equal(r.status, 200, JSON.stringify(r.json));
+    });
+
+    test('a chunk over the data channel whose checksums match but whose padding holds a NaN is refused by block (the scan in the receive pool); the worker decodes as before', async () => {
+      const decode = (await workersOf(cluster)).find((w) => w.role === 'decode');
+      const client = decodeClient(decode.grpc_address) as grpc.Client & { Health: Function; Generate: Function };
+      try {
+        const health = await new Promise<any>((resolve, reject) => client.Health({}, (err: Error | null, res: any) => (err ? reject(err) : resolve(res))));
+        const [host, port] = [health.kv_data_address.split(':')[0], Number(health.kv_data_address.split(':')[1])];
+        const rid = `kv-nan-${Date.now()}`;
+        // prompt_len 20: block 1 holds positions 16..19, then padding; the NaN goes in its last float.
+        const call = client.Generate({ request_id: rid, prompt_len: 20, kv_timeout_ms: 10_000, sampling: { temperature: 0, max_tokens: 4, seed: 1, top_p: 1 } });
+        const ended = new Promise<grpc.ServiceError | null>((resolve) => { call.on('error', resolve); call.on('end', () => resolve(null)); call.on('data', () => {}); });
+        await new Promise<void>((resolve) => call.once('data', () => resolve()));
+        const blockBytes = (engine.runner as unknown as { blockBytes: number }).blockBytes;
+        const data = new Uint8Array(2 * blockBytes);
+        new DataView(data.buffer).setFloat32(data.byteLength - 4, NaN, true);
+        const meta = chunkMeta({
+          request_id: rid, first_block: 0, block_count: 2, token_count: 20, data, checksums: checksumBlocks(data, blockBytes), done: true,
+          first_token: { id: 5, logprob: 0, top_logprobs: [] }, block_tokens: 16, block_bytes: blockBytes, layout: 'pdserve-kv/1', wire_dtype: 'fp32', cached_tokens: 0,
+        } as never);
+        const frames = Buffer.concat([encodeHeader('hello', { t: clusterSecurity().token }, 0), encodeHeader('chunk', meta, data.byteLength), Buffer.from(data)]);
+        const reply = await new Promise<Buffer>((resolve, reject) => {
+          const got: Buffer[] = [];
+          const sock = connect({ host, port }, () => sock.write(frames));
+          sock.on('data', (d) => { got.push(d); const b = Buffer.concat(got); if (b.byteLength >= 16 && b.byteLength >= 16 + b.readUInt32BE(8)) sock.end(); });
+          sock.on('error', reject);
+          sock.on('close', () => resolve(Buffer.concat(got)));
+        });
+        assert.match(reply.subarray(16, 16 + reply.readUInt32BE(8)).toString(), /KV block 1 holds a NaN or infinite value/);
+        const err = await ended;
+        assert.equal(err?.code, grpc.status.INVALID_ARGUMENT, err?.details);
+        await allFree(cluster);
+        // The freed slot holds no poison: the next request decodes exactly as one engine.
+        const ids = engine.tokenizer.encode(LONG);
+        const r = await postJson(`${cluster.url}/v1/completions`, { model: cluster.modelName, prompt: ids, max_tokens: 30, temperature: 0, ignore_eos: true });
+        assert.equal(r.status, 200, JSON.stringify(r.json));
+        assert.equal(r.json.choices[0].text, engine.tokenizer.decode(expected.get(LONG)!, ids));
+      } finally {
+        client.close();
+      }
     });
 
     test('a decode worker refuses a wire dtype or layout it does not know, with a clear error', async () => {
