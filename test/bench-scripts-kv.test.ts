@@ -37,7 +37,7 @@ test('bench-prefix-cache --part ttft: cold and warm TTFT on 1P+1D and on a unifi
 });
 
 test('bench-kv-transfer: memcpy, loopback TCP, gRPC alone, and one row per KV transport with the bytes a prompt must move', () => {
-  const out = script('bench-kv-transfer.ts', ['--model', model, '--reps', '1', '--lengths', '64', '--transports', 'tcp,grpc', '--shm', 'on,off']);
+  const out = script('bench-kv-transfer.ts', ['--model', model, '--reps', '1', '--warmup', '1', '--lengths', '64', '--transports', 'tcp,grpc', '--shm', 'on,off']);
   assert.match(out, /^\| config \| prompt tokens \| KV MiB on the wire \|/m);
   const res = JSON.parse(out.trim().split('\n').at(-1)!);
   positive(res.memcpy_gbs, 'memcpy');
@@ -53,6 +53,23 @@ test('bench-kv-transfer: memcpy, loopback TCP, gRPC alone, and one row per KV tr
     for (const k of ['transfer_ms', 'gib_per_s', 'e2e_ms', 'e2e_gib_per_s', 'prefill_ms', 'exposed_transfer_ms', 'ttft_ms']) positive(r[k], `${r.config} ${k}`);
     assert.ok(r.exposed_share_of_ttft > 0 && r.exposed_share_of_ttft < 1, `${r.config} exposed share ${r.exposed_share_of_ttft}`);
   }
+});
+
+test('bench-kv-checks: each per-block check (both CRC-32s agree, both scans read the block as finite) with a positive time', () => {
+  const out = script('bench-kv-checks.ts', []);
+  const rows = out.split('\n').filter((l) => /^\| (CRC|NaN|memcpy)/.test(l)).map((l) => l.split('|').map((c) => c.trim()));
+  assert.deepEqual(rows.map((r) => r[1]), [
+    'CRC-32, node:zlib', 'CRC-32, @node-rs/crc32', 'NaN/Inf scan, JavaScript (firstNonFiniteIn)',
+    'NaN/Inf scan, WebAssembly SIMD (finiteScanner)', 'memcpy (Uint8Array.set), for scale',
+  ], out);
+  for (const r of rows) { positive(Number(r[2]), `${r[1]} ms`); positive(Number(r[3]), `${r[1]} GB/s`); }
+});
+
+test('bench-attention: the engine\'s grouped attention and GroupQueryAttention agree (the script checks) and both are timed', () => {
+  const out = script('bench-attention.ts', ['--shapes', '2x64,1x96']);
+  const rows = out.split('\n').filter((l) => /^\| \d/.test(l)).map((l) => l.split('|').map((c) => c.trim()));
+  assert.deepEqual(rows.map((r) => [r[1], r[2]]), [['2', '64'], ['1', '96']], out);
+  for (const r of rows) for (const c of [4, 5, 6]) positive(Number(r[c]), `column ${c} of ${r.join(' | ')}`);
 });
 
 test('bench-role-change: one planner change 1P+1D -> 2U and the operator revert under load, no request failed', () => {

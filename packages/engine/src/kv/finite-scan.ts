@@ -1,7 +1,7 @@
 // The NaN/Inf scan of received fp32 KV blocks, in WebAssembly SIMD over the shared memory the blocks
 // arrive in. A decode worker scans every fp32 block it receives (a non-finite value would poison its
-// sequence's attention); in JavaScript that cost 0.12 ms per 0.7 MiB block (firstNonFiniteIn, 6 GB/s),
-// here 0.014 ms (52 GB/s), on the main thread's path from the wire to the engine thread (BENCHMARKS.md,
+// sequence's attention); in JavaScript that cost 0.14 ms per 0.7 MiB block (firstNonFiniteIn, 5 GB/s),
+// here 0.015 ms (50 GB/s), on the main thread's path from the wire to the engine thread (BENCHMARKS.md,
 // "KV transfer: checksums and the finite scan off the critical path"). It only answers whether a range
 // holds one; firstNonFiniteIn then finds which (the rare path).
 //
