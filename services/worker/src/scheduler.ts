@@ -276,6 +276,10 @@ export class Scheduler {
             // A worker's main thread verifies every received chunk before it gets here (kv-receive.ts),
             // the TCP data channel as the bytes arrive; a chunk not marked so is verified here.
             if (!chunk.verified) verifyBlocks({ firstBlock: chunk.first_block, blockCount: chunk.block_count, tokenCount: chunk.token_count, data: chunk.data, checksums: chunk.checksums }, wireBlockBytes(shape, dtype));
+            // The stride grows once to the whole prompt (at the first chunk; later calls find the room),
+            // not block by block: each growth moves every held sequence's rows (measured: writes of
+            // 0.9 ms among 0.15 ms ones, BENCHMARKS.md, issue 9).
+            this.engine.runner.reserveTokens?.(req.promptLen);
             const floats = decodeKvBlocks(chunk.data, shape, dtype);
             const bad = chunk.finite && dtype === 'fp32' ? -1 : firstNonFinite(floats);
             if (bad >= 0) {

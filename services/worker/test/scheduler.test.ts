@@ -253,6 +253,16 @@ test('KV chunks applied in order make the request ready; it then decodes', async
   assert.deepEqual(a.out.tokens, [9, 10]);
 });
 
+test('a KV transfer makes room for its whole prompt before its first block is written, so the cache grows once, not block by block', async () => {
+  const { engine, sched, decode } = make();
+  const a = decode('a', { promptLen: 40, sampling: { max_tokens: 1 } });
+  a.req.pendingKv.push(kvChunk('a', 40, 0, 1, false), kvChunk('a', 40, 1, 1, false), kvChunk('a', 40, 2, 1, true, 9));
+  sched.notify();
+  await a.out.ended;
+  const firstWrite = engine.kvCalls.indexOf('write:a:0+1');
+  assert.ok(firstWrite > 0 && engine.kvCalls.slice(0, firstWrite).includes('reserve:40'), engine.kvCalls.join(' '));
+});
+
 test('KV chunks out of order: the transfer ends short of the prompt and the request fails (precondition), slot freed', async () => {
   const { engine, sched, decode } = make();
   const a = decode('a', { promptLen: 10 });

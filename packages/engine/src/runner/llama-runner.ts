@@ -41,6 +41,10 @@ export class LlamaRunner implements ModelRunner {
     this.cache.writeBlocks(seq, first, data, validTokens);
   }
 
+  reserveTokens(tokens: number): void {
+    this.cache.reserve(tokens);
+  }
+
   capacity(): KvCapacity {
     const c = this.cache;
     return {

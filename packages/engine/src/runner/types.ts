@@ -42,5 +42,10 @@ export interface ModelRunner {
    */
   readBlocks(seq: KvSequence, first: number, count: number, out?: Uint8Array): Uint8Array;
   writeBlocks(seq: KvSequence, first: number, data: Uint8Array, validTokens: number): void;
+  /**
+   * Makes room for `tokens` positions per sequence at once (a KV transfer of that many has begun),
+   * so its blocks are then written without the cache being moved again block by block.
+   */
+  reserveTokens?(tokens: number): void;
   capacity(): KvCapacity;
 }

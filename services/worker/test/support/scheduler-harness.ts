@@ -37,6 +37,8 @@ export class FakeEngine {
   readonly passes: string[] = [];
   /** Every writeBlocks call. */
   readonly writes: Array<{ id: string; first: number; count: number; tokenCount: number }> = [];
+  /** writeBlocks (`write:ID:FIRST+COUNT`) and reserveTokens (`reserve:TOKENS`) calls, in order. */
+  readonly kvCalls: string[] = [];
   /** When set, each decode step waits for release() (one step per call). */
   gated = false;
   private gate: Array<() => void> = [];
@@ -59,7 +61,11 @@ export class FakeEngine {
         const count = data.byteLength / BLOCK_BYTES;
         if (tokenCount > (first + count) * SHAPE.blockTokens || tokenCount <= first * SHAPE.blockTokens) throw new Error(`KV blocks ${first}..${first + count - 1} cannot hold a length of ${tokenCount}`);
         self.writes.push({ id: seq.id, first, count, tokenCount });
+        self.kvCalls.push(`write:${seq.id}:${first}+${count}`);
         seq.length = tokenCount; // as the real cache does: the write sets the sequence's length
+      },
+      reserveTokens(tokens: number) {
+        self.kvCalls.push(`reserve:${tokens}`);
       },
       async forward(items: Array<{ seq: KvSequence; tokens: number[] }>): Promise<Float32Array> {
         self.prefills.push(items.map((i) => ({ id: i.seq.id, tokens: i.tokens.length })));
