@@ -19,6 +19,26 @@ async function stories(t: import('node:test').TestContext, blockTokens = 16): Pr
 
 const greedy = { temperature: 0, topK: 0, topP: 1 };
 
+/** Each prompt's first `maxTokens` greedy tokens, generated alone: what every batched run must equal. */
+async function greedyAlone(engine: Engine, prompts: string[], maxTokens: number): Promise<number[][]> {
+  const alone: number[][] = [];
+  for (const p of prompts) alone.push((await generate(engine, engine.tokenizer.encode(p), { ...greedy, maxTokens, stopTokenIds: [] })).ids);
+  return alone;
+}
+
+/** A sequence per prompt (ids `${prefix}${i}`), each prefilled on its own, and the first token each gives. */
+async function prefillEach(engine: Engine, prompts: string[], prefix: string): Promise<{ seqs: Array<ReturnType<Engine['newSequence']>>; first: number[] }> {
+  const seqs: Array<ReturnType<Engine['newSequence']>> = [];
+  const first: number[] = [];
+  for (const [i, p] of prompts.entries()) {
+    const seq = engine.newSequence(`${prefix}${i}`);
+    const logits = await engine.prefill(seq, engine.tokenizer.encode(p));
+    seqs.push(seq);
+    first.push(argmax(logits.subarray(0, engine.vocabSize)));
+  }
+  return { seqs, first };
+}
+
 test('prefill on one engine, blocks over the wire, decode on another = one generation', async (t) => {
   const engines = await stories(t, 4);
   if (!engines) return;
@@ -60,21 +80,13 @@ test('batched decode of different prompt lengths equals each sequence alone', as
   if (!engines) return;
   const engine = engines[1];
   const prompts = ['Once upon a time', 'The cat sat on the mat and looked at the big red ball', 'Lily', 'Tom and Sue went to the park to play with their friends. They'];
-  const alone: number[][] = [];
-  for (const p of prompts) alone.push((await generate(engine, engine.tokenizer.encode(p), { ...greedy, maxTokens: 40, stopTokenIds: [] })).ids);
+  const alone = await greedyAlone(engine, prompts, 40);
 
-  // Occupy a slot first so the batch starts scattered and has to be compacted.
+  // Occupy a slot first so the batch starts scattered and has to be gathered.
   const blocker = engine.newSequence('blocker');
-  const seqs = [];
-  const next: number[] = [];
-  for (const [i, p] of prompts.entries()) {
-    const seq = engine.newSequence(`s${i}`);
-    const logits = await engine.prefill(seq, engine.tokenizer.encode(p));
-    seqs.push(seq);
-    next.push(argmax(logits.subarray(0, engine.vocabSize)));
-  }
+  const { seqs, first } = await prefillEach(engine, prompts, 's');
   engine.release(blocker);
-  const got: number[][] = prompts.map((_, i) => [next[i]]);
+  const got: number[][] = first.map((t) => [t]);
   // Sequences leave the batch at different times, as in continuous batching.
   for (let step = 0; step < 39; step++) {
     const active = seqs.map((seq, i) => ({ seq, i })).filter(({ i }) => got[i].length < 40 - i * 5);
@@ -89,16 +101,9 @@ test('a batch in any order: each sequence runs in its slot\'s row and its logits
   if (!engines) return;
   const engine = engines[1];
   const prompts = ['Once upon a time', 'The cat sat on the mat', 'Lily', 'Tom and Sue went to the park'];
-  const alone: number[][] = [];
-  for (const p of prompts) alone.push((await generate(engine, engine.tokenizer.encode(p), { ...greedy, maxTokens: 12, stopTokenIds: [] })).ids);
-  const seqs: Array<ReturnType<typeof engine.newSequence>> = [];
-  const got: number[][] = [];
-  for (const [i, p] of prompts.entries()) {
-    const seq = engine.newSequence(`o${i}`);
-    const logits = await engine.prefill(seq, engine.tokenizer.encode(p));
-    seqs.push(seq);
-    got.push([argmax(logits.subarray(0, engine.vocabSize))]);
-  }
+  const alone = await greedyAlone(engine, prompts, 12);
+  const { seqs, first } = await prefillEach(engine, prompts, 'o');
+  const got: number[][] = first.map((t) => [t]);
   const orders = [[3, 1, 0, 2], [2, 3, 1, 0], [1, 0, 3, 2]];
   for (let step = 0; step < 11; step++) {
     const order = orders[step % orders.length];
@@ -114,8 +119,7 @@ test('prompts prefilled together in one padded pass continue exactly as prompts 
   if (!engines) return;
   const engine = engines[1];
   const prompts = ['Once upon a time', 'The big brown dog', 'Lily went to the park with her mom and saw a'];
-  const alone: number[][] = [];
-  for (const p of prompts) alone.push((await generate(engine, engine.tokenizer.encode(p), { ...greedy, maxTokens: 20, stopTokenIds: [] })).ids);
+  const alone = await greedyAlone(engine, prompts, 20);
   const seqs = prompts.map((_, i) => engine.newSequence(`p${i}`));
   const logits = await engine.runner.forward(seqs.map((seq, i) => ({ seq, tokens: engine.tokenizer.encode(prompts[i]) })));
   const got = prompts.map((_, i) => [argmax(logits.subarray(i * engine.vocabSize, (i + 1) * engine.vocabSize))]);
