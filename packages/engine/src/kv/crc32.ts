@@ -24,5 +24,5 @@ const native = loadNative();
 /** CRC-32 of `data`; `running` continues a checksum over data that came before (as zlib's). */
 export const crc32: Crc32 = native ?? ((data, running) => zlibCrc32(data, running ?? 0));
 
-/** Which implementation computes crc32 here (for the worker's startup log). */
+/** Which implementation computes crc32 here (tests and scripts/bench-kv-checks.ts report it). */
 export const crc32Implementation: '@node-rs/crc32' | 'node:zlib' = native ? '@node-rs/crc32' : 'node:zlib';

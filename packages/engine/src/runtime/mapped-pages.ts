@@ -28,30 +28,19 @@ function loadMadvise(): Madvise | null {
   }
 }
 
-export interface ReleasedPages {
-  /** Mappings of the files that were advised. */
-  mappings: number;
-  /** Their resident bytes before the advice (from /proc/self/smaps). */
-  residentBytes: number;
-}
-
 /**
  * Drops this process's resident pages of unwritten private mappings of files under `dir` (the model
- * directory). Returns what was advised, or undefined where it cannot be done (not Linux, no koffi).
+ * directory). Does nothing where it cannot (not Linux, no koffi).
  */
-export function releaseMappedPages(dir: string): ReleasedPages | undefined {
+export function releaseMappedPages(dir: string): void {
   madvise ??= loadMadvise();
-  if (!madvise) return undefined;
+  if (!madvise) return;
   const prefix = `${realpathSync(dir)}/`;
-  const out: ReleasedPages = { mappings: 0, residentBytes: 0 };
-  let current: { start: bigint; len: bigint; rss: number; copied: number } | null = null;
+  let current: { start: bigint; len: bigint; copied: number } | null = null;
   const flush = () => {
     // A page of a private mapping that something wrote is an anonymous copy (smaps' Anonymous); the
     // advice would throw the change away, so such a mapping is left alone.
-    if (current && current.copied === 0 && madvise!(current.start, current.len, MADV_DONTNEED) === 0) {
-      out.mappings++;
-      out.residentBytes += current.rss;
-    }
+    if (current && current.copied === 0) madvise!(current.start, current.len, MADV_DONTNEED);
     current = null;
   };
   for (const line of readFileSync('/proc/self/smaps', 'utf8').split('\n')) {
@@ -61,14 +50,11 @@ export function releaseMappedPages(dir: string): ReleasedPages | undefined {
       // Private mappings only (ORT maps with MAP_PRIVATE, read-write): a shared one's pages are the file's.
       if (head[4].startsWith(prefix) && head[3][3] === 'p') {
         const start = BigInt(`0x${head[1]}`);
-        current = { start, len: BigInt(`0x${head[2]}`) - start, rss: 0, copied: -1 };
+        current = { start, len: BigInt(`0x${head[2]}`) - start, copied: -1 };
       }
-    } else if (current && line.startsWith('Rss:')) {
-      current.rss = Number(line.split(/\s+/)[1]) * 1024;
     } else if (current && line.startsWith('Anonymous:')) {
       current.copied = Number(line.split(/\s+/)[1]) * 1024;
     }
   }
   flush();
-  return out;
 }
