@@ -265,7 +265,7 @@ export function decodeStepMs(w: Pick<WorkerView, 'decodeStepMsByBatch' | 'recent
   if (anchors.length === 0) return atBatch(fit, batch);
   return Math.max(...anchors.map((a) => {
     // One odd report cannot move the level by more than ANCHOR_SCALE_BOUNDS of the table's line.
-    const onLine = fit && fit.intercept + fit.slope * a.batch;
+    const onLine = atBatch(fit, a.batch);
     const level = onLine && onLine > 0 ? Math.min(ANCHOR_SCALE_BOUNDS[1] * onLine, Math.max(ANCHOR_SCALE_BOUNDS[0] * onLine, a.ms)) : a.ms;
     return Math.max(0, level + slope * (batch - a.batch));
   }));
