@@ -14,16 +14,17 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { groupedAttention, groupedAttentionConstants } from '../packages/engine/src/model/llama-graph.ts';
 import { GraphBuilder } from '../packages/engine/src/onnx/graph-builder.ts';
 import { DataType } from '../packages/engine/src/onnx/onnx-proto.ts';
 import { ort } from '../packages/engine/src/runtime/session.ts';
 
 const { values } = parseArgs({ options: { shapes: { type: 'string', default: '1x256,1x1024,16x256,16x608' }, threads: { type: 'string', default: '1' } } });
-const NH = 9, KVH = 3, HD = 64, Q_DIM = NH * HD, KV_DIM = KVH * HD, GROUP = NH / KVH;
+const NH = 9, KVH = 3, HD = 64, Q_DIM = NH * HD, KV_DIM = KVH * HD;
 const SCALE = { float: Math.fround(1 / Math.sqrt(HD)) };
 
-/** The engine's attention for one layer (llama-graph.ts, from the rotated q/k/v on), S = 1. */
-function buildGrouped(path: string): void {
+/** The engine's attention for one layer, from the rotated q/k/v on: llama-graph.ts's own builder, S = 1. Returns its output's name. */
+function buildGrouped(path: string): string {
   const g = new GraphBuilder(`${path}.data`);
   const q = g.input('q', DataType.FLOAT, ['batch', 1, Q_DIM]);
   const k = g.input('k', DataType.FLOAT, ['batch', 1, KV_DIM]);
@@ -37,18 +38,13 @@ function buildGrouped(path: string): void {
   const qr = g.node('Reshape', [g.node('Transpose', [g.node('Reshape', [q, heads(NH)])[0]], 1, { perm: toBhsd })[0], g.constInt64([0, KVH, -1, HD])])[0];
   const kNew = g.node('Transpose', [g.node('Reshape', [k, heads(KVH)])[0]], ['new_key'], { perm: toBhsd })[0];
   const vNew = g.node('Transpose', [g.node('Reshape', [v, heads(KVH)])[0]], ['new_value'], { perm: toBhsd })[0];
-  const biasPast = g.node('Unsqueeze', [biasPastIn, g.constInt64([1, 2])])[0];
-  const sPast = g.node('Add', [g.node('FusedMatMul', [qr, pastK], 1, { transB: 1, alpha: SCALE }, 'com.microsoft')[0], biasPast])[0];
-  const sNew = g.node('Add', [g.node('FusedMatMul', [qr, kNew], 1, { transB: 1, alpha: SCALE }, 'com.microsoft')[0], g.node('Tile', [biasNew, g.constInt64([GROUP, 1])])[0]])[0];
-  const probs = g.node('Softmax', [g.node('Concat', [sPast, sNew], 1, { axis: -1 })[0]], 1, { axis: -1 })[0];
-  const split = g.node('Concat', [g.node('Shape', [pastK], 1, { start: 2, end: 3 })[0], g.node('Shape', [q], 1, { start: 1, end: 2 })[0]], 1, { axis: 0 })[0];
-  const [pPast, pNew] = g.node('Split', [probs, split], 2, { axis: -1 });
-  const ctx = g.node('Add', [g.node('MatMul', [pPast, pastV])[0], g.node('MatMul', [pNew, vNew])[0]])[0];
-  g.node('Reshape', [g.node('Transpose', [g.node('Reshape', [ctx, g.constInt64([0, NH, -1, HD])])[0]], 1, { perm: toBhsd })[0], g.constInt64([0, 0, Q_DIM])], ['out']);
-  g.output('out', DataType.FLOAT, ['batch', 1, Q_DIM]);
+  const constants = groupedAttentionConstants(g, { nh: NH, kvh: KVH, hd: HD, biasPastIn, biasNew, pastKey: pastK, tokens: q });
+  const out = groupedAttention(g, constants, qr, kNew, vNew, pastK, pastV);
+  g.output(out, DataType.FLOAT, ['batch', 1, Q_DIM]);
   g.output('new_key', DataType.FLOAT, ['batch', KVH, 1, HD]);
   g.output('new_value', DataType.FLOAT, ['batch', KVH, 1, HD]);
   g.save(path, { '': 17, 'com.microsoft': 1 });
+  return out;
 }
 
 function buildGqa(path: string): void {
@@ -78,7 +74,7 @@ async function medianMs(run: () => Promise<unknown>): Promise<number> {
 
 const dir = mkdtempSync(join(tmpdir(), 'pdserve-attention-'));
 try {
-  buildGrouped(join(dir, 'grouped.onnx'));
+  const groupedOut = buildGrouped(join(dir, 'grouped.onnx'));
   buildGqa(join(dir, 'gqa.onnx'));
   const threads = Number(values.threads);
   const opts = { intraOpNumThreads: threads, interOpNumThreads: 1, executionMode: 'sequential' as const };
@@ -107,7 +103,7 @@ try {
       seqlens_k: new ort.Tensor('int32', Int32Array.from(lens), [B]), total_sequence_length: new ort.Tensor('int32', Int32Array.of(Math.max(...lens) + 1), []),
     });
     const inPlace = () => ({ out: null, present_key: f32(cacheK, [B, KVH, P, HD]), present_value: f32(cacheV, [B, KVH, P, HD]) }) as unknown as ort.InferenceSession.FetchesType;
-    const a = (await grouped.run(groupedFeeds)).out.data as Float32Array;
+    const a = (await grouped.run(groupedFeeds))[groupedOut].data as Float32Array;
     const b = (await gqa.run(gqaFeeds(), inPlace())).out.data as Float32Array;
     let maxDiff = 0;
     for (let i = 0; i < a.length; i++) maxDiff = Math.max(maxDiff, Math.abs(a[i] - b[i]));

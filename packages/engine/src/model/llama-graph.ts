@@ -97,6 +97,58 @@ export function ropeTables(cfg: ModelConfig): { cos: Float32Array; sin: Float32A
   return { cos, sin };
 }
 
+/** What every layer's grouped attention shares, made once per graph (groupedAttentionConstants). */
+export interface GroupedAttentionConstants {
+  /** attn_bias_past as [B, 1, 1, P]. */
+  biasPast: string;
+  /** attn_bias_new repeated per group member: [group*S, S]. */
+  biasNewGrouped: string;
+  /** [P, S]: where the softmax's columns split into past and new. */
+  probSplit: string;
+  /** [B, nh, S, hd] and [B, S, nh*hd]: the context's shapes on the way out. */
+  qUngroupedShape: string;
+  attnOutShape: string;
+  scale: { float: number };
+}
+
+/**
+ * The constants of groupedAttention: the masks in the shapes the grouped scores take, the split of
+ * their columns (P from `pastKey`'s dim 2, S from `tokens`' dim 1) and the scale 1/sqrt(hd).
+ */
+export function groupedAttentionConstants(
+  g: GraphBuilder, o: { nh: number; kvh: number; hd: number; biasPastIn: string; biasNew: string; pastKey: string; tokens: string },
+): GroupedAttentionConstants {
+  const qUngroupedShape = g.constInt64([0, o.nh, -1, o.hd]); // [B, nh, S, hd]
+  const attnOutShape = g.constInt64([0, 0, o.nh * o.hd]);
+  const biasPast = g.node('Unsqueeze', [o.biasPastIn, g.constInt64([1, 2])])[0]; // [B, 1, 1, P]
+  const scale = { float: Math.fround(1 / Math.sqrt(o.hd)) };
+  // Rows of the grouped scores are (group member, token): the [S, S] causal mask repeats per member.
+  const biasNewGrouped = g.node('Tile', [o.biasNew, g.constInt64([o.nh / o.kvh, 1])])[0];
+  const pastLen = g.node('Shape', [o.pastKey], 1, { start: 2, end: 3 })[0];
+  const newLen = g.node('Shape', [o.tokens], 1, { start: 1, end: 2 })[0];
+  const probSplit = g.node('Concat', [pastLen, newLen], 1, { axis: 0 })[0];
+  return { biasPast, biasNewGrouped, probSplit, qUngroupedShape, attnOutShape, scale };
+}
+
+/**
+ * One layer's attention over the cache read in place: the queries of a KV head's group
+ * (`qr`, [B, kvh, group*S, hd]) score against that head's past keys and the new ones in one matrix
+ * product each, one softmax over both, then the values; returns [B, S, nh*hd].
+ */
+export function groupedAttention(
+  g: GraphBuilder, c: GroupedAttentionConstants,
+  qr: string, kNew: string, vNew: string, pastK: string, pastV: string,
+): string {
+  const sPast = g.node('Add', [g.node('FusedMatMul', [qr, pastK], 1, { transB: 1, alpha: c.scale }, 'com.microsoft')[0], c.biasPast])[0];
+  const sNewRaw = g.node('FusedMatMul', [qr, kNew], 1, { transB: 1, alpha: c.scale }, 'com.microsoft')[0];
+  const sNew = g.node('Add', [sNewRaw, c.biasNewGrouped])[0];
+  const probs = g.node('Softmax', [g.node('Concat', [sPast, sNew], 1, { axis: -1 })[0]], 1, { axis: -1 })[0];
+  const [pPast, pNew] = g.node('Split', [probs, c.probSplit], 2, { axis: -1 });
+  const ctx = g.node('Add', [g.node('MatMul', [pPast, pastV])[0], g.node('MatMul', [pNew, vNew])[0]])[0];
+  const ctxHeads = g.node('Transpose', [g.node('Reshape', [ctx, c.qUngroupedShape])[0]], 1, { perm: [0, 2, 1, 3] })[0];
+  return g.node('Reshape', [ctxHeads, c.attnOutShape])[0];
+}
+
 export function buildLlamaGraph(cfg: ModelConfig, weights: LlamaWeightSource, modelPath: string, dataPath: string, format: WeightFormat = { dtype: 'fp32' }): void {
   const g = new GraphBuilder(dataPath);
   // Every weight matrix goes through `store`: the dtype decides how it is stored and multiplied.
@@ -129,21 +181,12 @@ export function buildLlamaGraph(cfg: ModelConfig, weights: LlamaWeightSource, mo
 
   // Attention shapes. Query heads are grouped by the KV head they share (run.c: kv head = h / group),
   // so scores for a whole group come from one matrix product against that KV head.
-  const group = nh / kvh;
   const headsShape = (heads: number) => g.constInt64([0, 0, heads, hd]);
   const qHeads = headsShape(nh);
   const kvHeads = headsShape(kvh);
   const toBhsd = [0, 2, 1, 3];
   const qGroupedShape = g.constInt64([0, kvh, -1, hd]); // [B, kvh, group*S, hd]
-  const qUngroupedShape = g.constInt64([0, nh, -1, hd]); // [B, nh, S, hd]
-  const attnOutShape = g.constInt64([0, 0, qDim]);
-  const biasPast = g.node('Unsqueeze', [biasPastIn, g.constInt64([1, 2])])[0]; // [B, 1, 1, P]
-  const scale = { float: Math.fround(1 / Math.sqrt(hd)) };
-  // Rows of the grouped scores are (group member, token): the [S, S] causal mask repeats per member.
-  const biasNewGrouped = g.node('Tile', [biasNew, g.constInt64([group, 1])])[0];
-  const pastLen = g.node('Shape', ['past_key.0'], 1, { start: 2, end: 3 })[0];
-  const newLen = g.node('Shape', [inputIds], 1, { start: 1, end: 2 })[0];
-  const probSplit = g.node('Concat', [pastLen, newLen], 1, { axis: 0 })[0];
+  const attention = groupedAttentionConstants(g, { nh, kvh, hd, biasPastIn, biasNew, pastKey: 'past_key.0', tokens: inputIds });
 
   const qkvSplit = g.constInt64([qDim, kvDim, kvDim]);
   const ffnSplit = g.constInt64([hidden, hidden]);
@@ -167,14 +210,7 @@ export function buildLlamaGraph(cfg: ModelConfig, weights: LlamaWeightSource, mo
     g.output(vNew, DataType.FLOAT, ['batch', kvh, 'seq', hd]);
     const pastK = g.input(`past_key.${l}`, DataType.FLOAT, ['batch', kvh, 'past', hd]);
     const pastV = g.input(`past_value.${l}`, DataType.FLOAT, ['batch', kvh, 'past', hd]);
-    const sPast = g.node('Add', [g.node('FusedMatMul', [qr, pastK], 1, { transB: 1, alpha: scale }, 'com.microsoft')[0], biasPast])[0];
-    const sNewRaw = g.node('FusedMatMul', [qr, kNew], 1, { transB: 1, alpha: scale }, 'com.microsoft')[0];
-    const sNew = g.node('Add', [sNewRaw, biasNewGrouped])[0];
-    const probs = g.node('Softmax', [g.node('Concat', [sPast, sNew], 1, { axis: -1 })[0]], 1, { axis: -1 })[0];
-    const [pPast, pNew] = g.node('Split', [probs, probSplit], 2, { axis: -1 });
-    const ctx = g.node('Add', [g.node('MatMul', [pPast, pastV])[0], g.node('MatMul', [pNew, vNew])[0]])[0];
-    const ctxHeads = g.node('Transpose', [g.node('Reshape', [ctx, qUngroupedShape])[0]], 1, { perm: toBhsd })[0];
-    const attn = g.node('Reshape', [ctxHeads, attnOutShape])[0];
+    const attn = groupedAttention(g, attention, qr, kNew, vNew, pastK, pastV);
     x = g.node('Add', [x, store.linear(`layers.${l}.wo`, attn, w.wo, dim, qDim)])[0];
 
     const ffnNorm = g.weight(`layers.${l}.ffn_norm`, w.ffnNorm, [dim]);
