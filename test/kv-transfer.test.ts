@@ -42,6 +42,33 @@ async function workerMetrics(c: TestCluster, role: string): Promise<string> {
   return (await fetch(w.metrics_url)).text();
 }
 
+/** The decode worker's KV data channel as its Health answer advertises it. */
+async function dataAddress(c: TestCluster): Promise<{ address: string; host: string; port: number }> {
+  const decode = (await workersOf(c)).find((w) => w.role === 'decode');
+  const client = decodeClient(decode.grpc_address) as grpc.Client & { Health: Function };
+  try {
+    const health = await new Promise<any>((resolve, reject) => client.Health({}, (err: Error | null, res: any) => (err ? reject(err) : resolve(res))));
+    const [host, port] = health.kv_data_address.split(':');
+    return { address: health.kv_data_address, host, port: Number(port) };
+  } finally {
+    client.close();
+  }
+}
+
+/** Sends `bytes` to a data channel; returns what came back before the connection closed (or `closeAfter` said enough). */
+function exchange(to: { host: string; port: number }, bytes: Buffer, closeAfter?: (got: Buffer) => boolean): Promise<Buffer> {
+  return new Promise<Buffer>((resolve, reject) => {
+    const got: Buffer[] = [];
+    const s = connect(to, () => s.write(bytes));
+    s.on('data', (d) => { got.push(d); if (closeAfter?.(Buffer.concat(got))) s.end(); });
+    s.on('error', reject);
+    s.on('close', () => resolve(Buffer.concat(got)));
+  });
+}
+
+/** Whether `b` holds one whole frame (its 16-byte header and the meta it announces). */
+const oneFrame = (b: Buffer) => b.byteLength >= 16 && b.byteLength >= 16 + b.readUInt32BE(8);
+
 describe('KV transfer between workers', { skip: !haveShared() && 'no ../shared models' }, () => {
   let model: { dir: string; cleanup(): void };
   let engine: Engine;
@@ -127,29 +154,18 @@ describe('KV transfer between workers', { skip: !haveShared() && 'no ../shared m
     });
 
     test('garbage sent to the decode worker\'s KV data port closes that connection only; the worker keeps serving', async () => {
-      const decode = (await workersOf(cluster)).find((w) => w.role === 'decode');
-      const client = decodeClient(decode.grpc_address) as grpc.Client & { Health: Function };
-      const health = await new Promise<any>((resolve, reject) => client.Health({}, (err: Error | null, res: any) => (err ? reject(err) : resolve(res))));
-      client.close();
-      assert.match(health.kv_data_address, /^127\.0\.0\.1:\d+$/, 'the decode worker advertises its data channel in Health');
-      const [host, port] = [health.kv_data_address.split(':')[0], Number(health.kv_data_address.split(':')[1])];
-      /** Sends `bytes`, returns what came back before the worker closed the connection. */
-      const exchange = (bytes: Buffer, closeAfter?: (got: Buffer) => boolean) => new Promise<Buffer>((resolve, reject) => {
-        const got: Buffer[] = [];
-        const s = connect({ host, port }, () => s.write(bytes));
-        s.on('data', (d) => { got.push(d); if (closeAfter?.(Buffer.concat(got))) s.end(); });
-        s.on('error', reject);
-        s.on('close', () => resolve(Buffer.concat(got)));
-      });
+      const channel = await dataAddress(cluster);
+      assert.match(channel.address, /^127\.0\.0\.1:\d+$/, 'the decode worker advertises its data channel in Health');
+      const send = (bytes: Buffer, closeAfter?: (got: Buffer) => boolean) => exchange(channel, bytes, closeAfter);
       // Not a frame at all; then a frame that claims a 4 GiB payload (refused before any allocation);
       // then a chunk frame whose meta is not JSON.
-      assert.equal((await exchange(Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'.repeat(50)))).byteLength, 0);
+      assert.equal((await send(Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'.repeat(50)))).byteLength, 0);
       const huge = encodeHeader('chunk', { r: 'x' }, 0);
       huge.writeUInt32BE(0xffffffff, 12);
-      assert.equal((await exchange(huge)).byteLength, 0);
+      assert.equal((await send(huge)).byteLength, 0);
       const bad = Buffer.concat([encodeHeader('chunk', {}, 0).subarray(0, 16), Buffer.from('{{')]);
       bad.writeUInt32BE(2, 8);
-      assert.equal((await exchange(bad)).byteLength, 0);
+      assert.equal((await send(bad)).byteLength, 0);
       // A connection must open with a hello carrying the cluster token: a chunk first, no token or
       // another token closes it unanswered, and the refusals are counted with the gRPC ones.
       const meta = { r: 'nobody', fb: 0, bc: 1, tc: 1, cs: [0], d: false, ft: null, bt: 16, bb: 16, l: 'pdserve-kv/1', w: 'fp32', c: 0 };
@@ -157,26 +173,26 @@ describe('KV transfer between workers', { skip: !haveShared() && 'no ../shared m
       const token = clusterSecurity().token;
       assert.ok(token, 'the test cluster has a token');
       const refusedBefore = metric(await workerMetrics(cluster, 'decode'), 'pdserve_auth_failures_total', 'service="kv_data"');
-      assert.equal((await exchange(chunk)).byteLength, 0, 'a chunk before the hello');
-      assert.equal((await exchange(Buffer.concat([encodeHeader('hello', {}, 0), chunk]))).byteLength, 0, 'no token');
-      assert.equal((await exchange(Buffer.concat([encodeHeader('hello', { t: `${token}x` }, 0), chunk]))).byteLength, 0, 'a wrong token');
+      assert.equal((await send(chunk)).byteLength, 0, 'a chunk before the hello');
+      assert.equal((await send(Buffer.concat([encodeHeader('hello', {}, 0), chunk]))).byteLength, 0, 'no token');
+      assert.equal((await send(Buffer.concat([encodeHeader('hello', { t: `${token}x` }, 0), chunk]))).byteLength, 0, 'a wrong token');
       assert.equal(metric(await workerMetrics(cluster, 'decode'), 'pdserve_auth_failures_total', 'service="kv_data"') - refusedBefore, 2);
       // After the hello, a well-formed chunk for a request nobody reserved is refused by an ack
       // naming why, and the connection stays usable.
-      const reply = await exchange(Buffer.concat([encodeHeader('hello', { t: token }, 0), chunk]), (b) => b.byteLength >= 16 && b.byteLength >= 16 + b.readUInt32BE(8));
+      const reply = await send(Buffer.concat([encodeHeader('hello', { t: token }, 0), chunk]), oneFrame);
       assert.match(reply.subarray(16).toString(), /"r":"nobody","e":".*(not supported|mismatch|no sequence)/);
       // A hello offering a "shared-memory ring" that is not one (outside /dev/shm, a name that is
       // not a ring's, a nonce that does not match) is answered with a welcome that declines it; a
       // chunk that then points into a ring closes the connection.
       const declined = async (shm: unknown) => {
-        const b = await exchange(Buffer.concat([encodeHeader('hello', { t: token, shm }, 0)]), (x) => x.byteLength >= 16 && x.byteLength >= 16 + x.readUInt32BE(8));
+        const b = await send(Buffer.concat([encodeHeader('hello', { t: token, shm }, 0)]), oneFrame);
         return JSON.parse(b.subarray(16, 16 + b.readUInt32BE(8)).toString());
       };
       assert.match((await declined({ p: '/etc/passwd', n: '0'.repeat(32), b: 4096 })).e, /not a pdserve shared-memory ring path/);
       assert.match((await declined({ p: '/dev/shm/pdserve-kv-1-0000000000000000', n: '0'.repeat(32), b: 4096 })).e, /not usable here/);
       assert.match((await declined({ p: '/dev/shm/x', n: 'zz', b: -1 })).e, /out of range|not a pdserve/);
       const byRef = encodeHeader('chunk', { ...meta, s: [0, 16] }, 0);
-      assert.equal((await exchange(Buffer.concat([encodeHeader('hello', { t: token }, 0), byRef]))).byteLength, 0, 'a chunk by reference without a ring');
+      assert.equal((await send(Buffer.concat([encodeHeader('hello', { t: token }, 0), byRef]))).byteLength, 0, 'a chunk by reference without a ring');
       // The worker is still up and serving.
       const r = await postJson(`${cluster.url}/v1/completions`, { model: cluster.modelName, prompt: 'Sam', max_tokens: 4, temperature: 0 });
       assert.equal(r.status, 200, JSON.stringify(r.json));
@@ -184,10 +200,8 @@ describe('KV transfer between workers', { skip: !haveShared() && 'no ../shared m
 
     test('a chunk over the data channel whose checksums match but whose padding holds a NaN is refused by block (the scan in the receive pool); the worker decodes as before', async () => {
       const decode = (await workersOf(cluster)).find((w) => w.role === 'decode');
-      const client = decodeClient(decode.grpc_address) as grpc.Client & { Health: Function; Generate: Function };
+      const client = decodeClient(decode.grpc_address) as grpc.Client & { Generate: Function };
       try {
-        const health = await new Promise<any>((resolve, reject) => client.Health({}, (err: Error | null, res: any) => (err ? reject(err) : resolve(res))));
-        const [host, port] = [health.kv_data_address.split(':')[0], Number(health.kv_data_address.split(':')[1])];
         const rid = `kv-nan-${Date.now()}`;
         // prompt_len 20: block 1 holds positions 16..19, then padding; the NaN goes in its last float.
         const call = client.Generate({ request_id: rid, prompt_len: 20, kv_timeout_ms: 10_000, sampling: { temperature: 0, max_tokens: 4, seed: 1, top_p: 1 } });
@@ -201,13 +215,7 @@ describe('KV transfer between workers', { skip: !haveShared() && 'no ../shared m
           first_token: { id: 5, logprob: 0, top_logprobs: [] }, block_tokens: 16, block_bytes: blockBytes, layout: 'pdserve-kv/1', wire_dtype: 'fp32', cached_tokens: 0,
         } as never);
         const frames = Buffer.concat([encodeHeader('hello', { t: clusterSecurity().token }, 0), encodeHeader('chunk', meta, data.byteLength), Buffer.from(data)]);
-        const reply = await new Promise<Buffer>((resolve, reject) => {
-          const got: Buffer[] = [];
-          const sock = connect({ host, port }, () => sock.write(frames));
-          sock.on('data', (d) => { got.push(d); const b = Buffer.concat(got); if (b.byteLength >= 16 && b.byteLength >= 16 + b.readUInt32BE(8)) sock.end(); });
-          sock.on('error', reject);
-          sock.on('close', () => resolve(Buffer.concat(got)));
-        });
+        const reply = await exchange(await dataAddress(cluster), frames, oneFrame);
         assert.match(reply.subarray(16, 16 + reply.readUInt32BE(8)).toString(), /KV block 1 holds a NaN or infinite value/);
         const err = await ended;
         assert.equal(err?.code, grpc.status.INVALID_ARGUMENT, err?.details);
