@@ -72,6 +72,13 @@ test('bench-attention: the engine\'s grouped attention and GroupQueryAttention a
   for (const r of rows) for (const c of [4, 5, 6]) positive(Number(r[c]), `column ${c} of ${r.join(' | ')}`);
 });
 
+test('bench-attention-forms: three ways of writing the decode attention agree with the engine\'s (the script checks) and are timed', () => {
+  const out = script('bench-attention-forms.ts', ['--shapes', '2x64,1x96']);
+  const rows = out.split('\n').filter((l) => /^\| \d/.test(l)).map((l) => l.split('|').map((c) => c.trim()));
+  assert.deepEqual(rows.map((r) => r[1]), ['2 x 64', '1 x 96'], out);
+  for (const r of rows) for (const c of [2, 3, 4]) positive(Number(r[c].split(' ')[0]), `column ${c} of ${r.join(' | ')}`);
+});
+
 test('bench-role-change: one planner change 1P+1D -> 2U and the operator revert under load, no request failed', () => {
   // 40 requests at 4/s: about 10 s of load, longer than one trial takes on the tiny model (the
   // first-new-work wait needs requests still arriving after the change).

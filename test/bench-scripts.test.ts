@@ -92,6 +92,19 @@ test('bench-fp16: the three weight forms, each timed in its own process', () => 
   }
 });
 
+test('bench-weight-matmuls: every weight format\'s products of a step timed, with the bytes each reads', () => {
+  const out = script('bench-weight-matmuls.ts', ['--preset', 'tiny', '--reps', '3']);
+  const res = JSON.parse(/```json\n([\s\S]*)\n```/.exec(out)![1]);
+  assert.deepEqual(res.rows.map((r: { variant: string }) => r.variant), ['fp32', 'q8', 'q4', 'q4-b64', 'q4-b128'], out);
+  for (const r of res.rows) {
+    positive(r.medianMs, `${r.variant} median ms`);
+    positive(r.bestMs, `${r.variant} fastest ms`);
+  }
+  const bytes = Object.fromEntries(res.rows.map((r: { variant: string; bytes: number }) => [r.variant, r.bytes]));
+  // fp32 reads 4 bytes a weight; q8 a little over 1, q4 a little over half of that.
+  assert.ok(bytes.fp32 > 3 * bytes.q8 && bytes.q8 > 1.5 * bytes.q4, JSON.stringify(bytes));
+});
+
 test('bench-memory: resident memory of generate and of both workers of a cluster, against the bound', (t) => {
   if (!existsSync('/usr/bin/time')) {
     if (process.env.CI === 'true') throw new Error('/usr/bin/time is missing (apt-get install time; scripts/setup.sh does)');
