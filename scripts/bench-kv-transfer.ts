@@ -172,6 +172,8 @@ async function ttftStream(url: string, model: string, prompt: number[]): Promise
 interface Row {
   config: string; prompt_tokens: number; kv_mib: number; transfer_ms: number; gib_per_s: number; e2e_ms?: number; e2e_gib_per_s?: number;
   prefill_ms: number; exposed_transfer_ms: number; ttft_ms: number; exposed_share_of_ttft: number; transfer_share_of_ttft: number;
+  /** Each request's end to end and exposed ms, in order (with --warmup 0: how a fresh cluster's first transfers go). */
+  e2e_ms_each?: number[]; exposed_ms_each: number[];
   timeline?: Record<string, number>;
 }
 
@@ -225,6 +227,7 @@ async function measure(config: string, model: string, args: string[]): Promise<R
         config, prompt_tokens: L, kv_mib: bytes / 2 ** 20, transfer_ms: secs * 1000, gib_per_s: secs > 0 ? bytes / secs / 2 ** 30 : 0,
         e2e_ms: e2e.length ? median(e2e) : undefined, e2e_gib_per_s: e2e.length ? bytes / (median(e2e) / 1000) / 2 ** 30 : undefined,
         prefill_ms: median(r.prefill), exposed_transfer_ms: tail, ttft_ms: ttft, exposed_share_of_ttft: tail / ttft, transfer_share_of_ttft: (secs * 1000) / ttft, timeline,
+        e2e_ms_each: e2e.length ? e2e : undefined, exposed_ms_each: r.tail,
       });
     }
     return rows;
