@@ -53,3 +53,31 @@ test('pdserve up stops and exits 1 when its redis-server dies', { timeout: 120_0
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('a Ctrl-C in the terminal (SIGINT to up\'s whole process group) stops the cluster in order: each worker deregisters, up exits 0, nothing is left', { timeout: 120_000 }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'pdserve-up-'));
+  const model = join(dir, 'dummy');
+  writeDummyModel('tiny', model);
+  const cluster = await startCluster(model, [], 60_000, { ownProcessGroup: true });
+  try {
+    const kids = children(cluster.proc.pid!);
+    const redis = kids.find(([, name]) => name.startsWith('redis-server'));
+    assert.ok(redis, `no redis-server among ${JSON.stringify(kids)}`);
+    // Every child of up, redis-server and its watchdog included, leads a process group of its own,
+    // so the terminal's SIGINT reaches up alone and up stops them in order.
+    const pgid = (pid: number) => Number(readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ')[2]);
+    for (const [pid, name] of kids) assert.equal(pgid(pid), pid, `${name} (${pid}) is in process group ${pgid(pid)}`);
+    const exited = new Promise<number | null>((r) => cluster.proc.once('exit', (code) => r(code)));
+    // A terminal delivers Ctrl-C to every process of the foreground group, not only to `up`.
+    process.kill(-cluster.proc.pid!, 'SIGINT');
+    assert.equal(await exited, 0, cluster.output().slice(-3000));
+    // The registry outlives the workers: each one removed its own entry on the way out (a
+    // redis-server that took the Ctrl-C itself was gone before they could).
+    assert.match(cluster.output(), /"msg":"worker stopped"/);
+    assert.doesNotMatch(cluster.output(), /deregistration failed/, cluster.output().slice(-3000));
+    await waitFor(async () => { try { process.kill(redis[0], 0); return undefined; } catch { return true; } }, 20_000, 'redis-server gone');
+  } finally {
+    await cluster.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

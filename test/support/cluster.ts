@@ -31,6 +31,8 @@ export interface ClusterOptions {
   env?: Record<string, string>;
   /** The name the model is served under (default stories260K). */
   modelName?: string;
+  /** Start `up` as the leader of a process group of its own, as a shell runs a foreground command (so a test can signal the group as a terminal's Ctrl-C does). */
+  ownProcessGroup?: boolean;
 }
 
 /** Starts `pdserve up --model modelDir` (without --model when modelDir is null: up's own choice). */
@@ -41,6 +43,7 @@ export async function startCluster(modelDir: string | null, args: string[] = [],
     cwd: repoRoot,
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, ...opts.env },
+    detached: opts.ownProcessGroup === true,
   });
   let out = '';
   proc.stdout!.on('data', (d) => { out += d; });

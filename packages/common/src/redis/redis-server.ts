@@ -117,7 +117,10 @@ async function launch(
     '--loglevel', 'warning',
     ...(options.extraArgs ?? []),
   ];
-  const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  // A process group of its own (setsid), as `up`'s other children have: a terminal's Ctrl-C goes to the
+  // whole foreground group, and a server that took it itself would be gone before the workers that
+  // `up` then stops could deregister from it. Whoever started it stops it (stop(), or the watchdog).
+  const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
   const recent: string[] = [];
   const onLine = (line: string): void => {
     recent.push(line);
@@ -224,7 +227,8 @@ function startWatchdog(child: ChildProcess): ChildProcess | undefined {
   const watchdog = spawn(
     shell,
     ['-c', 'cat >/dev/null 2>&1; kill -TERM "$1" 2>/dev/null', 'pdserve-redis-watchdog', String(child.pid)],
-    { stdio: ['pipe', 'ignore', 'ignore'] },
+    // Out of the terminal's process group too: a Ctrl-C must not kill it while the server lives on.
+    { stdio: ['pipe', 'ignore', 'ignore'], detached: true },
   );
   watchdog.on('error', () => {
     /* best effort */
