@@ -22,6 +22,7 @@ import type { KvSequence } from '../packages/engine/src/kv/slot-cache.ts';
 import type { LlamaRunner } from '../packages/engine/src/runner/llama-runner.ts';
 import { createSession, ort } from '../packages/engine/src/runtime/session.ts';
 import { gemvReadBandwidth } from './lib/read-bandwidth.ts';
+import { timeRuns } from './lib/time-session.ts';
 
 const MiB = 1024 * 1024;
 const { values: args } = parseArgs({
@@ -195,13 +196,7 @@ async function matmulGflops(M: number, K: number, Nn: number, reps: number): Pro
   const session = await createSession(join(dir, 'mm.onnx'), { threads });
   const xs = new Float32Array(M * K).map((_, i) => ((i * 40503) % 997) / 997 - 0.5);
   const feeds = { x: new ort.Tensor('float32', xs, [M, K]) };
-  for (let r = 0; r < 3; r++) await session.run(feeds);
-  const ms: number[] = [];
-  for (let r = 0; r < reps; r++) {
-    const t0 = performance.now();
-    await session.run(feeds);
-    ms.push(performance.now() - t0);
-  }
+  const ms = await timeRuns(session, feeds, { warmup: 3, reps });
   await session.release();
   return { gflops: (2 * M * K * Nn) / (median(ms) / 1000) / 1e9, bestGflops: (2 * M * K * Nn) / (Math.min(...ms) / 1000) / 1e9, ms };
 }

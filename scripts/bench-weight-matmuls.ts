@@ -19,6 +19,7 @@ import { WeightStorage, parseWeightDtype, type WeightFormat } from '../packages/
 import { GraphBuilder } from '../packages/engine/src/onnx/graph-builder.ts';
 import { DataType } from '../packages/engine/src/onnx/onnx-proto.ts';
 import { createSession, ort } from '../packages/engine/src/runtime/session.ts';
+import { timeRuns } from './lib/time-session.ts';
 
 const { values: args } = parseArgs({
   options: {
@@ -87,13 +88,7 @@ async function measure(variant: string): Promise<{ variant: string; medianMs: nu
     g.save(join(dir, 'm.onnx'), { '': 17, 'com.microsoft': 1 });
     const session = await createSession(join(dir, 'm.onnx'), { threads });
     const feeds = { x: new ort.Tensor('float32', new Float32Array(p.dim).fill(0.1), [1, p.dim]) };
-    for (let r = 0; r < 10; r++) await session.run(feeds);
-    const ms: number[] = [];
-    for (let r = 0; r < reps; r++) {
-      const t0 = performance.now();
-      await session.run(feeds);
-      ms.push(performance.now() - t0);
-    }
+    const ms = await timeRuns(session, feeds, { warmup: 10, reps });
     await session.release();
     ms.sort((a, b) => a - b);
     return { variant, medianMs: ms[ms.length >> 1], bestMs: ms[0], bytes, params };

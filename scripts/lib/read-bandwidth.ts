@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { GraphBuilder } from '../../packages/engine/src/onnx/graph-builder.ts';
 import { DataType } from '../../packages/engine/src/onnx/onnx-proto.ts';
 import { createSession, ort } from '../../packages/engine/src/runtime/session.ts';
+import { timeRuns } from './time-session.ts';
 
 export interface ReadBandwidth {
   threads: number;
@@ -35,13 +36,7 @@ export async function gemvReadBandwidth(threads: number, opts: { K?: number; N?:
     g.save(join(dir, 'gemv.onnx'), { '': 17 });
     const session = await createSession(join(dir, 'gemv.onnx'), { threads });
     const feeds = { x: new ort.Tensor('float32', new Float32Array(K).fill(0.5), [1, K]) };
-    for (let r = 0; r < 2; r++) await session.run(feeds);
-    const msSamples: number[] = [];
-    for (let r = 0; r < reps; r++) {
-      const t0 = performance.now();
-      await session.run(feeds);
-      msSamples.push(performance.now() - t0);
-    }
+    const msSamples = await timeRuns(session, feeds, { warmup: 2, reps });
     await session.release();
     const sorted = [...msSamples].sort((a, b) => a - b);
     const bytes = K * N * 4;
