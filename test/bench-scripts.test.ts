@@ -105,6 +105,16 @@ test('bench-weight-matmuls: every weight format\'s products of a step timed, wit
   assert.ok(bytes.fp32 > 3 * bytes.q8 && bytes.q8 > 1.5 * bytes.q4, JSON.stringify(bytes));
 });
 
+test('bench-slot-swap: one trade of slots timed per length, the KV each sequence holds', () => {
+  const out = script('bench-slot-swap.ts', ['--lengths', '16,40', '--reps', '3']);
+  const rows = out.split('\n').filter((l) => /^\| \d/.test(l)).map((l) => l.split('|').map((c) => c.trim()));
+  assert.deepEqual(rows.map((r) => r[1]), ['16', '40'], out);
+  for (const r of rows) {
+    positive(Number(r[2]), `MiB of ${r[1]} positions`);
+    assert.ok(Number(r[3].split(' ')[0]) >= 0, `ms of ${r[1]} positions: ${r[3]}`);
+  }
+});
+
 test('bench-memory: resident memory of generate and of both workers of a cluster, against the bound', (t) => {
   if (!existsSync('/usr/bin/time')) {
     if (process.env.CI === 'true') throw new Error('/usr/bin/time is missing (apt-get install time; scripts/setup.sh does)');

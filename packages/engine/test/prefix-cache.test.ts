@@ -374,3 +374,21 @@ test('gathering a batch into slots 0..n-1 moves only the sequences outside that 
   assert.equal(again.cachedTokens, 8, 'the retained prefix is intact');
   assertHolds(cache, again.seq, range(8, 500), 8);
 });
+
+test('a holder in the way trades places row by row: both keep every position, the longer one moving first or second', () => {
+  const cache = arena(2, 64);
+  const long = cache.allocate('long')!; // slot 0
+  const short = cache.allocate('short')!; // slot 1
+  compute(cache, long, range(40, 100));
+  compute(cache, short, range(9, 900));
+  // short alone decodes: it must sit in slot 0, and with no empty slot long trades places with it.
+  assert.equal(cache.gather([short]), 1);
+  assert.deepEqual([short.slot, long.slot], [0, 1]);
+  assertHolds(cache, short, range(9, 900));
+  assertHolds(cache, long, range(40, 100));
+  // And back: now the longer one moves into the shorter one's slot.
+  assert.equal(cache.gather([long]), 1);
+  assert.deepEqual([long.slot, short.slot], [0, 1]);
+  assertHolds(cache, long, range(40, 100));
+  assertHolds(cache, short, range(9, 900));
+});

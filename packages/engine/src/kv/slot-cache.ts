@@ -55,6 +55,8 @@ export class SlotKvCache {
   /** Each slot's holder: a live sequence, a retained prefix, or null. */
   private readonly owners: Array<KvSequence | null>;
   private readonly retainedHolders = new Set<KvSequence>();
+  /** One slot row (maxTokensPerSlot x headDim floats), made at the first swap and kept for the next. */
+  private swapRow?: Float32Array;
 
   constructor(opts: SlotCacheOptions) {
     this.shape = { layers: opts.layers, kvHeads: opts.kvHeads, headDim: opts.headDim, blockTokens: opts.blockTokens };
@@ -330,16 +332,34 @@ export class SlotKvCache {
     seq.slot = to;
   }
 
+  /**
+   * Two holders trade slots, one (layer, key/value, head) row at a time through a single reused row
+   * of scratch. It gathered the whole of one into a new buffer instead: for a 1000-position sequence
+   * of SmolLM2-135M's shape that was a 44 MiB allocation per swap, and the swap took 42-55 ms, where
+   * rows take 9 ms (scripts/bench-slot-swap.ts; BENCHMARKS.md, issue 8).
+   */
   private swap(a: KvSequence, b: KvSequence): void {
-    const saved = b.length > 0 ? this.readBlocks(b, 0, blocksFor(b.length, this.shape.blockTokens)) : null;
-    const bLength = b.length;
+    const { layers, kvHeads, headDim } = this.shape;
+    const stride = this.strideTokens;
+    const aFloats = a.length * headDim, bFloats = b.length * headDim;
+    if (!this.swapRow || this.swapRow.length < bFloats) this.swapRow = new Float32Array(this.maxTokensPerSlot * headDim);
+    const row = this.swapRow;
+    for (let l = 0; l < layers; l++) {
+      for (const t of [this.keys[l], this.values[l]]) {
+        for (let h = 0; h < kvHeads; h++) {
+          const atA = ((a.slot * kvHeads + h) * stride) * headDim;
+          const atB = ((b.slot * kvHeads + h) * stride) * headDim;
+          row.set(t.subarray(atB, atB + bFloats));
+          t.copyWithin(atB, atA, atA + aFloats);
+          t.set(row.subarray(0, bFloats), atA);
+        }
+      }
+    }
     const aSlot = a.slot;
-    this.copyRows(aSlot, b.slot, a.length);
     this.owners[b.slot] = a;
     a.slot = b.slot;
     this.owners[aSlot] = b;
     b.slot = aSlot;
-    if (saved) this.writeBlocks(b, 0, saved, bLength);
   }
 
   private copyRows(from: number, to: number, tokens: number): void {
