@@ -20,6 +20,7 @@ import { groupedAttention, groupedAttentionConstants } from '../packages/engine/
 import { GraphBuilder } from '../packages/engine/src/onnx/graph-builder.ts';
 import { DataType } from '../packages/engine/src/onnx/onnx-proto.ts';
 import { ort } from '../packages/engine/src/runtime/session.ts';
+import { timeRuns } from './lib/time-session.ts';
 const NH = 9, KVH = 3, HD = 64, G = NH / KVH, L = 30;
 const { values } = parseArgs({ options: { threads: { type: 'string', default: '1' }, shapes: { type: 'string', default: '1x320,1x1024,16x320,16x608' } } });
 const dir = mkdtempSync(join(tmpdir(), 'pdserve-attention-forms-'));
@@ -32,8 +33,12 @@ function build(variant: string): string {
   const outs: string[] = [];
   const toBhsd = [0, 2, 1, 3];
   const c = groupedAttentionConstants(g, { nh: NH, kvh: KVH, hd: HD, biasPastIn, biasNew, pastKey: 'past_key.0', tokens: q });
-  const biasPast5 = g.node('Unsqueeze', [biasPastIn, g.constInt64([1, 2, 3])])[0]; // [B,1,1,1,P]
-  const scale = g.constFloat([Math.fround(1 / Math.sqrt(HD))], []);
+  // [B, nh, S, hd] -> [B, S, nh*hd], as groupedAttention ends.
+  const ungroup = (ctx: string) => g.node('Reshape', [g.node('Transpose', [g.node('Reshape', [ctx, c.qUngroupedShape])[0]], 1, { perm: toBhsd })[0], c.attnOutShape])[0];
+  // Only the per-head form scales after its products and masks with a 5-d bias.
+  const perHead = variant === 'per-head'
+    ? { biasPast5: g.node('Unsqueeze', [biasPastIn, g.constInt64([1, 2, 3])])[0], scale: g.constFloat([Math.fround(1 / Math.sqrt(HD))], []) } // bias [B,1,1,1,P]
+    : undefined;
   for (let l = 0; l < L; l++) {
     const pastK = g.input(`past_key.${l}`, DataType.FLOAT, ['batch', KVH, 'past', HD]);
     const pastV = g.input(`past_value.${l}`, DataType.FLOAT, ['batch', KVH, 'past', HD]);
@@ -52,9 +57,9 @@ function build(variant: string): string {
       const probsT = g.node('Softmax', [g.node('Concat', [sPast, sNew], 1, { axis: -2 })[0]], 1, { axis: -2 })[0];
       const [pp, pn] = g.node('Split', [probsT, c.probSplit], 2, { axis: -2 });
       const ctx = g.node('Add', [g.node('FusedMatMul', [pp, pastV], 1, { transA: 1 }, 'com.microsoft')[0], g.node('FusedMatMul', [pn, v], 1, { transA: 1 }, 'com.microsoft')[0]])[0]; // [B,kvh,G,hd]
-      const ctxHeads = g.node('Transpose', [g.node('Reshape', [ctx, c.qUngroupedShape])[0]], 1, { perm: toBhsd })[0];
-      outs.push(g.node('Reshape', [ctxHeads, c.attnOutShape])[0]);
+      outs.push(ungroup(ctx));
     } else {
+      const { biasPast5, scale } = perHead!;
       // per-head: [B, kvh, G, S, hd] against [B, kvh, 1, P, hd]: M = S per product
       const q5 = g.node('Reshape', [qh, g.constInt64([0, KVH, G, -1, HD])])[0];
       const k5 = g.node('Unsqueeze', [pastK, g.constInt64([2])])[0];
@@ -67,8 +72,7 @@ function build(variant: string): string {
       const probs = g.node('Softmax', [g.node('Concat', [sPast, sNew], 1, { axis: -1 })[0]], 1, { axis: -1 })[0];
       const [pp, pn] = g.node('Split', [probs, c.probSplit], 2, { axis: -1 });
       const ctx = g.node('Add', [g.node('MatMul', [pp, v5])[0], g.node('MatMul', [pn, vn5])[0]])[0]; // [B,kvh,G,S,hd]
-      const ctxHeads = g.node('Transpose', [g.node('Reshape', [ctx, c.qUngroupedShape])[0]], 1, { perm: toBhsd })[0];
-      outs.push(g.node('Reshape', [ctxHeads, c.attnOutShape])[0]);
+      outs.push(ungroup(ctx));
     }
   }
   g.node('Sum', outs, ['out']);
@@ -89,7 +93,7 @@ for (const [B, P] of values.shapes!.split(',').map((x) => x.split('x').map(Numbe
   const lens = Array.from({ length: B }, () => 64 + Math.floor((rnd() + 0.5) * (P - 65)));
   const bias = new Float32Array(B * P).fill(-1e30);
   lens.forEach((n, b) => bias.fill(0, b * P, b * P + n));
-  const feeds: Record<string, any> = { q: f32(new Float32Array(B * NH * HD).map(rnd), [B, 1, NH * HD]), attn_bias_past: f32(bias, [B, P]), attn_bias_new: f32(new Float32Array(1), [1, 1]) };
+  const feeds: Record<string, InstanceType<typeof ort.Tensor>> = { q: f32(new Float32Array(B * NH * HD).map(rnd), [B, 1, NH * HD]), attn_bias_past: f32(bias, [B, P]), attn_bias_new: f32(new Float32Array(1), [1, 1]) };
   for (let l = 0; l < L; l++) {
     feeds[`past_key.${l}`] = f32(new Float32Array(B * KVH * P * HD).map(rnd), [B, KVH, P, HD]);
     feeds[`past_value.${l}`] = f32(new Float32Array(B * KVH * P * HD).map(rnd), [B, KVH, P, HD]);
@@ -102,14 +106,10 @@ for (const [B, P] of values.shapes!.split(',').map((x) => x.split('x').map(Numbe
   for (const [name, s] of Object.entries(sessions)) {
     const o = (await s.run(feeds)).out.data as Float32Array;
     let d = 0; for (let i = 0; i < o.length; i++) d = Math.max(d, Math.abs(o[i] - ref[i]));
-    for (let i = 0; i < 5; i++) await s.run(feeds);
-    const ts: number[] = [];
-    for (let i = 0; i < 40; i++) { const t = performance.now(); await s.run(feeds); ts.push(performance.now() - t); }
-    ts.sort((a, b) => a - b);
+    const ts = (await timeRuns(s, feeds, { warmup: 5, reps: 40 })).sort((a, b) => a - b);
     if (!(d < 1e-5)) throw new Error(`${name} disagrees with the engine's attention at ${B}x${P}: max |diff| ${d}`);
     maxDiff = Math.max(maxDiff, d);
     res.push(`${ts[20].toFixed(2)} (${ts[0].toFixed(2)})`);
-    void name;
   }
   console.log(`| ${B} x ${P} | ${res.join(' | ')} | ${maxDiff.toExponential(1)} |`);
 }

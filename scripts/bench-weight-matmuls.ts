@@ -14,7 +14,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { DUMMY_PRESETS } from '../packages/engine/src/model/dummy.ts';
+import { DUMMY_PRESETS, randomFill } from '../packages/engine/src/model/dummy.ts';
 import { WeightStorage, parseWeightDtype, type WeightFormat } from '../packages/engine/src/model/weight-storage.ts';
 import { GraphBuilder } from '../packages/engine/src/onnx/graph-builder.ts';
 import { DataType } from '../packages/engine/src/onnx/onnx-proto.ts';
@@ -49,15 +49,9 @@ function matrixBytes(f: WeightFormat, out: number, inDim: number): number {
   return out * (Math.ceil(inDim / block) * ((block * (f.dtype === 'q8' ? 8 : 4)) / 8) + Math.ceil(inDim / block) * 4);
 }
 
-function randomMatrix(n: number, seed: number): Float32Array {
-  let s = seed >>> 0 || 1;
-  const w = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0;
-    w[i] = (s / 2 ** 32 - 0.5) * 0.1;
-  }
-  return w;
-}
+// Weights in [-0.05, 0.05): the values do not change what the kernels read or compute.
+const rng = { s: 1 };
+const randomMatrix = (n: number) => randomFill(n, 0.05, rng);
 
 async function measure(variant: string): Promise<{ variant: string; medianMs: number; bestMs: number; bytes: number; params: number }> {
   const format = formatOf(variant);
@@ -73,7 +67,7 @@ async function measure(variant: string): Promise<{ variant: string; medianMs: nu
     const linear = (name: string, input: string, out: number, inDim: number) => {
       bytes += matrixBytes(format, out, inDim);
       params += out * inDim;
-      return store.linear(name, input, randomMatrix(out * inDim, params), out, inDim);
+      return store.linear(name, input, randomMatrix(out * inDim), out, inDim);
     };
     for (let l = 0; l < p.n_layers; l++) {
       const qkv = linear(`l${l}.wqkv`, x, qkvOut, p.dim);
@@ -83,7 +77,7 @@ async function measure(variant: string): Promise<{ variant: string; medianMs: nu
     }
     bytes += matrixBytes(format, p.vocab_size, p.dim);
     params += p.vocab_size * p.dim;
-    store.logits('classifier', x, randomMatrix(p.vocab_size * p.dim, 7), p.vocab_size, p.dim, 'logits');
+    store.logits('classifier', x, randomMatrix(p.vocab_size * p.dim), p.vocab_size, p.dim, 'logits');
     g.output('logits', DataType.FLOAT, [1, p.vocab_size]);
     g.save(join(dir, 'm.onnx'), { '': 17, 'com.microsoft': 1 });
     const session = await createSession(join(dir, 'm.onnx'), { threads });

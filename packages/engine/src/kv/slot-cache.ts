@@ -55,7 +55,7 @@ export class SlotKvCache {
   /** Each slot's holder: a live sequence, a retained prefix, or null. */
   private readonly owners: Array<KvSequence | null>;
   private readonly retainedHolders = new Set<KvSequence>();
-  /** One slot row (maxTokensPerSlot x headDim floats), made at the first swap and kept for the next. */
+  /** Scratch for one slot row (at least stride x headDim floats), made at the first swap and kept, grown with the stride. */
   private swapRow?: Float32Array;
 
   constructor(opts: SlotCacheOptions) {
@@ -342,7 +342,7 @@ export class SlotKvCache {
     const { layers, kvHeads, headDim } = this.shape;
     const stride = this.strideTokens;
     const aFloats = a.length * headDim, bFloats = b.length * headDim;
-    if (!this.swapRow || this.swapRow.length < bFloats) this.swapRow = new Float32Array(this.maxTokensPerSlot * headDim);
+    if (!this.swapRow || this.swapRow.length < bFloats) this.swapRow = new Float32Array(stride * headDim);
     const row = this.swapRow;
     for (let l = 0; l < layers; l++) {
       for (const t of [this.keys[l], this.values[l]]) {

@@ -35,7 +35,7 @@ export const DUMMY_PRESETS: Record<string, DummyPreset> = {
 };
 
 /** xorshift32 filling floats in [-scale, scale): fast and deterministic for a given seed. */
-function randomFill(count: number, scale: number, state: { s: number }): Float32Array {
+export function randomFill(count: number, scale: number, state: { s: number }): Float32Array {
   const out = new Float32Array(count);
   let s = state.s;
   for (let i = 0; i < count; i++) {
