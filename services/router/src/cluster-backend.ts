@@ -16,7 +16,7 @@
 import { randomBytes } from 'node:crypto';
 import { canDecode, canPrefill, decodeClient, grpc, prefillClient, requestMetadata, WorkerDirectory, type GenerateEventMsg, type PrefillResponseMsg, type SamplingParamsMsg, type WorkerInfo } from '@pdserve/common';
 import type { Logger } from 'pino';
-import { SLACK_MARGIN, judgeAdmission, type AdmissionConfig, type Refusal } from './admission.ts';
+import { RECENT_REFUSAL_MS, SLACK_MARGIN, judgeAdmission, type AdmissionConfig, type Refusal } from './admission.ts';
 import { DecodeBudgets, expectedOutputTokens } from './decode-budget.ts';
 import { BackendError, type Backend, type GenerateRequest, type GenerationEvent, type WorkerSummary } from './backend.ts';
 import { LoadLedger } from './load-ledger.ts';
@@ -96,6 +96,8 @@ export class ClusterBackend implements Backend {
   readonly prefixes?: PrefixIndexFeed;
   /** Workers already reported as serving another model (logged once each). */
   private readonly wrongModel = new Set<string>();
+  /** performance.now() of this router's last refusal: admission lets batches grow more cautiously after one. */
+  private lastRefusalAt = -Infinity;
   /** Calls in flight per worker, failed at once when the registry declares the worker lost. */
   private readonly onWorkers = new InFlightByWorker();
   private counter = 0;
@@ -229,6 +231,7 @@ export class ClusterBackend implements Backend {
       }
       firstRefusal ??= choice.refusal;
     }
+    this.lastRefusalAt = performance.now();
     throw new BackendError(firstRefusal!.message, 503, firstRefusal!.code, firstRefusal!.retryAfterS);
   }
 
@@ -262,6 +265,7 @@ export class ClusterBackend implements Backend {
       ttftCorrection: this.opts.ttftCorrection === false ? 1 : this.ttftCalibration.factor(placement.where),
       decodeSlack: slack,
       largestMeasuredBatch: decode.load.decode_step_ms_by_batch === undefined ? undefined : Math.max(0, ...dv.decodeStepMsByBatch.keys()),
+      refusedRecently: performance.now() - this.lastRefusalAt < RECENT_REFUSAL_MS,
     }, this.opts.admission ?? { sloAdmission: true });
     return { prefill, placement, refusal };
   }
