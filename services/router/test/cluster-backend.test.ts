@@ -304,7 +304,7 @@ describe('ClusterBackend', () => {
     assert.match(err.message, /4000 prompt tokens ahead on the local prefill, prefilling at 100 tokens\/s/, "the best-scored worker's refusal");
   });
 
-  test('a worker takes a batch at most 2 past the largest it has measured a step at, where its step is a quarter of the SLO or more', T, async () => {
+  test('a worker takes a batch up to twice the largest it has measured a step at (2 past it after a refusal), where its step is a quarter of the SLO or more', T, async () => {
     const { backend, workers: [w] } = await cluster([{ id: 'u-fresh' }]);
     // Its warmup measured batch 1; 3 requests run there.
     w!.load = { ...w!.load, running: 3, queued_prefill_tokens: 0, prefill_tokens_per_s: 1000, decode_step_ms_by_batch: { 1: 20 } };
@@ -314,11 +314,19 @@ describe('ClusterBackend', () => {
     const err = await rejection(collect(backend.generate({ ...request('past-measured'), slo })));
     assert.equal(err.status, 503);
     assert.equal(err.code, 'slo_tpot');
-    assert.match(err.message, /a batch of 4 .* past the largest it has measured a step at \(1\)/);
+    assert.match(err.message, /a batch of 4 .* past 3, the most admission lets it reach from the largest it has measured a step at \(1\)/);
     w!.load = { ...w!.load, decode_step_ms_by_batch: { 1: 20, 3: 26 } };
     await until(() => backend.workers().every((x) => (x.load.decode_step_ms_by_batch as Record<string, number> | undefined)?.['3'] === 26), 5000);
     await collect(backend.generate({ ...request('within-reach'), slo }));
     assert.equal(w!.generateCalls.length, 1);
+    // Twice the 3 measured would allow a batch of 6, but this router has just refused a request: 2
+    // past it at most. (The report says 6 running; the router discounts 'within-reach', which it saw
+    // finish after that report, so this request would make the batch 6.)
+    w!.load = { ...w!.load, running: 6 };
+    await until(() => backend.workers().every((x) => x.load.running === 6), 5000);
+    const cautious = await rejection(collect(backend.generate({ ...request('after-refusal'), slo })));
+    assert.equal(cautious.code, 'slo_tpot');
+    assert.match(cautious.message, /a batch of 6 .* past 5, .*\(3, after a refusal\)/);
     // Against a 500 ms SLO the same extrapolation could be 4x off and still fit: no limit.
     w!.load = { ...w!.load, running: 5 };
     await until(() => backend.workers().every((x) => x.load.running === 5), 5000);
