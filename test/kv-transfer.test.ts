@@ -101,6 +101,11 @@ describe('KV transfer between workers', { skip: !haveShared() && 'no ../shared m
     test('the decode worker continues exactly as one engine: same bytes, every checksum verified on arrival', async () => {
       const ids = engine.tokenizer.encode(LONG);
       assert.ok(ids.length > 40, `prompt of ${ids.length} tokens spans 3+ blocks`);
+      // A data connection's first chunks go inline until the decode worker's welcome (accepting the
+      // shared-memory ring) is in, and on a loaded machine that can be a whole first transfer: one
+      // request first opens the connection, so the one measured below finds the ring accepted.
+      const warm = await postJson(`${cluster.url}/v1/completions`, { model: cluster.modelName, prompt: ids.slice(0, 20), max_tokens: 1, temperature: 0 });
+      assert.equal(warm.status, 200, JSON.stringify(warm.json));
       const before = await workerMetrics(cluster, 'prefill');
       const r = await postJson(`${cluster.url}/v1/completions`, { model: cluster.modelName, prompt: ids, max_tokens: 30, temperature: 0, ignore_eos: true });
       assert.equal(r.status, 200, JSON.stringify(r.json));
