@@ -102,6 +102,7 @@ export const SLACK_MARGIN = 0.95;
  * meeting the SLOs 84-95.5% in five runs, against 96-100% with the fixed step).
  */
 export const MIN_BATCH_GROWTH = 2;
+/** How long after one of this router's refusals batches grow by MIN_BATCH_GROWTH instead of doubling. */
 export const RECENT_REFUSAL_MS = 10_000;
 
 /** The largest batch admission lets a worker reach that has measured a step at batch `measured` at most. */
