@@ -167,11 +167,12 @@ export function judgeAdmission(input: AdmissionInput, config: AdmissionConfig): 
     };
   }
   const measured = input.largestMeasuredBatch;
+  const limit = measured === undefined ? Infinity : batchLimit(measured, input.refusedRecently === true);
   const extrapolationMatters = slo.tpotMs !== undefined && p.tpotMs !== undefined && p.tpotMs > slo.tpotMs * BATCH_LIMIT_FROM_SLO_SHARE;
-  if (extrapolationMatters && input.decodeBatch > 0 && measured !== undefined && input.decodeBatch + 1 > batchLimit(measured, input.refusedRecently === true)) {
+  if (extrapolationMatters && input.decodeBatch > 0 && input.decodeBatch + 1 > limit) {
     return {
       code: 'slo_tpot',
-      message: `a batch of ${input.decodeBatch + 1} on the worker that would decode it is past ${batchLimit(measured, input.refusedRecently === true)}, the most admission lets it reach from the largest it has measured a step at (${measured}${input.refusedRecently ? ', after a refusal' : ''}): its time per output token there is unknown`,
+      message: `a batch of ${input.decodeBatch + 1} on the worker that would decode it is past ${limit}, the most admission lets it reach from the largest it has measured a step at (${measured}${input.refusedRecently ? ', after a refusal' : ''}): its time per output token there is unknown`,
       retryAfterS: 1,
     };
   }
